@@ -1,0 +1,342 @@
+"""The one config tree: defaults shared by every run, and validation with field-named errors.
+
+Every config file in `configs/` starts from `default_config()` and overrides fields. Every field a
+run can read is declared here, so a typo on the command line (`--config.modle.d_model`) fails
+instead of being ignored. `validate(config, num_devices)` runs before anything is compiled and
+raises `ConfigError` naming the offending field and value.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import ml_collections
+
+# Logical axis names -> mesh axes. Parameters use the plain names, activations the `act_` ones,
+# so that FSDP can shard a weight's embed dimension without sharding activations along it.
+DEFAULT_LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_head_dim", None),
+    ("act_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("norm", None),
+    ("input", None),
+    ("hidden", "tensor"),
+    ("classes", None),
+)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+ENUMS: dict[str, tuple[str, ...]] = {
+    "model.kind": ("transformer", "mlp"),
+    "model.norm": ("rmsnorm", "layernorm"),
+    "model.positions": ("rope", "learned"),
+    "model.mlp": ("swiglu", "gelu"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "model.remat": ("none", "full", "dots", "dots_no_batch"),
+    "model.parameterization": ("standard", "mup"),
+    "optim.name": ("adamw", "adafactor", "lion", "sgd"),
+    "optim.schedule": ("cosine", "linear", "constant", "wsd"),
+    "optim.wsd_decay_shape": ("linear", "cosine", "sqrt"),
+}
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message names the field and the value."""
+
+    def __init__(self, field: str, value: Any, why: str):
+        self.field = field
+        self.value = value
+        super().__init__(f"config.{field}={value!r}: {why}")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Returns the full default config tree (a tiny byte-level LM on the offline stdlib corpus)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.name = ""  # free-form run name; sweeps fill it
+
+    # ---------------------------------------------------------------- model
+    m = c.model = ml_collections.ConfigDict()
+    m.kind = "transformer"
+    m.vocab_size = 0  # 0: from the tokenizer, rounded up to `vocab_multiple`
+    m.vocab_multiple = 64
+    m.d_model = 64
+    m.n_layers = 2
+    m.n_heads = 4
+    m.n_kv_heads = 0  # 0: equal to n_heads (multi-head attention); fewer: grouped-query
+    m.head_dim = 0  # 0: d_model // n_heads
+    m.d_ff = 0  # 0: 4 * d_model (gelu) or the 8/3 * d_model rounded to 8 (swiglu)
+    m.max_seq_len = 128
+    m.norm = "rmsnorm"
+    m.norm_eps = 1e-6
+    m.positions = "rope"
+    m.rope_theta = 10_000.0
+    m.mlp = "swiglu"
+    m.tie_embeddings = True
+    m.embed_dropout = 0.0
+    m.attn_dropout = 0.0
+    m.resid_dropout = 0.0
+    m.dtype = "float32"  # compute dtype
+    m.param_dtype = "float32"
+    m.scan_layers = True
+    m.remat = "none"
+    m.parameterization = "standard"
+    m.init_std = 0.02  # standard: N(0, init_std); muP: the same at `mup_base_width`
+    m.mup_base_width = 64  # muP: the width at which muP equals standard parameterization
+    m.mup_output_mult = 1.0
+    # MLP family (model.kind == 'mlp'): vector input -> `mlp_depth` hidden layers -> classes
+    m.mlp_width = 128
+    m.mlp_depth = 2
+    m.input_dim = 0  # 0: from the task
+    m.num_classes = 0  # 0: from the task
+
+    # ---------------------------------------------------------------- data
+    d = c.data = ml_collections.ConfigDict()
+    d.source = "tfds"  # tfds | task | mixture (text with a task mixed in)
+    d.tfds_name = "stdlib_corpus"
+    d.tfds_data_dir = ""  # "" : the TFDS default data directory
+    d.split = "train"
+    d.eval_split = "validation"
+    d.text_key = "text"
+    d.tokenizer = "byte"  # byte | bpe | sentencepiece | hf
+    d.tokenizer_path = ""  # hf: a local directory; bpe/sentencepiece: trained if empty
+    d.tokenizer_vocab_size = 1024  # bpe/sentencepiece training
+    d.seq_len = 128
+    d.num_tokens = 0  # unique training tokens; 0: the whole split
+    d.epochs = 1.0  # repetitions of the unique tokens
+    d.shuffle = True
+    d.prefetch = 2
+    d.eval_tokens = 65_536  # validation tokens per evaluation
+    d.task = ml_collections.ConfigDict()
+    d.task.name = ""  # sparse_parity | modular_arithmetic | addition | associative_recall
+    d.task.mix_rate = 0.0  # fraction of sequences replaced by task examples (source=mixture)
+    d.task.eval_examples = 512
+    d.task.params = ml_collections.ConfigDict()  # task-specific knobs
+    d.augment = ml_collections.ConfigDict()
+    d.augment.token_substitution = 0.0  # probability per token
+    d.augment.span_mask = 0.0  # probability a span of inputs is dropped/masked
+    d.augment.span_length = 3
+    d.augment.random_crop = False  # random offset of the packed window
+    d.augment.operand_swap = False  # commutative ops: a∘b -> b∘a
+
+    # ---------------------------------------------------------------- train
+    t = c.train = ml_collections.ConfigDict()
+    t.batch_size = 16  # global batch, sequences
+    t.microbatches = 1  # gradient accumulation steps per optimizer step
+    t.num_steps = 200  # used when data.num_tokens == 0
+    t.z_loss = 0.0
+    t.label_smoothing = 0.0
+    t.log_every = 10
+    t.eval_every = 0  # 0: evaluate only at checkpoint steps when eval_at_checkpoints
+    t.eval_at_checkpoints = False
+    t.peak_flops = 0.0  # per device, FLOP/s; 0: the measured matmul peak of this backend
+    t.progress = True
+
+    # ---------------------------------------------------------------- optimizer
+    o = c.optim = ml_collections.ConfigDict()
+    o.name = "adamw"
+    o.lr = 3e-3
+    o.b1 = 0.9
+    o.b2 = 0.95
+    o.eps = 1e-8
+    o.weight_decay = 0.0
+    o.decay_embeddings = False
+    o.clip_norm = 1.0  # 0: no clipping
+    o.schedule = "cosine"
+    o.warmup_steps = 10
+    o.final_lr_frac = 0.1  # cosine/linear/wsd end at lr * final_lr_frac
+    o.wsd_decay_frac = 0.2  # WSD: fraction of steps in the cooldown
+    o.wsd_decay_shape = "linear"
+
+    # ---------------------------------------------------------------- checkpoints
+    k = c.checkpoint = ml_collections.ConfigDict()
+    k.log_spaced = True  # 1, 2, 4, ..., log_max
+    k.log_max = 512
+    k.every = 1000  # and every `every` steps (0: off)
+    k.save_final = True
+    k.max_to_keep = 0  # 0: keep all
+    k.async_save = False
+
+    # ---------------------------------------------------------------- mesh
+    x = c.mesh = ml_collections.ConfigDict()
+    x.data = -1  # -1: all devices not used by the other axes
+    x.fsdp = 1
+    x.tensor = 1
+    x.rules = [[name, list(axes) if isinstance(axes, tuple) else axes]
+               for name, axes in DEFAULT_LOGICAL_RULES]
+    return c
+
+
+# --------------------------------------------------------------------------------------- derived
+
+
+def head_dim(m: ml_collections.ConfigDict) -> int:
+    """Returns the attention head dimension."""
+    return m.head_dim or m.d_model // m.n_heads
+
+
+def n_kv_heads(m: ml_collections.ConfigDict) -> int:
+    """Returns the number of key/value heads."""
+    return m.n_kv_heads or m.n_heads
+
+
+def d_ff(m: ml_collections.ConfigDict) -> int:
+    """Returns the MLP hidden width."""
+    if m.d_ff:
+        return m.d_ff
+    if m.mlp == "swiglu":
+        return int(8 * ((8 * m.d_model / 3 + 7) // 8))
+    return 4 * m.d_model
+
+
+def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+    """Returns {'data', 'fsdp', 'tensor'} sizes with data=-1 resolved against `num_devices`."""
+    x = config.mesh
+    shape = {"data": x.data, "fsdp": x.fsdp, "tensor": x.tensor}
+    if shape["data"] == -1:
+        rest = shape["fsdp"] * shape["tensor"]
+        if rest <= 0 or num_devices % rest:
+            raise ConfigError("mesh.fsdp", x.fsdp,
+                              f"fsdp*tensor={rest} does not divide the {num_devices} devices")
+        shape["data"] = num_devices // rest
+    return shape
+
+
+def train_steps(config: ml_collections.ConfigDict) -> int:
+    """Returns the number of optimizer steps: from the token budget if set, else train.num_steps."""
+    if config.data.num_tokens > 0:
+        tokens_per_step = config.train.batch_size * config.data.seq_len
+        return max(1, math.ceil(config.data.num_tokens * config.data.epochs / tokens_per_step))
+    return config.train.num_steps
+
+
+def logical_rules(config: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:
+    """Returns the logical-axis rules as the tuple of pairs that flax expects."""
+    out = []
+    for name, axes in config.mesh.rules:
+        if isinstance(axes, (list, tuple)):
+            axes = tuple(axes)
+        out.append((name, axes))
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------ validation
+
+
+def _check(cond: bool, field: str, value: Any, why: str) -> None:
+    if not cond:
+        raise ConfigError(field, value, why)
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _positive(config: ml_collections.ConfigDict, fields: Iterable[str]) -> None:
+    for f in fields:
+        v = _get(config, f)
+        _check(isinstance(v, (int, float)) and v > 0, f, v, "must be positive")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Raises ConfigError (naming the field and value) if `config` cannot run on `num_devices`."""
+    for field, allowed in ENUMS.items():
+        v = _get(config, field)
+        _check(v in allowed, field, v, f"must be one of {list(allowed)}")
+    m, d, t, o = config.model, config.data, config.train, config.optim
+    _positive(config, ["train.batch_size", "train.microbatches", "data.seq_len",
+                       "train.log_every", "optim.lr"])
+    if d.num_tokens == 0:
+        _positive(config, ["train.num_steps"])
+    _check(d.num_tokens >= 0, "data.num_tokens", d.num_tokens, "must be >= 0")
+    _check(d.epochs > 0, "data.epochs", d.epochs, "must be positive")
+    _check(0 <= d.task.mix_rate <= 1, "data.task.mix_rate", d.task.mix_rate, "must be in [0, 1]")
+    _check(d.source in ("tfds", "task", "mixture"), "data.source", d.source,
+           "must be one of ['tfds', 'task', 'mixture']")
+    _check(d.tokenizer in ("byte", "bpe", "sentencepiece", "hf"), "data.tokenizer", d.tokenizer,
+           "must be one of ['byte', 'bpe', 'sentencepiece', 'hf']")
+    for f in ("model.embed_dropout", "model.attn_dropout", "model.resid_dropout",
+              "data.augment.token_substitution", "data.augment.span_mask"):
+        v = _get(config, f)
+        _check(0.0 <= v < 1.0, f, v, "must be in [0, 1)")
+    _check(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", t.label_smoothing,
+           "must be in [0, 1)")
+    _check(t.z_loss >= 0, "train.z_loss", t.z_loss, "must be >= 0")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
+    _check(0 <= o.final_lr_frac <= 1, "optim.final_lr_frac", o.final_lr_frac, "must be in [0, 1]")
+    _check(0 < o.wsd_decay_frac <= 1, "optim.wsd_decay_frac", o.wsd_decay_frac, "must be in (0, 1]")
+    _check(t.batch_size % t.microbatches == 0, "train.microbatches", t.microbatches,
+           f"must divide train.batch_size={t.batch_size}")
+
+    if m.kind == "transformer":
+        _positive(config, ["model.d_model", "model.n_layers", "model.n_heads",
+                           "model.max_seq_len"])
+        _check(m.vocab_size >= 0, "model.vocab_size", m.vocab_size, "must be >= 0")
+        _check(m.n_kv_heads >= 0, "model.n_kv_heads", m.n_kv_heads, "must be >= 0")
+        _check(m.d_ff >= 0, "model.d_ff", m.d_ff, "must be >= 0")
+        _check(m.head_dim > 0 or m.d_model % m.n_heads == 0, "model.d_model", m.d_model,
+               f"must be divisible by model.n_heads={m.n_heads}")
+        _check(m.n_heads % n_kv_heads(m) == 0, "model.n_heads", m.n_heads,
+               f"must be divisible by model.n_kv_heads={m.n_kv_heads}")
+        _check(d.seq_len <= m.max_seq_len, "data.seq_len", d.seq_len,
+               f"exceeds model.max_seq_len={m.max_seq_len}")
+        if m.positions == "rope":
+            _check(head_dim(m) % 2 == 0, "model.head_dim", head_dim(m), "rope needs an even head_dim")
+        if m.parameterization == "mup":
+            _positive(config, ["model.mup_base_width"])
+    else:
+        _positive(config, ["model.mlp_width", "model.mlp_depth"])
+
+    x = config.mesh
+    for axis in MESH_AXES:
+        v = x[axis]
+        _check(v == -1 or v >= 1, f"mesh.{axis}", v, "must be >= 1 (or -1 for data)")
+    _check(x.fsdp != -1 and x.tensor != -1, "mesh", (x.data, x.fsdp, x.tensor),
+           "only mesh.data may be -1")
+    known = {r[0] for r in x.rules}
+    for name, axes in x.rules:
+        for a in (axes if isinstance(axes, (list, tuple)) else [axes]):
+            _check(a is None or a in MESH_AXES, "mesh.rules", [name, axes],
+                   f"unknown mesh axis {a!r}; mesh axes are {list(MESH_AXES)}")
+    missing = {"batch", "embed", "vocab"} - known
+    _check(not missing, "mesh.rules", sorted(missing), "logical axes have no rule")
+
+    if num_devices is not None:
+        shape = mesh_shape(config, num_devices)
+        total = shape["data"] * shape["fsdp"] * shape["tensor"]
+        _check(total == num_devices, "mesh", shape,
+               f"mesh has {total} devices but {num_devices} are available")
+        dp = shape["data"] * shape["fsdp"]
+        micro = t.batch_size // t.microbatches
+        _check(micro % dp == 0, "train.batch_size", t.batch_size,
+               f"batch per microbatch ({micro}) must be divisible by the data-parallel size "
+               f"data*fsdp={dp}")
+        tp = shape["tensor"]
+        if m.kind == "transformer" and tp > 1:
+            _check(m.n_heads % tp == 0, "model.n_heads", m.n_heads,
+                   f"must be divisible by mesh.tensor={tp}")
+            _check(n_kv_heads(m) % tp == 0, "model.n_kv_heads", n_kv_heads(m),
+                   f"must be divisible by mesh.tensor={tp}")
+            _check(d_ff(m) % tp == 0, "model.d_ff", d_ff(m), f"must be divisible by mesh.tensor={tp}")
+        if m.kind == "transformer" and shape["fsdp"] > 1:
+            _check(m.d_model % shape["fsdp"] == 0, "model.d_model", m.d_model,
+                   f"must be divisible by mesh.fsdp={shape['fsdp']}")

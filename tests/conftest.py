@@ -1,0 +1,20 @@
+"""Test setup: 8 fake CPU devices (set before jax is imported anywhere) and shared fixtures."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> pathlib.Path:
+    """Returns the published reference data directory (fails loudly if it is absent)."""
+    assert REFERENCE_DIR.is_dir(), f"reference data not found at {REFERENCE_DIR}"
+    return REFERENCE_DIR
