@@ -340,3 +340,29 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         if m.kind == "transformer" and shape["fsdp"] > 1:
             _check(m.d_model % shape["fsdp"] == 0, "model.d_model", m.d_model,
                    f"must be divisible by mesh.fsdp={shape['fsdp']}")
+
+
+# ------------------------------------------------------------------------------ serialization
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    """Returns the config as indented, key-sorted JSON (what `run_dir/config.json` holds)."""
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def from_dict(values: dict) -> ml_collections.ConfigDict:
+    """Returns the defaults updated recursively with `values` (e.g. a saved config.json)."""
+    config = default_config()
+    config.update(values)
+    return config
+
+
+def config_hash(config: ml_collections.ConfigDict, length: int = 10) -> str:
+    """Returns a stable hex id of the config's content (the run name is not part of it)."""
+    import hashlib
+    import json
+
+    values = json.loads(config.to_json_best_effort())
+    values.pop("name", None)
+    blob = json.dumps(values, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]

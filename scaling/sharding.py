@@ -1,0 +1,74 @@
+"""Device mesh from the config, and logical axis names -> `NamedSharding`s.
+
+Models name the axes of every parameter and activation ('embed', 'mlp', 'act_batch', ...). The
+config's rules table (`config.mesh.rules`) maps each logical name to mesh axes ('data', 'fsdp',
+'tensor'). Nothing here knows about particular models: the same code shards a 2-layer model on one
+CPU and a large one on a pod.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from scaling import config as config_lib
+
+
+def make_mesh(config: ml_collections.ConfigDict, devices: list | None = None) -> Mesh:
+    """Returns a Mesh with axes ('data', 'fsdp', 'tensor') shaped as `config.mesh` says."""
+    devices = list(jax.devices()) if devices is None else list(devices)
+    shape = config_lib.mesh_shape(config, len(devices))
+    dims = tuple(shape[a] for a in config_lib.MESH_AXES)
+    if int(np.prod(dims)) != len(devices):
+        raise config_lib.ConfigError("mesh", shape, f"needs {int(np.prod(dims))} devices, "
+                                     f"{len(devices)} available")
+    try:
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(dims, devices=devices)
+    except (ValueError, NotImplementedError, AssertionError):
+        grid = np.asarray(devices).reshape(dims)
+    return Mesh(grid, config_lib.MESH_AXES)
+
+
+@contextlib.contextmanager
+def logical_context(mesh: Mesh, rules: Any) -> Iterator[None]:
+    """Context in which flax logical constraints resolve against `mesh` with `rules`."""
+    with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
+        with nn.logical_axis_rules(rules):
+            yield
+
+
+def logical_to_shardings(logical_specs: Any, mesh: Mesh, rules: Any) -> Any:
+    """Returns a pytree of NamedSharding for a pytree of logical PartitionSpecs."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules: Any, ndim: int) -> NamedSharding:
+    """Returns the sharding of a batch array of rank `ndim`: leading axis over the 'batch' rule."""
+    spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules)
+    return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Returns a fully replicated sharding on `mesh`."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def global_batch(batch: dict[str, np.ndarray], mesh: Mesh, rules: Any) -> dict[str, jax.Array]:
+    """Returns the process-local numpy batch assembled into global, batch-sharded jax Arrays."""
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        sharding = batch_sharding(mesh, rules, value.ndim)
+        if jax.process_count() == 1:
+            out[key] = jax.device_put(value, sharding)
+        else:
+            out[key] = jax.make_array_from_process_local_data(sharding, value)
+    return out

@@ -1,0 +1,138 @@
+"""Pure train and eval steps: `train_step(state, batch) -> (state, metrics)`. No I/O here.
+
+Loss is token cross-entropy in nats/token, averaged over the tokens with weight > 0, with optional
+label smoothing and z-loss (PaLM: z_loss * log(Z)^2). With gradient accumulation the batch is split
+into `train.microbatches` equal parts and per-part *sums* are accumulated, so the update equals the
+full-batch update up to float summation order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from scaling.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def cross_entropy_sums(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.Array,
+                       label_smoothing: float = 0.0, z_loss: float = 0.0) -> dict[str, jax.Array]:
+    """Returns weighted sums: 'loss' (objective, nats), 'nll' (plain CE, nats), 'z', 'weight', 'correct'."""
+    logits_BTV = logits_BTV.astype(jnp.float32)
+    vocab = logits_BTV.shape[-1]
+    log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+    log_probs_BTV = logits_BTV - log_z_BT[..., None]
+    nll_BT = -jnp.take_along_axis(log_probs_BTV, targets_BT[..., None], axis=-1)[..., 0]
+    objective_BT = nll_BT
+    if label_smoothing > 0:
+        smooth_BT = -jnp.mean(log_probs_BTV, axis=-1)
+        objective_BT = (1.0 - label_smoothing) * nll_BT + label_smoothing * smooth_BT
+    z_BT = jnp.square(log_z_BT)
+    if z_loss > 0:
+        objective_BT = objective_BT + z_loss * z_BT
+    correct_BT = (jnp.argmax(logits_BTV, axis=-1) == targets_BT).astype(jnp.float32)
+    del vocab
+    return {
+        "loss": jnp.sum(objective_BT * weights_BT),
+        "nll": jnp.sum(nll_BT * weights_BT),
+        "z": jnp.sum(z_BT * weights_BT),
+        "weight": jnp.sum(weights_BT),
+        "correct": jnp.sum(correct_BT * weights_BT),
+    }
+
+
+def _apply(model: nn.Module, params: Any, inputs: jax.Array, rng: jax.Array | None) -> jax.Array:
+    if rng is None:
+        return model.apply({"params": params}, inputs, deterministic=True)
+    return model.apply({"params": params}, inputs, deterministic=False, rngs={"dropout": rng})
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict,
+                    schedule: Callable[[jax.Array], jax.Array]
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """Returns the pure train step (state, batch) -> (new state, metrics); jit it outside."""
+    t = config.train
+    n_micro = t.microbatches
+    use_dropout = any(config.model.get(k, 0.0) > 0 for k in
+                      ("embed_dropout", "attn_dropout", "resid_dropout"))
+
+    def sums_fn(params: Any, mb: Batch, rng: jax.Array | None) -> tuple[jax.Array, dict]:
+        logits = _apply(model, params, mb["inputs"], rng)
+        sums = cross_entropy_sums(logits, mb["targets"], mb["weights"], t.label_smoothing,
+                                  t.z_loss)
+        return sums["loss"], sums
+
+    grad_fn = jax.value_and_grad(sums_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        if n_micro == 1:
+            rng = step_rng if use_dropout else None
+            (_, sums), grads = grad_fn(state.params, batch, rng)
+        else:
+            micro = jax.tree.map(
+                lambda x: x.reshape((n_micro, x.shape[0] // n_micro) + x.shape[1:]), batch)
+
+            def accumulate(carry: tuple, xs: tuple) -> tuple:
+                grads_acc, sums_acc = carry
+                mb, i = xs
+                rng = jax.random.fold_in(step_rng, i) if use_dropout else None
+                (_, s), g = grad_fn(state.params, mb, rng)
+                return (jax.tree.map(jnp.add, grads_acc, g),
+                        jax.tree.map(jnp.add, sums_acc, s)), None
+
+            init_sums = {k: jnp.zeros((), jnp.float32)
+                         for k in ("loss", "nll", "z", "weight", "correct")}
+            (grads, sums), _ = jax.lax.scan(accumulate, (zeros, init_sums),
+                                            (micro, jnp.arange(n_micro)))
+        denom = jnp.maximum(sums["weight"], 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": sums["nll"] / denom,
+            "objective": sums["loss"] / denom,
+            "z_loss": sums["z"] / denom,
+            "token_accuracy": sums["correct"] / denom,
+            "grad_norm": optax.global_norm(grads),
+            "update_norm": optax.global_norm(updates),
+            "param_norm": optax.global_norm(params),
+            "lr": schedule(state.step),
+            "weight": sums["weight"],
+        }
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+    """Returns eval_step(params, batch) -> weighted sums (nats) and per-example answer stats."""
+
+    def eval_step(params: Any, batch: Batch) -> dict[str, jax.Array]:
+        logits = _apply(model, params, batch["inputs"], None).astype(jnp.float32)
+        w = batch["weights"]
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        tok_lp = jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
+        correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
+        reduce_axes = tuple(range(1, w.ndim))
+        return {
+            "nll_sum": -jnp.sum(tok_lp * w),
+            "weight_sum": jnp.sum(w),
+            "correct_sum": jnp.sum(correct * w),
+            # per example: log-prob of the whole answer span, #answer tokens, all tokens right
+            "example_logprob": jnp.sum(tok_lp * w, axis=reduce_axes),
+            "example_tokens": jnp.sum(w, axis=reduce_axes),
+            "example_correct": jnp.sum(correct * w, axis=reduce_axes),
+        }
+
+    return eval_step
