@@ -1,36 +1,41 @@
-"""Batched L-BFGS in JAX: many independent minimizations (starts x bootstrap resamples) in one jit.
+"""Batched L-BFGS in JAX: many independent minimizations (starts x bootstrap resamples).
 
-Every lane minimizes ``fun(x, data)`` from its own start. Lanes run in lock-step; a lane that has
-converged is frozen (its updates are masked out) until every lane is done or ``maxiter`` is hit.
-The line search is a batched backtracking (Armijo) search; the curvature pairs that do not satisfy
-``s.y > 0`` are skipped, so the inverse-Hessian approximation stays positive definite.
+Every task minimizes ``fun(x, (X, t, w))`` from its own start with its own per-point weights w
+(bootstrap resamples are multinomial weights). Tasks run in a pool of ``width`` slots that advance
+in lock-step inside one jitted kernel for ``chunk`` iterations at a time; between chunks the host
+collects finished slots and refills them with pending tasks, so the work done is proportional to
+the iterations each task actually needs, and one compiled kernel (per objective, width and padded
+number of points) serves every fit. Points are padded to a power of two with zero weight.
+
+The line search is a batched backtracking (Armijo) search; curvature pairs with s·y ≤ 0 are
+skipped, so the inverse-Hessian approximation stays positive definite. A task stops when the
+relative decrease of f over an iteration is below ``ftol``, when max|grad| < ``gtol``, when the
+line search fails, or after ``maxiter`` iterations (then it is reported as not converged).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Objective = Callable[[jax.Array, Any], jax.Array]
+Objective = Callable[[jax.Array, tuple], jax.Array]
 
 
 class LbfgsResult(NamedTuple):
-    """Final state of every lane."""
+    """Final state of every task."""
 
-    x: np.ndarray  # (B, P) minimizers
-    f: np.ndarray  # (B,) objective values at x
-    grad_norm: np.ndarray  # (B,) max-norm of the gradient at x
-    converged: np.ndarray  # (B,) bool: stopped by a tolerance (not by maxiter / failed search)
-    iterations: int  # iterations run for the whole batch
+    x: np.ndarray  # (T, P) minimizers
+    f: np.ndarray  # (T,) objective values at x (inf if the start was not finite)
+    converged: np.ndarray  # (T,) bool: stopped by a tolerance (not by maxiter / failed search)
+    iterations: np.ndarray  # (T,) iterations used by each task
 
 
-def _two_loop(g: jax.Array, s_hist: jax.Array, y_hist: jax.Array, rho: jax.Array,
-              gamma: jax.Array) -> jax.Array:
-    """Returns the L-BFGS search direction -H g for a batch (oldest pair first in the history)."""
+def _two_loop(g, s_hist, y_hist, rho, gamma):
+    """Returns the L-BFGS direction -H·g for a batch (history ordered oldest first)."""
     m = s_hist.shape[1]
     q = g
     alphas = []
@@ -46,104 +51,180 @@ def _two_loop(g: jax.Array, s_hist: jax.Array, y_hist: jax.Array, rho: jax.Array
     return -r
 
 
-@functools.partial(jax.jit, static_argnames=("fun", "data_axis", "maxiter", "history", "max_ls"))
-def _lbfgs_jit(fun: Objective, x0: jax.Array, data: Any, data_axis: Any, maxiter: int,
-               history: int, max_ls: int, gtol: float, ftol: float):
-    vg = jax.vmap(jax.value_and_grad(fun), in_axes=(0, data_axis))
-    batch, dim = x0.shape
-    dtype = x0.dtype
+@functools.partial(jax.jit, static_argnames=("fun", "chunk", "maxiter", "max_ls"))
+def _chunk(fun, st, fresh, X, t, w, chunk, maxiter, max_ls, gtol, ftol):
+    """Advances every slot by up to ``chunk`` evaluations (one trial point per slot per step)."""
+    vg = jax.vmap(jax.value_and_grad(fun), in_axes=(0, (None, None, 0)))
+    data = (X, t, w)
 
     def safe_vg(x):
         f, g = vg(x, data)
         bad = ~jnp.isfinite(f) | ~jnp.all(jnp.isfinite(g), axis=-1)
-        f = jnp.where(bad, jnp.inf, f)
-        g = jnp.where(bad[:, None], 0.0, g)
-        return f, g
+        return jnp.where(bad, jnp.inf, f), jnp.where(bad[:, None], 0.0, g)
 
-    f0, g0 = safe_vg(x0)
-    done0 = ~jnp.isfinite(f0) | (jnp.max(jnp.abs(g0), axis=-1) <= gtol)
-    conv0 = jnp.max(jnp.abs(g0), axis=-1) <= gtol
-    state0 = dict(
-        k=jnp.asarray(0), x=x0, f=f0, g=g0,
-        s=jnp.zeros((batch, history, dim), dtype), y=jnp.zeros((batch, history, dim), dtype),
-        rho=jnp.zeros((batch, history), dtype),
-        gamma=1.0 / jnp.maximum(1.0, jnp.max(jnp.abs(g0), axis=-1)),
-        done=done0, conv=conv0,
-    )
+    def init_fresh(st):
+        f0, g0 = safe_vg(st["x"])
+        gmax = jnp.max(jnp.abs(g0), axis=-1)
+        gamma0 = 1.0 / jnp.maximum(1.0, gmax)
+        fr = fresh
+        d0 = -g0 * gamma0[:, None]
+        return dict(
+            st,
+            f=jnp.where(fr, f0, st["f"]), g=jnp.where(fr[:, None], g0, st["g"]),
+            d=jnp.where(fr[:, None], d0, st["d"]), step=jnp.where(fr, 1.0, st["step"]),
+            gd=jnp.where(fr, jnp.sum(g0 * d0, axis=-1), st["gd"]),
+            s=jnp.where(fr[:, None, None], 0.0, st["s"]), y=jnp.where(fr[:, None, None], 0.0, st["y"]),
+            rho=jnp.where(fr[:, None], 0.0, st["rho"]), gamma=jnp.where(fr, gamma0, st["gamma"]),
+            it=jnp.where(fr, 0, st["it"]), nls=jnp.where(fr, 0, st["nls"]),
+            done=jnp.where(fr, ~jnp.isfinite(f0) | (gmax <= gtol), st["done"]),
+            conv=jnp.where(fr, gmax <= gtol, st["conv"]),
+        )
 
-    def cond(st):
-        return (st["k"] < maxiter) & ~jnp.all(st["done"])
+    st = jax.lax.cond(jnp.any(fresh), init_fresh, lambda s: s, st)
 
-    def body(st):
-        x, f, g, done = st["x"], st["f"], st["g"], st["done"]
-        d = _two_loop(g, st["s"], st["y"], st["rho"], st["gamma"])
-        gd = jnp.sum(g * d, axis=-1)
-        not_descent = ~(gd < 0) | ~jnp.all(jnp.isfinite(d), axis=-1)
-        d = jnp.where(not_descent[:, None], -g * st["gamma"][:, None], d)
-        gd = jnp.sum(g * d, axis=-1)
+    def cond(c):
+        k, st = c
+        return (k < chunk) & ~jnp.all(st["done"])
 
-        def ls_cond(ls):
-            return (ls["i"] < max_ls) & ~jnp.all(ls["ok"])
-
-        def ls_body(ls):
-            t = jnp.where(ls["ok"], ls["t"], 0.5 * ls["t"])
-            xn = x + t[:, None] * d
-            fn, gn = safe_vg(xn)
-            ok_new = fn <= f + 1e-4 * t * gd
-            take = ~ls["ok"]
-            return dict(
-                i=ls["i"] + 1,
-                t=t,
-                ok=ls["ok"] | ok_new,
-                fn=jnp.where(take, fn, ls["fn"]),
-                gn=jnp.where(take[:, None], gn, ls["gn"]),
-            )
-
-        xn1 = x + d
-        fn1, gn1 = safe_vg(xn1)
-        ls0 = dict(i=jnp.asarray(1), t=jnp.ones((batch,), dtype),
-                   ok=done | (fn1 <= f + 1e-4 * gd), fn=fn1, gn=gn1)
-        ls = jax.lax.while_loop(ls_cond, ls_body, ls0)
-        accepted = ls["ok"] & ~done
-        t = ls["t"]
-        s_new = t[:, None] * d
-        x_new = jnp.where(accepted[:, None], x + s_new, x)
-        f_new = jnp.where(accepted, ls["fn"], f)
-        g_new = jnp.where(accepted[:, None], ls["gn"], g)
-        y_new = g_new - g
+    def body(c):
+        k, st = c
+        x, f, g, d, step, gd, done = st["x"], st["f"], st["g"], st["d"], st["step"], st["gd"], st["done"]
+        xn = x + step[:, None] * d
+        fn, gn = safe_vg(xn)
+        ok = (fn <= f + 1e-4 * step * gd) & ~done
+        # accepted: update the curvature history and take a new L-BFGS direction
+        s_new = step[:, None] * d
+        y_new = gn - g
         sy = jnp.sum(s_new * y_new, axis=-1)
         yy = jnp.sum(y_new * y_new, axis=-1)
-        update = accepted & (sy > 1e-12 * jnp.sqrt(yy * jnp.sum(s_new * s_new, axis=-1)) + 1e-300)
-        s_hist = jnp.where(update[:, None, None],
-                           jnp.concatenate([st["s"][:, 1:], s_new[:, None]], axis=1), st["s"])
-        y_hist = jnp.where(update[:, None, None],
-                           jnp.concatenate([st["y"][:, 1:], y_new[:, None]], axis=1), st["y"])
-        rho = jnp.where(update[:, None],
-                        jnp.concatenate([st["rho"][:, 1:], (1.0 / jnp.where(update, sy, 1.0))[:, None]],
-                                        axis=1), st["rho"])
-        gamma = jnp.where(update, sy / jnp.where(update, yy, 1.0), st["gamma"])
-        small_g = jnp.max(jnp.abs(g_new), axis=-1) <= gtol
-        small_f = (f - f_new) <= ftol * jnp.maximum(jnp.maximum(jnp.abs(f), jnp.abs(f_new)), 1.0)
-        failed = ~ls["ok"] & ~done
-        conv = st["conv"] | (~done & accepted & (small_g | small_f))
-        return dict(k=st["k"] + 1, x=x_new, f=f_new, g=g_new, s=s_hist, y=y_hist, rho=rho,
-                    gamma=gamma, done=done | small_g | (accepted & small_f) | failed, conv=conv)
+        ss = jnp.sum(s_new * s_new, axis=-1)
+        upd = ok & (sy > 1e-10 * jnp.sqrt(yy * ss)) & (yy > 0)
+        shift = lambda h, new: jnp.concatenate([h[:, 1:], new[:, None]], axis=1)  # noqa: E731
+        s_hist = jnp.where(upd[:, None, None], shift(st["s"], s_new), st["s"])
+        y_hist = jnp.where(upd[:, None, None], shift(st["y"], y_new), st["y"])
+        rho = jnp.where(upd[:, None], shift(st["rho"], 1.0 / jnp.where(upd, sy, 1.0)), st["rho"])
+        gamma = jnp.where(upd, sy / jnp.where(upd, yy, 1.0), st["gamma"])
+        x_acc = jnp.where(ok[:, None], xn, x)
+        f_acc = jnp.where(ok, fn, f)
+        g_acc = jnp.where(ok[:, None], gn, g)
+        d_new = _two_loop(g_acc, s_hist, y_hist, rho, gamma)
+        gd_new = jnp.sum(g_acc * d_new, axis=-1)
+        bad_dir = ~(gd_new < 0) | ~jnp.all(jnp.isfinite(d_new), axis=-1)
+        d_new = jnp.where(bad_dir[:, None], -g_acc * gamma[:, None], d_new)
+        gd_new = jnp.where(bad_dir, jnp.sum(g_acc * d_new, axis=-1), gd_new)
+        # rejected: shrink the step by safeguarded quadratic interpolation
+        denom = 2.0 * (fn - f - step * gd)
+        t_q = jnp.where(jnp.isfinite(fn) & (denom > 0), -gd * step * step / jnp.where(denom > 0, denom, 1.0),
+                        0.1 * step)
+        t_shr = jnp.clip(t_q, 0.1 * step, 0.5 * step)
+        nls = jnp.where(ok, 0, st["nls"] + (~done).astype(st["nls"].dtype))
+        it = st["it"] + (~done).astype(st["it"].dtype)
+        small_g = jnp.max(jnp.abs(g_acc), axis=-1) <= gtol
+        small_f = (f - fn) <= ftol * jnp.maximum(jnp.abs(f), jnp.abs(fn))
+        stop_tol = ok & (small_g | small_f)
+        tiny = t_shr * jnp.max(jnp.abs(d), axis=-1) <= 1e-14 * (1.0 + jnp.max(jnp.abs(x), axis=-1))
+        ls_fail = ~ok & ~done & ((nls >= max_ls) | tiny)
+        conv = st["conv"] | stop_tol | ls_fail
+        new_done = done | stop_tol | ls_fail | (it >= maxiter)
+        return k + 1, dict(
+            x=x_acc, f=f_acc, g=g_acc, d=jnp.where(ok[:, None], d_new, d),
+            step=jnp.where(ok, 1.0, t_shr), gd=jnp.where(ok, gd_new, gd),
+            s=s_hist, y=y_hist, rho=rho, gamma=gamma, it=it, nls=nls, done=new_done, conv=conv)
 
-    st = jax.lax.while_loop(cond, body, state0)
-    return st["x"], st["f"], jnp.max(jnp.abs(st["g"]), axis=-1), st["conv"], st["k"]
+    _, st = jax.lax.while_loop(cond, body, (jnp.asarray(0), st))
+    return st
 
 
-def batched_lbfgs(fun: Objective, x0: np.ndarray, data: Any, *, data_axis: Any = None,
-                  maxiter: int = 500, history: int = 10, max_ls: int = 30, gtol: float = 1e-9,
-                  ftol: float = 1e-13) -> LbfgsResult:
-    """Returns the minimizers of ``fun(x, data)`` from every row of ``x0`` (float64, one jit call).
+def _pad_points(n: int) -> int:
+    p = 16
+    while p < n:
+        p *= 2
+    return p
 
-    ``fun`` must be a hashable, stable callable (a module-level function), so compiled kernels are
-    reused. ``data_axis`` is the ``vmap`` in_axes spec for ``data`` (None: shared by all lanes).
+
+def batched_lbfgs(fun: Objective, x0: np.ndarray, X: np.ndarray, t: np.ndarray,
+                  w: np.ndarray | None = None, *, maxiter: int = 3000, history: int = 10,
+                  max_ls: int = 25, gtol: float = 1e-10, ftol: float = 1e-10, width: int | None = None,
+                  chunk: int = 32) -> LbfgsResult:
+    """Returns the minimizers of fun(x, (X, t, w_task)) from every row of x0 (float64).
+
+    x0: (T, P) starts; X: (n, k) inputs; t: (n,) targets; w: None (unit weights), (n,) shared or
+    (T, n) per-task weights. ``fun`` must be a stable hashable callable (compiled kernels are
+    cached on it) that uses w as per-point weights.
     """
+    x0 = np.atleast_2d(np.asarray(x0, dtype=np.float64))
+    T, P = x0.shape
+    X = np.asarray(X, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    n = len(t)
+    if w is None:
+        w = np.ones(n)
+    w = np.asarray(w, dtype=np.float64)
+    per_task = w.ndim == 2
+    npad = _pad_points(n)
+    Xp = np.concatenate([X, np.repeat(X[:1], npad - n, axis=0)], axis=0)
+    tp = np.concatenate([t, np.repeat(t[:1], npad - n)])
+
+    def pad_w(v):
+        return np.concatenate([v, np.zeros(npad - n)])
+
+    W = width or (1024 if T > 1024 else max(8, 1 << (T - 1).bit_length()))
+    out_x = x0.copy()
+    out_f = np.full(T, np.inf)
+    out_c = np.zeros(T, dtype=bool)
+    out_it = np.zeros(T, dtype=np.int64)
+
+    owner = np.full(W, -1)
+    xs = np.repeat(x0[:1], W, axis=0)
+    ws = np.zeros((W, npad))
+    fresh = np.zeros(W, dtype=bool)
+    nxt = 0
+    for s in range(W):
+        if nxt < T:
+            owner[s] = nxt
+            xs[s] = x0[nxt]
+            ws[s] = pad_w(w[nxt] if per_task else w)
+            fresh[s] = True
+            nxt += 1
     with jax.enable_x64(True):
-        x0j = jnp.asarray(np.asarray(x0, dtype=np.float64))
-        dataj = jax.tree_util.tree_map(lambda a: jnp.asarray(np.asarray(a, dtype=np.float64)), data)
-        x, f, gn, conv, k = _lbfgs_jit(fun, x0j, dataj, data_axis, int(maxiter), int(history),
-                                       int(max_ls), float(gtol), float(ftol))
-        return LbfgsResult(np.asarray(x), np.asarray(f), np.asarray(gn), np.asarray(conv), int(k))
+        f64 = jnp.float64
+        st = dict(x=jnp.asarray(xs), f=jnp.zeros(W, f64), g=jnp.zeros((W, P), f64),
+                  d=jnp.zeros((W, P), f64), step=jnp.ones(W, f64), gd=jnp.zeros(W, f64),
+                  nls=jnp.zeros(W, jnp.int32),
+                  s=jnp.zeros((W, history, P), f64), y=jnp.zeros((W, history, P), f64),
+                  rho=jnp.zeros((W, history), f64), gamma=jnp.ones(W, f64),
+                  it=jnp.zeros(W, jnp.int32), done=jnp.asarray(owner < 0), conv=jnp.zeros(W, bool))
+        Xj, tj = jnp.asarray(Xp), jnp.asarray(tp)
+        wj = jnp.asarray(ws)
+        while True:
+            st = _chunk(fun, st, jnp.asarray(fresh), Xj, tj, wj, chunk, int(maxiter), int(max_ls),
+                        float(gtol), float(ftol))
+            done = np.asarray(st["done"])
+            finished = np.nonzero(done & (owner >= 0))[0]
+            if len(finished) == 0 and not np.any(owner >= 0):
+                break
+            fresh = np.zeros(W, dtype=bool)
+            if len(finished):
+                x_h, f_h = np.asarray(st["x"]), np.asarray(st["f"])
+                c_h, it_h = np.asarray(st["conv"]), np.asarray(st["it"])
+                idx = owner[finished]
+                out_x[idx], out_f[idx], out_c[idx], out_it[idx] = (
+                    x_h[finished], f_h[finished], c_h[finished], it_h[finished])
+                owner[finished] = -1
+                refill = finished[: max(0, T - nxt)]
+                if len(refill):
+                    new = np.arange(nxt, nxt + len(refill))
+                    nxt += len(refill)
+                    owner[refill] = new
+                    x_h = x_h.copy()
+                    x_h[refill] = x0[new]
+                    fresh[refill] = True
+                    upd = {"x": jnp.asarray(x_h)}
+                    if per_task:
+                        w_h = np.asarray(wj).copy()
+                        w_h[refill] = np.stack([pad_w(w[i]) for i in new])
+                        wj = jnp.asarray(w_h)
+                    st = dict(st, **upd)
+            if not np.any(owner >= 0):
+                break
+    return LbfgsResult(out_x, np.where(np.isfinite(out_f), out_f, np.inf), out_c, out_it)

@@ -52,6 +52,9 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "optim.name": ("adamw", "adafactor", "lion", "sgd"),
     "optim.schedule": ("cosine", "linear", "constant", "wsd"),
     "optim.wsd_decay_shape": ("linear", "cosine", "sqrt"),
+    "data.source": ("tfds", "task", "mixture"),
+    "data.tokenizer": ("byte", "bpe", "sentencepiece", "hf"),
+    "data.task.loss_on": ("answer", "all"),
 }
 
 
@@ -116,6 +119,7 @@ def default_config() -> ml_collections.ConfigDict:
     d.tokenizer = "byte"  # byte | bpe | sentencepiece | hf
     d.tokenizer_path = ""  # hf: a local directory; bpe/sentencepiece: trained if empty
     d.tokenizer_vocab_size = 1024  # bpe/sentencepiece training
+    d.tokenizer_train_chars = 50_000_000  # train-split characters used to train bpe/sp; 0: all
     d.seq_len = 128
     d.num_tokens = 0  # unique training tokens; 0: the whole split
     d.epochs = 1.0  # repetitions of the unique tokens
@@ -126,6 +130,8 @@ def default_config() -> ml_collections.ConfigDict:
     d.task.name = ""  # sparse_parity | modular_arithmetic | addition | associative_recall
     d.task.mix_rate = 0.0  # fraction of sequences replaced by task examples (source=mixture)
     d.task.eval_examples = 512
+    d.task.loss_on = "answer"  # training weights on task rows: answer | all
+    d.task.num_examples = 0  # source=task: 0 an endless stream; >0 a fixed training set, repeated
     d.task.params = ml_collections.ConfigDict()  # task-specific knobs
     d.augment = ml_collections.ConfigDict()
     d.augment.token_substitution = 0.0  # probability per token
@@ -133,6 +139,7 @@ def default_config() -> ml_collections.ConfigDict:
     d.augment.span_length = 3
     d.augment.random_crop = False  # random offset of the packed window
     d.augment.operand_swap = False  # commutative ops: a∘b -> b∘a
+    d.augment.pair_shuffle = False  # associative recall: permute the key->value pairs
 
     # ---------------------------------------------------------------- train
     t = c.train = ml_collections.ConfigDict()
@@ -218,9 +225,12 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str,
 
 
 def train_steps(config: ml_collections.ConfigDict) -> int:
-    """Returns the number of optimizer steps: from the token budget if set, else train.num_steps."""
+    """Returns the number of optimizer steps: from the token budget if set, else train.num_steps.
+
+    For the MLP family a "token" is one example, so data.num_tokens counts examples."""
     if config.data.num_tokens > 0:
-        tokens_per_step = config.train.batch_size * config.data.seq_len
+        tokens_per_step = config.train.batch_size * (
+            1 if config.model.kind == "mlp" else config.data.seq_len)
         return max(1, math.ceil(config.data.num_tokens * config.data.epochs / tokens_per_step))
     return config.train.num_steps
 
@@ -269,10 +279,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _check(d.num_tokens >= 0, "data.num_tokens", d.num_tokens, "must be >= 0")
     _check(d.epochs > 0, "data.epochs", d.epochs, "must be positive")
     _check(0 <= d.task.mix_rate <= 1, "data.task.mix_rate", d.task.mix_rate, "must be in [0, 1]")
-    _check(d.source in ("tfds", "task", "mixture"), "data.source", d.source,
-           "must be one of ['tfds', 'task', 'mixture']")
-    _check(d.tokenizer in ("byte", "bpe", "sentencepiece", "hf"), "data.tokenizer", d.tokenizer,
-           "must be one of ['byte', 'bpe', 'sentencepiece', 'hf']")
+    _check(d.task.num_examples >= 0, "data.task.num_examples", d.task.num_examples, "must be >= 0")
+    _check(d.source == "tfds" or bool(d.task.name), "data.task.name", d.task.name,
+           f"data.source={d.source!r} needs a task")
     for f in ("model.embed_dropout", "model.attn_dropout", "model.resid_dropout",
               "data.augment.token_substitution", "data.augment.span_mask"):
         v = _get(config, f)

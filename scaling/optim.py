@@ -68,7 +68,9 @@ def _matrix_like(names: tuple | None) -> bool:
 
 
 def _is_embedding(path: tuple) -> bool:
-    return any("embed" in str(getattr(k, "key", k)).lower() for k in path)
+    """True for token/position embedding tables (not the untied output projection)."""
+    names = [str(getattr(k, "key", k)).lower() for k in path]
+    return any("embed" in n and not n.startswith("unembed") for n in names)
 
 
 def _logical_names(abstract_params: Any) -> Any:

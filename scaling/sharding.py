@@ -40,7 +40,8 @@ def make_mesh(config: ml_collections.ConfigDict, devices: list | None = None) ->
 @contextlib.contextmanager
 def logical_context(mesh: Mesh, rules: Any) -> Iterator[None]:
     """Context in which flax logical constraints resolve against `mesh` with `rules`."""
-    with jax.sharding.use_mesh(mesh) if hasattr(jax.sharding, "use_mesh") else mesh:
+    set_mesh = getattr(jax, "set_mesh", None) or getattr(jax.sharding, "use_mesh", None)
+    with (set_mesh(mesh) if set_mesh is not None else mesh):
         with nn.logical_axis_rules(rules):
             yield
 

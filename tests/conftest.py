@@ -18,3 +18,13 @@ def reference_dir() -> pathlib.Path:
     """Returns the published reference data directory (fails loudly if it is absent)."""
     assert REFERENCE_DIR.is_dir(), f"reference data not found at {REFERENCE_DIR}"
     return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def stdlib_tiny_data_dir(tmp_path_factory) -> pathlib.Path:
+    """Returns a TFDS data dir holding the built `stdlib_corpus/tiny` (built once per session)."""
+    from scaling.data.corpora.stdlib_corpus import ensure_built
+
+    data_dir = tmp_path_factory.mktemp("tfds_data")
+    ensure_built(data_dir, config="tiny")
+    return data_dir

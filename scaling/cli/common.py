@@ -18,12 +18,13 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def new_flag_values(with_config: bool = True, config_help: str = "") -> flags.FlagValues:
+def new_flag_values(argv: list[str] | None = None, with_config: bool = True,
+                    config_help: str = "") -> flags.FlagValues:
     """Returns a fresh FlagValues (optionally with `--config FILE` and `--config.a.b=v` overrides)."""
     fv = flags.FlagValues()
     if with_config:
         config_flags.DEFINE_config_file(
-            "config", default=None, flag_values=fv, lock_config=True,
+            "config", default=None, flag_values=fv, lock_config=True, sys_argv=list(sys.argv if argv is None else argv),
             help_string=config_help or "Config file (a Python file with get_config()); any field "
             "can be overridden, e.g. --config.model.d_model=128.")
     flags.DEFINE_boolean("verbose", False, "Debug logging.", flag_values=fv)
@@ -38,8 +39,10 @@ def parse(fv: flags.FlagValues, argv: list[str], description: str) -> list[str] 
         return None
     try:
         rest = fv(argv)
-    except flags.Error as err:
-        print(f"{argv[0]}: {err}", file=sys.stderr)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as err:
+        # config_flags reports a misspelt override as AttributeError/KeyError ("Did you mean ...")
+        message = str(err).strip("'\"").replace("\\n", " ").replace("\n", " ")
+        print(f"{argv[0]}: invalid flag: {message}", file=sys.stderr)
         raise SystemExit(2) from err
     return rest[1:]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from scaling.cli import common
 
 DESCRIPTION = """Trains one run (or resumes it from its latest checkpoint) into --workdir.
@@ -13,7 +15,7 @@ environment as on SLURM / TPU pods) to span several processes."""
 
 def main(argv: list[str]) -> int:
     """Runs `scaling train`; returns the exit code."""
-    fv = common.new_flag_values()
+    fv = common.new_flag_values(argv)
     from absl import flags
 
     flags.DEFINE_string("workdir", None, "Run directory (created; resumed if it has checkpoints).",
@@ -27,7 +29,7 @@ def main(argv: list[str]) -> int:
     if rest is None:
         return 0
     if fv.config is None or fv.workdir is None:
-        print("error: --config and --workdir are required (see --help)")
+        print("error: --config and --workdir are required (see --help)", file=sys.stderr)
         return 2
     common.setup_logging(fv.verbose)
 

@@ -186,7 +186,9 @@ class Transformer(nn.Module):
         embed_init = nn.initializers.normal(cfg.init_std)
 
         emb_VD = param(self, "embedding", embed_init, (v, d), ("vocab", "embed"), pdtype, dtype)
-        x_BTD = jnp.take(emb_VD, tokens_BT, axis=0)
+        # Look up rows of a replicated copy of the table (an all-gather, as FSDP does for every
+        # weight): a gather from a vocab/embed-sharded table cannot produce batch-sharded rows.
+        x_BTD = jnp.take(constrain(emb_VD, (None, None)), tokens_BT, axis=0)
         if cfg.positions == "learned":
             pos_PD = param(self, "pos_embedding", embed_init, (cfg.max_seq_len, d),
                            (None, "embed"), pdtype, dtype)

@@ -137,7 +137,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     checkpoint steps when `train.eval_at_checkpoints` is set.
     """
     workdir = pathlib.Path(workdir)
-    config = data_lib.resolve(config)
+    config_lib.validate(config, jax.device_count())  # before touching data or devices
+    config = data_lib.resolve(config, workdir)
     config_lib.validate(config, jax.device_count())
     num_steps = config_lib.train_steps(config)
     run = prepare_workdir(config, workdir, num_steps)
@@ -151,6 +152,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     tx, schedule = optim.make_optimizer(config, boxed)
     abstract_state, shardings = state_lib.state_shardings(model, tx, config, mesh)
 
+    if evaluator is None:
+        from scaling import evaluate as evaluate_lib
+
+        evaluator = evaluate_lib.make_inline_evaluator(config, workdir, mesh, model)
     checkpointer = ckpt_lib.Checkpointer(workdir, config)
     data_iter = data_lib.make_train_iterator(config, workdir)
     latest = checkpointer.latest_step()

@@ -26,7 +26,6 @@ def cross_entropy_sums(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT:
                        label_smoothing: float = 0.0, z_loss: float = 0.0) -> dict[str, jax.Array]:
     """Returns weighted sums: 'loss' (objective, nats), 'nll' (plain CE, nats), 'z', 'weight', 'correct'."""
     logits_BTV = logits_BTV.astype(jnp.float32)
-    vocab = logits_BTV.shape[-1]
     log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
     log_probs_BTV = logits_BTV - log_z_BT[..., None]
     nll_BT = -jnp.take_along_axis(log_probs_BTV, targets_BT[..., None], axis=-1)[..., 0]
@@ -38,7 +37,6 @@ def cross_entropy_sums(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT:
     if z_loss > 0:
         objective_BT = objective_BT + z_loss * z_BT
     correct_BT = (jnp.argmax(logits_BTV, axis=-1) == targets_BT).astype(jnp.float32)
-    del vocab
     return {
         "loss": jnp.sum(objective_BT * weights_BT),
         "nll": jnp.sum(nll_BT * weights_BT),
@@ -103,9 +101,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             "objective": sums["loss"] / denom,
             "z_loss": sums["z"] / denom,
             "token_accuracy": sums["correct"] / denom,
-            "grad_norm": optax.global_norm(grads),
-            "update_norm": optax.global_norm(updates),
-            "param_norm": optax.global_norm(params),
+            "grad_norm": optax.tree.norm(grads),
+            "update_norm": optax.tree.norm(updates),
+            "param_norm": optax.tree.norm(params),
             "lr": schedule(state.step),
             "weight": sums["weight"],
         }

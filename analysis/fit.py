@@ -1,0 +1,621 @@
+"""Fitting scaling laws: multi-start L-BFGS on a robust loss, vectorized over starts and bootstraps.
+
+Approach 3 of Hoffmann et al. (2022) (`fit_chinchilla`): minimize Σ_i Huber_δ(LSE(a − α ln N_i,
+b − β ln D_i, e) − ln L_i) with δ = 1e-3 (A = e^a, B = e^b, E = e^e), by L-BFGS with exact JAX
+gradients from every point of their grid α, β ∈ {0, 0.5, …, 2}, e ∈ {−1, −0.5, …, 1},
+a, b ∈ {0, 5, …, 25} (4,500 starts, one batched jit call); the best final objective wins.
+
+Every other law (`LAWS`) is fitted the same way: a robust loss on residuals in a "target space"
+(ln y for losses, ln(1+y) for BNSL as in Caballero et al., y itself for sigmoids), a data-scaled
+grid of starts, batched L-BFGS, best start wins.
+
+Bootstrap: a resample of the points is a vector of multinomial counts, i.e. per-point weights, so
+K resamples are K weighted objectives, all minimized in one batched call, each from the
+`bootstrap_starts` best distinct minima of the full-data fit. CIs are percentile intervals.
+
+Points are put in a canonical order (sorted by inputs, then target) before fitting, so fits —
+bootstrap draws included — do not depend on the order in which points are given.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from analysis import laws as L
+from analysis._optim import batched_lbfgs
+
+__all__ = [
+    "Law", "FitResult", "LAWS", "get_law", "huber", "objective_value", "fit_law", "fit_chinchilla",
+    "fit_power_law", "fit_kaplan", "fit_bnsl", "fit_sigmoid", "hoffmann_grid", "bnsl_law",
+    "chinchilla_params", "compute_optimal_ci",
+]
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def huber(r: Any, delta: float) -> Any:
+    """Returns the Huber loss of residuals r (0.5·r² inside ±delta, delta·(|r| − delta/2) outside)."""
+    xp = jnp if isinstance(r, jax.Array) else np
+    if math.isinf(delta):
+        return 0.5 * r * r
+    a = xp.abs(r)
+    return xp.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+# ----------------------------------------------------------------------------- laws
+
+
+@dataclass(frozen=True, eq=False)
+class Law:
+    """A functional form with its fitting parameterization (raw, unconstrained) and start grid."""
+
+    name: str
+    inputs: tuple[str, ...]  # input columns, e.g. ("N", "D")
+    raw_names: tuple[str, ...]  # optimized parameters
+    param_names: tuple[str, ...]  # reported (natural) parameters
+    target: str  # residual space: "log" (ln y), "log1p" (ln(1+y)) or "identity"
+    delta: float  # default Huber delta in target space (inf: squared error)
+    predict_t: Callable[[jax.Array, jax.Array], jax.Array]  # (raw (P,), X (n,k)) -> target-space y
+    to_natural: Callable[[np.ndarray], np.ndarray]  # raw (..., P) -> natural (..., Q)
+    from_natural: Callable[[np.ndarray], np.ndarray]  # natural (..., Q) -> raw (..., P)
+    init: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (X, y) -> starts (S, P)
+    formula: str = ""
+
+    def transform(self, y: np.ndarray) -> np.ndarray:
+        """Returns y in the law's target space (dimensionless)."""
+        y = np.asarray(y, dtype=float)
+        if self.target == "log":
+            return np.log(y)
+        if self.target == "log1p":
+            return np.log1p(y)
+        return y
+
+    def inverse(self, t: np.ndarray) -> np.ndarray:
+        """Returns target-space values mapped back to the units of y."""
+        t = np.asarray(t, dtype=float)
+        if self.target == "log":
+            return np.exp(t)
+        if self.target == "log1p":
+            return np.expm1(t)
+        return t
+
+    def predict(self, params: Mapping[str, float] | np.ndarray, X: np.ndarray) -> np.ndarray:
+        """Returns the law's prediction of y (units of y) at inputs X (n, len(inputs))."""
+        nat = np.array([params[k] for k in self.param_names]) if isinstance(params, Mapping) \
+            else np.asarray(params, dtype=float)
+        raw = self.from_natural(nat)
+        X = np.atleast_2d(np.asarray(X, dtype=float))
+        if X.shape[1] != len(self.inputs) and X.shape[0] == len(self.inputs):
+            X = X.T
+        with jax.enable_x64(True):
+            t = np.asarray(self.predict_t(jnp.asarray(raw), jnp.asarray(X)))
+        return self.inverse(t)
+
+
+def _lse(*terms: jax.Array) -> jax.Array:
+    return jax.nn.logsumexp(jnp.stack(terms, axis=0), axis=0)
+
+
+def _q(y: np.ndarray, q: float) -> float:
+    return float(np.quantile(y, q))
+
+
+# --- Chinchilla (approach 3) --------------------------------------------------------------------
+
+def _chin_pred(th, X):
+    a, b, e, al, be = th[0], th[1], th[2], th[3], th[4]
+    lnN, lnD = jnp.log(X[:, 0]), jnp.log(X[:, 1])
+    return _lse(a - al * lnN, b - be * lnD, jnp.broadcast_to(e, lnN.shape))
+
+
+def _chin_nat(r):
+    r = np.asarray(r, dtype=float)
+    return np.stack([np.exp(r[..., 2]), np.exp(r[..., 0]), np.exp(r[..., 1]), r[..., 3], r[..., 4]], -1)
+
+
+def _chin_raw(n):
+    n = np.asarray(n, dtype=float)
+    return np.stack([np.log(n[..., 1]), np.log(n[..., 2]), np.log(n[..., 0]), n[..., 3], n[..., 4]], -1)
+
+
+def hoffmann_grid() -> np.ndarray:
+    """Returns Hoffmann et al.'s 4,500 starts as rows (a, b, e, alpha, beta) (raw, dimensionless)."""
+    alphas = np.arange(0.0, 2.01, 0.5)
+    es = np.arange(-1.0, 1.01, 0.5)
+    abs_ = np.arange(0.0, 25.01, 5.0)
+    return np.array([(a, b, e, al, be) for a in abs_ for b in abs_ for e in es
+                     for al in alphas for be in alphas], dtype=float)
+
+
+CHINCHILLA = Law(
+    name="chinchilla", inputs=("N", "D"), raw_names=("a", "b", "e", "alpha", "beta"),
+    param_names=("E", "A", "B", "alpha", "beta"), target="log", delta=1e-3,
+    predict_t=_chin_pred, to_natural=_chin_nat, from_natural=_chin_raw,
+    init=lambda X, y: hoffmann_grid(), formula="L = E + A/N^alpha + B/D^beta",
+)
+
+
+# --- power law E + A x^-alpha -------------------------------------------------------------------
+
+def _pow_pred(th, X):
+    a, e, al = th[0], th[1], th[2]
+    lx = jnp.log(X[:, 0])
+    return _lse(a - al * lx, jnp.broadcast_to(e, lx.shape))
+
+
+def _pow_nat(r):
+    r = np.asarray(r, dtype=float)
+    return np.stack([np.exp(r[..., 1]), np.exp(r[..., 0]), r[..., 2]], -1)
+
+
+def _pow_raw(n):
+    n = np.asarray(n, dtype=float)
+    return np.stack([np.log(n[..., 1]), np.log(n[..., 0]), n[..., 2]], -1)
+
+
+def _pow_init(X, y):
+    lx_med = float(np.median(np.log(X[:, 0])))
+    y_med, y_min = float(np.median(y)), float(np.min(y))
+    starts = []
+    for al in (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0):
+        for frac in (0.01, 0.25, 0.5, 0.75, 0.9, 0.97):
+            E = frac * y_min
+            A_med = max(y_med - E, 0.05 * y_med)
+            for off in (-1.0, 0.0, 1.0):
+                starts.append((math.log(A_med) + al * lx_med + off, math.log(E), al))
+    return np.array(starts)
+
+
+def _power_law(name: str, col: str, pnames: tuple[str, str, str]) -> Law:
+    return Law(name=name, inputs=(col,), raw_names=("a", "e", pnames[2]), param_names=pnames,
+               target="log", delta=1e-3, predict_t=_pow_pred, to_natural=_pow_nat,
+               from_natural=_pow_raw, init=_pow_init,
+               formula=f"L = {pnames[0]} + {pnames[1]}*{col}^-{pnames[2]}")
+
+
+# --- Kaplan ------------------------------------------------------------------------------------
+
+def _kn_pred(th, X):
+    return th[1] * (th[0] - jnp.log(X[:, 0]))
+
+
+def _kn_nat(r):
+    r = np.asarray(r, dtype=float)
+    return np.stack([np.exp(r[..., 0]), r[..., 1]], -1)
+
+
+def _kn_raw(n):
+    n = np.asarray(n, dtype=float)
+    return np.stack([np.log(n[..., 0]), n[..., 1]], -1)
+
+
+def _kn_init(X, y):
+    lx_med, ly_med = float(np.median(np.log(X[:, 0]))), float(np.median(np.log(y)))
+    return np.array([(ly_med / al + lx_med + off, al) for al in (0.01, 0.03, 0.07, 0.15, 0.3, 0.6, 1.0)
+                     for off in (-2.0, 0.0, 2.0)])
+
+
+def _knd_pred(th, X):
+    lnNc, lnDc, aN, aD = th[0], th[1], th[2], th[3]
+    return aD * _lse((aN / aD) * (lnNc - jnp.log(X[:, 0])), lnDc - jnp.log(X[:, 1]))
+
+
+def _knd_nat(r):
+    r = np.asarray(r, dtype=float)
+    return np.stack([np.exp(r[..., 0]), np.exp(r[..., 1]), r[..., 2], r[..., 3]], -1)
+
+
+def _knd_raw(n):
+    n = np.asarray(n, dtype=float)
+    return np.stack([np.log(n[..., 0]), np.log(n[..., 1]), n[..., 2], n[..., 3]], -1)
+
+
+def _knd_init(X, y):
+    lN, lD = float(np.median(np.log(X[:, 0]))), float(np.median(np.log(X[:, 1])))
+    ly = float(np.median(np.log(y)))
+    starts = []
+    for aN in (0.03, 0.07, 0.15, 0.3, 0.6):
+        for aD in (0.03, 0.07, 0.15, 0.3, 0.6):
+            lu = ly / aD  # ln of L^(1/alpha_D)
+            for frac in (0.1, 0.5, 0.9):
+                starts.append((lN + (aD / aN) * (lu + math.log(frac)), lD + lu + math.log(1 - frac), aN, aD))
+    return np.array(starts)
+
+
+KAPLAN_N = Law(name="kaplan-n", inputs=("N",), raw_names=("lnN_c", "alpha_N"),
+               param_names=("N_c", "alpha_N"), target="log", delta=1e-3, predict_t=_kn_pred,
+               to_natural=_kn_nat, from_natural=_kn_raw, init=_kn_init,
+               formula="L = (N_c/N)^alpha_N")
+KAPLAN_ND = Law(name="kaplan-nd", inputs=("N", "D"), raw_names=("lnN_c", "lnD_c", "alpha_N", "alpha_D"),
+                param_names=("N_c", "D_c", "alpha_N", "alpha_D"), target="log", delta=1e-3,
+                predict_t=_knd_pred, to_natural=_knd_nat, from_natural=_knd_raw, init=_knd_init,
+                formula="L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D")
+
+
+# --- BNSL ----------------------------------------------------------------------------------------
+
+def _bnsl_raw_names(n_breaks: int) -> tuple[str, ...]:
+    names = ["ln_a", "ln_b", "c0"]
+    for i in range(1, n_breaks + 1):
+        names += [f"c{i}", f"ln_d{i}", f"ln_f{i}"]
+    return tuple(names)
+
+
+def _bnsl_param_names(n_breaks: int) -> tuple[str, ...]:
+    names = ["a", "b", "c0"]
+    for i in range(1, n_breaks + 1):
+        names += [f"c{i}", f"d{i}", f"f{i}"]
+    return tuple(names)
+
+
+def _bnsl_pred(th, X):
+    lx = jnp.log(X[:, 0])
+    n_breaks = (th.shape[0] - 3) // 3
+    log_term = th[1] - th[2] * lx
+    for i in range(n_breaks):
+        c, lnd, lnf = th[3 + 3 * i], th[4 + 3 * i], th[5 + 3 * i]
+        f = jnp.exp(lnf)
+        log_term = log_term - c * f * jnp.logaddexp(0.0, (lx - lnd) / f)
+    ln_y = jnp.logaddexp(th[0], log_term)
+    return jnp.logaddexp(0.0, ln_y)  # ln(1 + y)
+
+
+def _bnsl_nat(r):
+    r = np.array(r, dtype=float)
+    out = r.copy()
+    out[..., 0], out[..., 1] = np.exp(r[..., 0]), np.exp(r[..., 1])
+    for j in range(4, r.shape[-1], 3):
+        out[..., j], out[..., j + 1] = np.exp(r[..., j]), np.exp(r[..., j + 1])
+    return out
+
+
+def _bnsl_raw(n):
+    n = np.array(n, dtype=float)
+    out = n.copy()
+    out[..., 0], out[..., 1] = np.log(n[..., 0]), np.log(n[..., 1])
+    for j in range(4, n.shape[-1], 3):
+        out[..., j], out[..., j + 1] = np.log(n[..., j]), np.log(n[..., j + 1])
+    return out
+
+
+def _bnsl_init_factory(n_breaks: int, max_starts: int = 4000, seed: int = 0):
+    def init(X, y):
+        lx = np.log(X[:, 0])
+        order = np.argsort(lx)
+        lx0, y0 = float(lx[order[0]]), float(y[order[0]])
+        y_min = float(np.min(y))
+        d_grid = np.linspace(lx.min(), lx.max(), 8)[1:-1]
+        per_break = list(itertools.product((0.3, 1.0, 3.0, 10.0), d_grid, np.log([0.03, 0.1, 0.3, 1.0])))
+        heads = list(itertools.product(np.log(y_min * np.array([0.05, 0.3, 0.6, 0.9])), (0.0, 0.1, 0.3, 1.0)))
+        combos = list(itertools.product(heads, itertools.product(per_break, repeat=n_breaks)))
+        if len(combos) > max_starts:
+            rng = np.random.default_rng(seed)
+            combos = [combos[i] for i in sorted(rng.choice(len(combos), max_starts, replace=False))]
+        starts = []
+        for (ln_a, c0), breaks in combos:
+            # choose b so the curve passes through the smallest-x point
+            log_rest = -c0 * lx0
+            row = []
+            for c, lnd, lnf in breaks:
+                f = math.exp(lnf)
+                log_rest -= c * f * np.logaddexp(0.0, (lx0 - lnd) / f)
+                row += [c, lnd, lnf]
+            ln_b = math.log(max(y0 - math.exp(ln_a), 1e-3 * y0)) - log_rest
+            starts.append([ln_a, ln_b, c0] + row)
+        return np.array(starts, dtype=float)
+    return init
+
+
+@functools.lru_cache(maxsize=None)
+def bnsl_law(n_breaks: int = 1) -> Law:
+    """Returns the BNSL Law with n_breaks breaks (fitted on ln(1+y), squared error as the authors)."""
+    return Law(name="bnsl" if n_breaks == 1 else f"bnsl{n_breaks}", inputs=("x",),
+               raw_names=_bnsl_raw_names(n_breaks), param_names=_bnsl_param_names(n_breaks),
+               target="log1p", delta=math.inf, predict_t=_bnsl_pred, to_natural=_bnsl_nat,
+               from_natural=_bnsl_raw, init=_bnsl_init_factory(n_breaks),
+               formula="y = a + b*x^-c0 * prod_i (1 + (x/d_i)^(1/f_i))^(-c_i*f_i)")
+
+
+# --- sigmoid (emergence) ---------------------------------------------------------------------------
+
+def _sig_pred(th, X):
+    z = th[2] * (jnp.log10(X[:, 0]) - th[3])
+    return th[0] + (th[1] - th[0]) * jax.nn.sigmoid(z)
+
+
+def _identity(r):
+    return np.array(r, dtype=float)
+
+
+def _sig_init(X, y):
+    lx = np.log10(X[:, 0])
+    floors = sorted({float(np.min(y)), _q(y, 0.1)})
+    ceils = sorted({float(np.max(y)), _q(y, 0.9)})
+    span = max(float(lx.max() - lx.min()), 1e-6)
+    starts = []
+    for fl in floors:
+        for ce in ceils:
+            for k in (0.5, 2.0, 5.0, 15.0):
+                for x0 in np.linspace(lx.min(), lx.max(), 8):
+                    starts.append((fl, ce, k / span * 2.0, x0))
+    return np.array(starts)
+
+
+SIGMOID = Law(name="sigmoid", inputs=("x",), raw_names=("floor", "ceil", "k", "x0"),
+              param_names=("floor", "ceil", "k", "x0"), target="identity", delta=math.inf,
+              predict_t=_sig_pred, to_natural=_identity, from_natural=_identity, init=_sig_init,
+              formula="y = floor + (ceil - floor) * sigmoid(k * (log10 x - x0))")
+
+
+LAWS: dict[str, Law] = {
+    "chinchilla": CHINCHILLA,
+    "power-n": _power_law("power-n", "N", ("E", "A", "alpha")),
+    "power-d": _power_law("power-d", "D", ("E", "B", "beta")),
+    "power-c": _power_law("power-c", "C", ("E", "A", "alpha")),
+    "kaplan-n": KAPLAN_N,
+    "kaplan-nd": KAPLAN_ND,
+    "bnsl": bnsl_law(1),
+    "sigmoid": SIGMOID,
+}
+
+
+def get_law(name: str) -> Law:
+    """Returns the registered Law called name (see LAWS; "bnslK" gives K breaks)."""
+    if name in LAWS:
+        return LAWS[name]
+    if name.startswith("bnsl") and name[4:].isdigit():
+        return bnsl_law(int(name[4:]))
+    raise KeyError(f"unknown law {name!r}; known: {sorted(LAWS)}")
+
+
+# ----------------------------------------------------------------------------- objective
+
+
+@functools.lru_cache(maxsize=None)
+def _objective(predict_t: Callable, delta: float) -> Callable:
+    """Returns a stable (cached) scaled objective f(raw, (X, t, w)) for one law and delta."""
+    scale = 1.0 if math.isinf(delta) else 1.0 / delta
+
+    def f(th, data):
+        X, t, w = data
+        r = predict_t(th, X) - t
+        return scale * jnp.sum(w * huber(r, delta)) / jnp.sum(w)
+
+    return f
+
+
+def objective_value(law: Law, raw: np.ndarray, X: np.ndarray, y: np.ndarray,
+                    delta: float | None = None, weights: np.ndarray | None = None) -> float:
+    """Returns Σ_i w_i·Huber_δ(r_i) for target-space residuals r_i (the reported fit objective)."""
+    delta = law.delta if delta is None else delta
+    X = np.atleast_2d(np.asarray(X, dtype=float))
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=float)
+    with jax.enable_x64(True):
+        pred = np.asarray(law.predict_t(jnp.asarray(raw, dtype=jnp.float64), jnp.asarray(X)))
+    return float(np.sum(w * huber(pred - law.transform(y), delta)))
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class FitResult:
+    """A fitted law: best parameters, objective, and bootstrap percentile CIs."""
+
+    law: Law
+    params: dict[str, float]  # natural parameters
+    raw: np.ndarray  # optimized (raw) parameters
+    objective: float  # Σ Huber_δ (or Σ ½r²) of target-space residuals at the optimum
+    rms: float  # RMS of target-space residuals (e.g. RMS of ln L)
+    n_points: int
+    delta: float
+    n_starts: int
+    n_converged: int  # starts stopped by a tolerance (not maxiter)
+    n_iterations: int  # L-BFGS iterations summed over starts
+    start_objectives: np.ndarray  # final objective of every start (same units as objective)
+    boot: np.ndarray | None = None  # (K, Q) natural parameters of the bootstrap refits
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    level: float = 0.95
+    X: np.ndarray | None = None  # inputs (canonical order)
+    y: np.ndarray | None = None
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Returns the fitted law's prediction (units of y) at inputs X (n, len(inputs))."""
+        return self.law.predict(self.params, X)
+
+    def residuals(self) -> np.ndarray:
+        """Returns target-space residuals (prediction − data) at the fitted points."""
+        return self.law.transform(self.predict(self.X)) - self.law.transform(self.y)
+
+    def summary(self) -> pd.DataFrame:
+        """Returns one row per parameter: estimate, CI low/high (percentile bootstrap)."""
+        rows = []
+        for k, v in self.params.items():
+            lo, hi = self.ci.get(k, (math.nan, math.nan))
+            rows.append({"param": k, "estimate": v, "ci_low": lo, "ci_high": hi})
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON-serializable description (law, params, CIs, objective, counts)."""
+        return {
+            "law": self.law.name, "formula": self.law.formula, "params": dict(self.params),
+            "ci": {k: list(v) for k, v in self.ci.items()}, "level": self.level,
+            "objective": self.objective, "rms_residual": self.rms, "n_points": self.n_points,
+            "delta": None if math.isinf(self.delta) else self.delta, "target": self.law.target,
+            "n_starts": self.n_starts, "n_converged": self.n_converged,
+            "n_bootstrap": 0 if self.boot is None else int(len(self.boot)),
+        }
+
+
+def _canonical(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    keys = [y] + [X[:, j] for j in range(X.shape[1] - 1, -1, -1)]
+    return np.lexsort(keys)
+
+
+def _distinct_best(x: np.ndarray, f: np.ndarray, k: int) -> np.ndarray:
+    order = np.argsort(np.where(np.isfinite(f), f, np.inf), kind="stable")
+    chosen: list[int] = []
+    for i in order:
+        if not np.isfinite(f[i]):
+            break
+        if all(np.max(np.abs(x[i] - x[j]) / (1 + np.abs(x[j]))) > 1e-3 for j in chosen):
+            chosen.append(int(i))
+        if len(chosen) == k:
+            break
+    return np.array(chosen or [int(order[0])])
+
+
+def _percentile_ci(samples: np.ndarray, level: float) -> list[tuple[float, float]]:
+    lo_q, hi_q = 50 * (1 - level), 50 * (1 + level)
+    out = []
+    for j in range(samples.shape[1]):
+        s = samples[:, j]
+        s = s[np.isfinite(s)]
+        out.append((float(np.percentile(s, lo_q)), float(np.percentile(s, hi_q))) if len(s) else
+                   (math.nan, math.nan))
+    return out
+
+
+def _as_X(X: Any, law: Law) -> np.ndarray:
+    if isinstance(X, Mapping):
+        X = np.column_stack([np.asarray(X[k], dtype=float) for k in law.inputs])
+    X = np.asarray(X, dtype=float)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.shape[1] != len(law.inputs):
+        raise ValueError(f"{law.name}: X needs {len(law.inputs)} columns {law.inputs}, got {X.shape}")
+    return X
+
+
+def fit_law(law: Law | str, X: Any, y: Any, *, delta: float | None = None,
+            init: np.ndarray | None = None, bootstrap: int = 0, bootstrap_starts: int = 4,
+            seed: int = 0, level: float = 0.95, maxiter: int = 3000) -> FitResult:
+    """Returns the best multi-start fit of a law to (X, y), with bootstrap percentile CIs if asked.
+
+    X: (n, k) inputs in the law's input order (or a mapping name -> column); y: (n,) values.
+    delta: Huber delta in target space (default: the law's; math.inf = least squares).
+    init: (S, P) raw starts replacing the law's grid (e.g. one row for a naive single-start fit).
+    bootstrap: number K of resamples (points drawn with replacement, as multinomial weights).
+    """
+    law = get_law(law) if isinstance(law, str) else law
+    X = _as_X(X, law)
+    y = np.asarray(y, dtype=float).ravel()
+    if len(y) != len(X):
+        raise ValueError(f"{law.name}: {len(X)} input rows but {len(y)} values")
+    ok = np.all(np.isfinite(X), axis=1) & np.isfinite(y)
+    if law.target == "log":
+        ok &= y > 0
+    if "N" in law.inputs or "D" in law.inputs or "C" in law.inputs or law.name in ("bnsl", "sigmoid"):
+        ok &= np.all(X > 0, axis=1)
+    X, y = X[ok], y[ok]
+    n = len(y)
+    if n < len(law.raw_names):
+        raise ValueError(f"{law.name}: {n} usable points for {len(law.raw_names)} parameters")
+    order = _canonical(X, y)
+    X, y = X[order], y[order]
+    t = law.transform(y)
+    delta = law.delta if delta is None else float(delta)
+    fun = _objective(law.predict_t, delta)
+    starts = np.atleast_2d(law.init(X, y) if init is None else np.asarray(init, dtype=float))
+    res = batched_lbfgs(fun, starts, X, t, None, maxiter=maxiter)
+    f_all = np.where(np.isfinite(res.f), res.f, np.inf)
+    best = int(np.argmin(f_all))
+    if not np.isfinite(f_all[best]):
+        raise RuntimeError(f"{law.name}: every start diverged")
+    raw = res.x[best]
+    nat = law.to_natural(raw)
+    resid = np.asarray(law.transform(law.predict(nat, X))) - t
+    scale = 1.0 if math.isinf(delta) else delta
+    out = FitResult(
+        law=law, params={k: float(v) for k, v in zip(law.param_names, nat)}, raw=raw,
+        objective=objective_value(law, raw, X, y, delta), rms=float(np.sqrt(np.mean(resid ** 2))),
+        n_points=n, delta=delta, n_starts=len(starts), n_converged=int(np.sum(res.converged)), n_iterations=int(np.sum(res.iterations)),
+        start_objectives=f_all * scale * n, level=level, X=X, y=y,
+    )
+    if bootstrap > 0:
+        seeds = res.x[_distinct_best(res.x, f_all, bootstrap_starts)]
+        m = len(seeds)
+        rng = np.random.default_rng(seed)
+        W = rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(float)  # (K, n)
+        x0 = np.tile(seeds, (bootstrap, 1))  # lane = k*m + j
+        Wl = np.repeat(W, m, axis=0)
+        bres = batched_lbfgs(fun, x0, X, t, Wl, maxiter=maxiter)
+        bf = np.where(np.isfinite(bres.f), bres.f, np.inf).reshape(bootstrap, m)
+        pick = np.argmin(bf, axis=1)
+        braw = bres.x.reshape(bootstrap, m, -1)[np.arange(bootstrap), pick]
+        boot = law.to_natural(braw)
+        boot[~np.isfinite(bf[np.arange(bootstrap), pick])] = np.nan
+        out.boot = boot
+        out.ci = dict(zip(law.param_names, _percentile_ci(boot, level)))
+    return out
+
+
+# ----------------------------------------------------------------------------- wrappers
+
+
+def fit_chinchilla(N: Any, D: Any, loss: Any, *, delta: float = 1e-3, bootstrap: int = 0,
+                   bootstrap_starts: int = 4, seed: int = 0, level: float = 0.95,
+                   init: np.ndarray | None = None) -> FitResult:
+    """Returns the Hoffmann approach-3 fit of L(N,D) = E + A/N^α + B/D^β (Huber on ln L, 4,500 starts)."""
+    X = np.column_stack([np.asarray(N, dtype=float), np.asarray(D, dtype=float)])
+    return fit_law(CHINCHILLA, X, loss, delta=delta, init=init, bootstrap=bootstrap,
+                   bootstrap_starts=bootstrap_starts, seed=seed, level=level)
+
+
+def fit_power_law(x: Any, loss: Any, *, axis: str = "N", **kw: Any) -> FitResult:
+    """Returns the fit of L = E + A·x^(−alpha) for x = N (params), D (tokens) or C (FLOPs)."""
+    return fit_law(LAWS[f"power-{axis.lower()}"], np.asarray(x, dtype=float)[:, None], loss, **kw)
+
+
+def fit_kaplan(N: Any, loss: Any, D: Any | None = None, **kw: Any) -> FitResult:
+    """Returns the Kaplan L(N) fit, or L(N,D) when D (tokens) is given (Huber on ln L)."""
+    if D is None:
+        return fit_law(KAPLAN_N, np.asarray(N, dtype=float)[:, None], loss, **kw)
+    return fit_law(KAPLAN_ND, np.column_stack([N, D]).astype(float), loss, **kw)
+
+
+def fit_bnsl(x: Any, y: Any, n_breaks: int = 1, **kw: Any) -> FitResult:
+    """Returns the BNSL fit (least squares on ln(1+y), Caballero et al.'s loss) with n_breaks breaks."""
+    return fit_law(bnsl_law(n_breaks), np.asarray(x, dtype=float)[:, None], y, **kw)
+
+
+def fit_sigmoid(x: Any, y: Any, **kw: Any) -> FitResult:
+    """Returns the least-squares sigmoid fit y = floor + (ceil−floor)·σ(k·(log10 x − x0))."""
+    return fit_law(SIGMOID, np.asarray(x, dtype=float)[:, None], y, **kw)
+
+
+def chinchilla_params(fit: FitResult) -> L.ChinchillaParams:
+    """Returns the ChinchillaParams (E nats/token, A, B, alpha, beta) of a Chinchilla fit."""
+    p = fit.params
+    return L.ChinchillaParams(E=p["E"], A=p["A"], B=p["B"], alpha=p["alpha"], beta=p["beta"])
+
+
+def compute_optimal_ci(fit: FitResult, C: Sequence[float] | np.ndarray,
+                       level: float = 0.95) -> pd.DataFrame:
+    """Returns N_opt (params), D_opt (tokens), D/N at budgets C (FLOPs) with bootstrap CIs."""
+    C = np.atleast_1d(np.asarray(C, dtype=float))
+    co = L.compute_optimal(chinchilla_params(fit), C)
+    df = pd.DataFrame({"C": C, "N_opt": co.N_opt, "D_opt": co.D_opt,
+                       "tokens_per_param": co.tokens_per_parameter, "a": co.a, "b": co.b, "G": co.G})
+    if fit.boot is not None and len(fit.boot):
+        b = fit.boot[np.all(np.isfinite(fit.boot), axis=1)]
+        E, A, B, al, be = (b[:, i] for i in range(5))
+        with np.errstate(all="ignore"):
+            nb = np.stack([L.n_opt(C, A[i], B[i], al[i], be[i]) for i in range(len(b))])
+            db = np.stack([L.d_opt(C, A[i], B[i], al[i], be[i]) for i in range(len(b))])
+        lo, hi = 50 * (1 - level), 50 * (1 + level)
+        df["N_opt_low"], df["N_opt_high"] = np.nanpercentile(nb, lo, 0), np.nanpercentile(nb, hi, 0)
+        df["D_opt_low"], df["D_opt_high"] = np.nanpercentile(db, lo, 0), np.nanpercentile(db, hi, 0)
+        ab = be / (al + be)
+        df["a_low"], df["a_high"] = np.nanpercentile(ab, lo), np.nanpercentile(ab, hi)
+    return df

@@ -1,0 +1,126 @@
+"""How much time the sweep's shared JAX compilation cache saves: one run cold, then warm.
+
+    python benchmarks/compile_cache.py [--sweep configs/sweeps/isoflop_tiny.py] [--steps 10]
+
+Takes one run of a sweep (by default the largest model of isoflop_tiny), shortens it to `--steps`
+steps, and trains it twice in fresh subprocesses against one new cache directory: first cold
+(empty cache: everything is compiled and written), then warm (same programs loaded from the
+cache), each into its own run directory. Each child reports the seconds spent in XLA compilation
+or cache loading (JAX's '/jax/core/compile/backend_compile_duration' events) and the wall time of
+`train()`. Prints both and the cold/warm ratios; the last line is the same as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+HIT_EVENT = "/jax/compilation_cache/cache_hits"
+
+
+def child(workdir: str, cache_dir: str, config_path: str) -> dict[str, float]:
+    """Trains the run in config_path into workdir with the cache; returns timings (seconds)."""
+    import jax
+
+    from scaling import config as config_lib
+    from scaling.sweeps import cache
+    from scaling.train.loop import train
+
+    cache.enable_compile_cache(cache_dir)
+    totals = {"compile_s": 0.0, "compiles": 0, "cache_hits": 0}
+
+    def on_duration(event: str, duration: float, **kwargs: object) -> None:
+        if event == COMPILE_EVENT:
+            totals["compile_s"] += duration
+            totals["compiles"] += 1
+
+    def on_event(event: str, **kwargs: object) -> None:
+        if event == HIT_EVENT:
+            totals["cache_hits"] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    jax.monitoring.register_event_listener(on_event)
+    config = config_lib.from_dict(json.loads(pathlib.Path(config_path).read_text()))
+    start = time.perf_counter()
+    summary = train(config, workdir)
+    totals["train_s"] = time.perf_counter() - start
+    totals["steps"] = summary["step"]
+    return totals
+
+
+def _run_child(workdir: pathlib.Path, cache_dir: pathlib.Path, config_path: pathlib.Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, __file__, "--child", str(workdir), str(cache_dir),
+                          str(config_path)], env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        sys.stderr.write(out.stdout + out.stderr)
+        raise SystemExit(f"child run failed with exit code {out.returncode}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["process_s"] = time.perf_counter() - start
+    return result
+
+
+def main() -> None:
+    """Runs the cold and warm children and prints their timings and the cold/warm ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--child", nargs=3, metavar=("WORKDIR", "CACHE", "CONFIG"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--sweep", default=str(REPO_ROOT / "configs/sweeps/isoflop_tiny.py"),
+                        help="sweep config whose run is benchmarked")
+    parser.add_argument("--run", type=int, default=-1, help="index of the run in the sweep")
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per training")
+    parser.add_argument("--tfds_name", default="", help="override data.tfds_name")
+    parser.add_argument("--tfds_data_dir", default="", help="override data.tfds_data_dir")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child)))
+        return
+
+    sys.path.insert(0, str(REPO_ROOT))
+    from scaling import config as config_lib
+    from scaling.sweeps import spec
+
+    sweep = spec.load_sweep(args.sweep)
+    if args.tfds_name:
+        sweep.base.data.tfds_name = args.tfds_name
+    if args.tfds_data_dir:
+        sweep.base.data.tfds_data_dir = args.tfds_data_dir
+    run = spec.expand(sweep)[args.run]
+    config = run.config
+    config.data.num_tokens = args.steps * run.tokens_per_step
+    config.train.progress = False
+    with tempfile.TemporaryDirectory(prefix="compile_cache_bench") as tmp:
+        tmp_path = pathlib.Path(tmp)
+        config_path = tmp_path / "config.json"
+        config_path.write_text(config_lib.to_json(config))
+        cache_dir = tmp_path / "cache"
+        env_note = os.environ.get("XLA_FLAGS", "")
+        cold = _run_child(tmp_path / "cold", cache_dir, config_path)
+        warm = _run_child(tmp_path / "warm", cache_dir, config_path)
+    ratio_compile = cold["compile_s"] / max(warm["compile_s"], 1e-9)
+    ratio_train = cold["train_s"] / max(warm["train_s"], 1e-9)
+    print(f"run {run.name} (N={run.n}), {args.steps} steps; XLA_FLAGS={env_note!r}")
+    print(f"{'':6} {'compile+load s':>15} {'programs':>9} {'cache hits':>10} {'train() s':>10} "
+          f"{'process s':>10}")
+    for label, r in (("cold", cold), ("warm", warm)):
+        print(f"{label:6} {r['compile_s']:15.2f} {r['compiles']:9d} {r['cache_hits']:10d} "
+              f"{r['train_s']:10.2f} {r['process_s']:10.2f}")
+    print(f"compile time cold/warm: {ratio_compile:.1f}x ({cold['compile_s'] - warm['compile_s']:.2f} s "
+          f"saved per run); train() wall time cold/warm: {ratio_train:.2f}x")
+    print(json.dumps({"cold": cold, "warm": warm, "compile_ratio": ratio_compile,
+                      "train_ratio": ratio_train}))
+
+
+if __name__ == "__main__":
+    main()

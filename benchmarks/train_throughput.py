@@ -1,0 +1,106 @@
+"""Train-step throughput: tokens/s, model FLOP/s and MFU against the matmul peak measured now.
+
+Usage: python benchmarks/train_throughput.py [--sizes tiny,small,medium] [--steps 10] [--dtype float32]
+
+For each model size it compiles the real sharded train step (all local devices on the `data` axis),
+times `--steps` steps on synthetic tokens after a warm-up, and prints tokens/s, model FLOP/s
+(analytic training FLOPs per token × tokens/s) and MFU = model FLOP/s / peak. The peak is the best
+n×n matmul FLOP/s measured in this same process (published bf16 peak on known accelerators), so the
+ratio is meaningful on a noisy shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+from scaling import config as config_lib
+from scaling import optim, perf
+from scaling import sharding as sharding_lib
+from scaling.models import accounting, make_model
+from scaling.train import state as state_lib
+from scaling.train import step as step_lib
+
+SIZES = {  # name: (n_layers, d_model, n_heads, seq_len, batch)
+    "tiny": (2, 64, 4, 128, 16),
+    "small": (4, 128, 4, 256, 16),
+    "medium": (6, 256, 8, 256, 16),
+    "large": (12, 768, 12, 1024, 32),
+}
+
+
+def make_config(name: str, dtype: str) -> config_lib.ml_collections.ConfigDict:
+    """Returns the config of a standard benchmark size (byte vocab 320)."""
+    n_layers, d_model, n_heads, seq_len, batch = SIZES[name]
+    c = config_lib.default_config()
+    c.model.vocab_size = 320
+    c.model.n_layers, c.model.d_model, c.model.n_heads = n_layers, d_model, n_heads
+    c.model.max_seq_len = c.data.seq_len = seq_len
+    c.model.dtype = dtype
+    c.train.batch_size = batch
+    c.train.num_steps = 1000
+    return c
+
+
+def bench(config: config_lib.ml_collections.ConfigDict, steps: int, peak: float) -> dict:
+    """Returns measured tokens/s, model FLOP/s and MFU for one config."""
+    config_lib.validate(config, jax.device_count())
+    mesh = sharding_lib.make_mesh(config)
+    rules = config_lib.logical_rules(config)
+    model = make_model(config.model)
+    with sharding_lib.logical_context(mesh, rules):
+        boxed = state_lib.abstract_params(model, config)
+    tx, schedule = optim.make_optimizer(config, boxed)
+    _, shardings = state_lib.state_shardings(model, tx, config, mesh)
+    state = state_lib.init_state(model, tx, config, mesh, shardings)
+    rng = np.random.default_rng(0)
+    shape = (config.train.batch_size, config.data.seq_len)
+    batch_np = {"inputs": rng.integers(0, 256, shape).astype(np.int32),
+                "targets": rng.integers(0, 256, shape).astype(np.int32),
+                "weights": np.ones(shape, np.float32)}
+    batch = sharding_lib.global_batch(batch_np, mesh, rules)
+    bs = {k: sharding_lib.batch_sharding(mesh, rules, v.ndim) for k, v in batch_np.items()}
+    with sharding_lib.logical_context(mesh, rules):
+        step = jax.jit(step_lib.make_train_step(model, tx, config, schedule),
+                       in_shardings=(shardings, bs),
+                       out_shardings=(shardings, sharding_lib.replicated(mesh)),
+                       donate_argnums=(0,))
+        state, m = step(state, batch)
+        jax.block_until_ready(m)
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, m = step(state, batch)
+        jax.block_until_ready(m)
+        elapsed = time.perf_counter() - start
+    tokens_per_s = steps * shape[0] * shape[1] / elapsed
+    flops_per_token = accounting.flops_per_token(config.model, config.data.seq_len)
+    model_flops = tokens_per_s * flops_per_token
+    n = accounting.param_counts(config.model)["non_embedding"]
+    return {"N": n, "tokens_per_s": tokens_per_s, "model_flops_per_s": model_flops,
+            "mfu": model_flops / peak}
+
+
+def main() -> None:
+    """Prints a throughput table for the chosen sizes."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="tiny,small,medium")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args()
+    per_device, source = perf.peak_flops_per_device(0.0, args.dtype)
+    peak = perf.total_peak_flops(per_device)
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; "
+          f"peak {peak:.3g} FLOP/s ({source})")
+    print(f"{'size':>8} {'N':>10} {'tokens/s':>12} {'model FLOP/s':>14} {'MFU':>7}")
+    for name in args.sizes.split(","):
+        r = bench(make_config(name, args.dtype), args.steps, peak)
+        print(f"{name:>8} {r['N']:>10.3g} {r['tokens_per_s']:>12.4g} "
+              f"{r['model_flops_per_s']:>14.4g} {r['mfu']:>7.1%}")
+
+
+if __name__ == "__main__":
+    main()

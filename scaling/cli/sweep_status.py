@@ -1,0 +1,126 @@
+"""`scaling sweep-status DIR`: a table of a sweep's runs with status, step and last loss."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+from scaling.cli import common
+
+DESCRIPTION = """Argument: DIR, a sweep root made by `scaling sweep`.
+
+Shows the runs of the sweep in DIR (a sweep root made by `scaling sweep`): name,
+status, step / total steps, last logged loss, N (non-embedding parameters), D (tokens), C
+(training FLOPs), attempts and the error of failed runs, read from DIR/manifest.json and each run
+directory's status.json and metrics.jsonl. It only reads files, so it is safe while the sweep runs.
+
+examples:
+  scaling sweep-status sweeps/isoflop
+  scaling sweep-status sweeps/isoflop --watch 10
+  scaling sweep-status sweeps/isoflop --json > status.json"""
+
+
+def collect(root: str | pathlib.Path) -> dict[str, Any]:
+    """Returns {'root', 'name', 'runner_active', 'runs': [per-run status rows]} of a sweep root."""
+    from scaling.sweeps import manifest as manifest_lib
+
+    root = pathlib.Path(root)
+    manifest = manifest_lib.read_manifest(root)
+    if not manifest["runs"] and not manifest_lib.manifest_path(root).exists():
+        raise FileNotFoundError(f"{root} has no manifest.json (not a sweep root?)")
+    rows = []
+    for entry in manifest["runs"]:
+        run_dir = root / entry["dir"]
+        status = manifest_lib.run_status(run_dir)
+        metrics = manifest_lib.last_metrics(run_dir) or {}
+        run = manifest_lib.read_json(run_dir / "run.json") or {}
+        rows.append({
+            "name": entry["name"], "id": entry["id"], "status": status["status"],
+            "manifest_status": entry.get("status"),
+            "step": int(metrics.get("step", status.get("step") or 0)),
+            "num_steps": int(run.get("num_steps", entry.get("steps", 0)) or 0),
+            "loss": metrics.get("loss"), "n": entry.get("n"), "d": entry.get("d"),
+            "c": entry.get("c"), "attempts": entry.get("attempts", 0),
+            "error": status.get("error") or entry.get("error"), "dir": entry["dir"]})
+    return {"root": str(root), "name": manifest.get("name", ""),
+            "runner_active": runner_active(root), "runs": rows}
+
+
+def runner_active(root: pathlib.Path) -> bool:
+    """Returns True if a `scaling sweep` process currently holds the root's lock."""
+    import fcntl
+
+    from scaling.sweeps.runner import LOCK_NAME
+
+    path = root / LOCK_NAME
+    if not path.exists():
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def render(info: dict[str, Any]) -> str:
+    """Returns the status table and a one-line summary of counts by status."""
+    from scaling.sweeps.runner import format_table
+    from scaling.sweeps.spec import format_count
+
+    header = ["name", "status", "step", "loss", "N", "D", "C", "tries", "error"]
+    rows = []
+    counts: dict[str, int] = {}
+    for r in info["runs"]:
+        status = r["status"]
+        if status == "running" and not info["runner_active"]:
+            status = "stopped"  # the runner died; the next `scaling sweep` resumes it
+        counts[status] = counts.get(status, 0) + 1
+        loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
+        error = (r["error"] or "")[:60]
+        rows.append([r["name"], status, f"{r['step']}/{r['num_steps']}", loss,
+                     format_count(r["n"]) if r["n"] else "-", format_count(r["d"]) if r["d"] else "-",
+                     f"{r['c']:.2e}" if r["c"] else "-", str(r["attempts"]), error])
+    table = format_table(header, rows)
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    runner = "runner active" if info["runner_active"] else "no runner active"
+    return f"{table}\n\n{len(rows)} runs: {summary} ({runner})"
+
+
+def main(argv: list[str]) -> int:
+    """Runs `scaling sweep-status`; returns the exit code (0, or 2 if DIR is not a sweep root)."""
+    from absl import flags
+
+    fv = common.new_flag_values(with_config=False)
+    flags.DEFINE_boolean("json", False, "Print the rows as JSON instead of a table.",
+                         flag_values=fv)
+    flags.DEFINE_float("watch", 0.0, "Refresh every this many seconds until interrupted (0: once).",
+                       flag_values=fv)
+    from scaling.cli.sweep import normalize_argv
+
+    rest = common.parse(fv, normalize_argv(argv), DESCRIPTION)
+    if rest is None:
+        return 0
+    if len(rest) != 1:
+        print("error: expected exactly one sweep root DIR (see --help)", file=sys.stderr)
+        return 2
+    try:
+        while True:
+            info = collect(rest[0])
+            if fv.json:
+                print(json.dumps(info, indent=2, default=str))
+            else:
+                print(render(info))
+            if fv.watch <= 0:
+                return 0
+            time.sleep(fv.watch)
+            print()
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0

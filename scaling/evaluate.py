@@ -1,0 +1,208 @@
+"""Evaluation of checkpoints: validation loss and capability-task metrics -> `eval.jsonl` rows.
+
+Metrics (one row per (step, metric)):
+    val/loss              mean next-token cross-entropy on the held-out split, nats/token
+    val/token_accuracy    fraction of held-out tokens predicted exactly (argmax)
+    <task>/exact_match    fraction of task examples whose whole answer span is argmax-correct
+    <task>/answer_logprob mean over examples of the summed log-probability of the answer, nats
+    <task>/answer_token_logprob  mean log-probability per answer token, nats/token
+    <task>/token_accuracy fraction of answer tokens predicted exactly
+    <task>/subtask_<i>/exact_match  the same per subtask (multitask data such as sparse parity)
+Every row also carries step, tokens, flops, n_params and n_params_nonembed, so a row is
+self-describing for the analysis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+from typing import Any, Callable, Iterable
+
+import jax
+import ml_collections
+import numpy as np
+
+from scaling import checkpoint as ckpt_lib
+from scaling import config as config_lib
+from scaling import data as data_lib
+from scaling import metrics_writer
+from scaling import optim
+from scaling import sharding as sharding_lib
+from scaling.models import make_model
+from scaling.train import state as state_lib
+from scaling.train import step as step_lib
+
+log = logging.getLogger(__name__)
+
+DEVICE_KEYS = ("inputs", "targets", "weights")
+
+
+def _pad_rows(batch: dict[str, np.ndarray], multiple: int) -> tuple[dict[str, np.ndarray], int]:
+    """Returns the batch padded with zero-weight rows to a multiple of `multiple`, and its size."""
+    n = len(batch["inputs"])
+    pad = (-n) % multiple
+    if pad == 0:
+        return batch, n
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        out[k] = np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+    return out, n
+
+
+def _to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh, rules: Any) -> dict:
+    """Returns device arrays for a batch that every process holds in full."""
+    out = {}
+    for k in DEVICE_KEYS:
+        v = np.asarray(batch[k])
+        sharding = sharding_lib.batch_sharding(mesh, rules, v.ndim)
+        out[k] = jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
+    return out
+
+
+class Evaluator:
+    """Holds the fixed evaluation data and a compiled eval step for one resolved config."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None,
+                 mesh: jax.sharding.Mesh, model: Any):
+        self.config = config
+        self.mesh = mesh
+        self.rules = config_lib.logical_rules(config)
+        self.model = model
+        self.task = config.data.task.name
+        shape = config_lib.mesh_shape(config, mesh.devices.size)
+        self.dp = shape["data"] * shape["fsdp"]
+        self.val_batches = (data_lib.make_eval_batches(config, workdir)
+                            if config.data.source != "task" else [])
+        self.task_batches = data_lib.make_task_eval(config, workdir) if self.task else []
+        self._step = jax.jit(step_lib.make_eval_step(model))
+
+    def _run(self, params: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        padded, n = _pad_rows(batch, self.dp)
+        with sharding_lib.logical_context(self.mesh, self.rules):
+            out = self._step(params, _to_global(padded, self.mesh, self.rules))
+        out = jax.device_get(out)
+        return {k: (v[:n] if np.ndim(v) else v) for k, v in out.items()}
+
+    def metrics(self, params: Any) -> dict[str, float]:
+        """Returns {metric name: value} for `params` (see the module docstring for units)."""
+        result: dict[str, float] = {}
+        if self.val_batches:
+            nll = weight = correct = 0.0
+            for b in self.val_batches:
+                o = self._run(params, b)
+                nll += float(o["nll_sum"])
+                weight += float(o["weight_sum"])
+                correct += float(o["correct_sum"])
+            result["val/loss"] = nll / max(weight, 1.0)
+            result["val/token_accuracy"] = correct / max(weight, 1.0)
+        if self.task_batches:
+            lp, ntok, corr, exact, sub = [], [], [], [], []
+            for b in self.task_batches:
+                o = self._run(params, b)
+                lp.append(o["example_logprob"])
+                ntok.append(o["example_tokens"])
+                corr.append(o["example_correct"])
+                exact.append(o["example_correct"] >= o["example_tokens"] - 0.5)
+                if "subtask" in b:
+                    sub.append(np.asarray(b["subtask"]))
+            lp, ntok, corr = map(np.concatenate, (lp, ntok, corr))
+            exact = np.concatenate(exact).astype(np.float64)
+            keep = ntok > 0
+            t = self.task
+            result[f"{t}/exact_match"] = float(np.mean(exact[keep]))
+            result[f"{t}/answer_logprob"] = float(np.mean(lp[keep]))
+            result[f"{t}/answer_token_logprob"] = float(np.sum(lp[keep]) / np.sum(ntok[keep]))
+            result[f"{t}/token_accuracy"] = float(np.sum(corr[keep]) / np.sum(ntok[keep]))
+            if sub:
+                sub_ids = np.concatenate(sub)
+                for i in np.unique(sub_ids[keep]):
+                    mask = keep & (sub_ids == i)
+                    result[f"{t}/subtask_{int(i)}/exact_match"] = float(np.mean(exact[mask]))
+        return result
+
+    def rows(self, params: Any, step: int, run: dict[str, Any]) -> list[dict[str, Any]]:
+        """Returns eval.jsonl rows for `params` at `step` of the run described by `run`."""
+        tokens = step * run["tokens_per_step"]
+        base = {"step": int(step), "tokens": int(tokens),
+                "flops": float(tokens * run["flops_per_token"]),
+                "n_params": run["n_params"], "n_params_nonembed": run["n_params_nonembed"]}
+        return [dict(base, metric=k, value=v) for k, v in self.metrics(params).items()]
+
+    __call__ = rows
+
+
+def select_steps(available: list[int], steps: str) -> list[int]:
+    """Returns the checkpoint steps chosen by 'all', 'last' or a comma-separated list."""
+    if not available:
+        return []
+    if steps == "all":
+        return available
+    if steps == "last":
+        return [available[-1]]
+    wanted = [int(s) for s in steps.split(",") if s.strip()]
+    missing = sorted(set(wanted) - set(available))
+    if missing:
+        raise ValueError(f"no checkpoint at steps {missing}; available: {available}")
+    return wanted
+
+
+def evaluate_run(run_dir: str | pathlib.Path, steps: str = "all",
+                 progress: bool = True) -> list[dict[str, Any]]:
+    """Evaluates the chosen checkpoints of a run; rewrites their rows in eval.jsonl; returns rows."""
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    config = config_lib.from_dict(json.loads((run_dir / "config.json").read_text()))
+    run = json.loads((run_dir / "run.json").read_text())
+    mesh = sharding_lib.make_mesh(config)
+    model = make_model(config.model)
+    rules = config_lib.logical_rules(config)
+    with sharding_lib.logical_context(mesh, rules):
+        boxed = state_lib.abstract_params(model, config)
+    tx, _ = optim.make_optimizer(config, boxed)
+    abstract_state, shardings = state_lib.state_shardings(model, tx, config, mesh)
+    checkpointer = ckpt_lib.Checkpointer(run_dir, config)
+    chosen = select_steps(checkpointer.all_steps(), steps)
+    evaluator = Evaluator(config, run_dir, mesh, model)
+    rows: list[dict[str, Any]] = []
+    from tqdm.auto import tqdm
+
+    try:
+        for step in tqdm(chosen, desc=f"evaluate {run_dir.name}", disable=not progress):
+            params = checkpointer.restore_params(step, abstract_state, shardings)
+            rows.extend(evaluator.rows(params, step, run))
+    finally:
+        checkpointer.close()
+    if jax.process_index() == 0:
+        replace_rows(run_dir / "eval.jsonl", rows, set(chosen))
+    return rows
+
+
+def replace_rows(path: pathlib.Path, rows: Iterable[dict[str, Any]], steps: set[int]) -> None:
+    """Rewrites eval.jsonl atomically: old rows of `steps` are replaced by `rows`."""
+    kept: list[str] = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                if int(json.loads(line).get("step", -1)) not in steps:
+                    kept.append(line)
+            except (json.JSONDecodeError, ValueError, AttributeError):
+                log.warning("%s: dropping an unreadable line", path)
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for line in kept:
+            f.write(line + "\n")
+    writer = metrics_writer.JsonlWriter(tmp)
+    writer.write_many(rows)
+    writer.close()
+    tmp.replace(path)
+
+
+def make_inline_evaluator(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                          mesh: jax.sharding.Mesh, model: Any) -> Callable | None:
+    """Returns an evaluator for the training loop if `train.eval_at_checkpoints`, else None."""
+    if not config.train.eval_at_checkpoints:
+        return None
+    return Evaluator(config, workdir, mesh, model)

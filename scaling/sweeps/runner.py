@@ -1,0 +1,522 @@
+"""Runs a sweep: prepares the run directories and manifest, then trains the runs on a backend.
+
+    run_sweep(sweep, root, backend="local", workers=1)
+
+1. `spec.expand` validates the whole sweep and expands it into runs; nothing is written or
+   started if it raises `SweepError`.
+2. `prepare` writes sweep.json, one run directory per run (config.json, run.json with the run's
+   axes, status.json 'pending') and merges the runs into root/manifest.json by id.
+3. The scheduler starts every run that is not completed (and not diverged, unless
+   `retry_failed`) on the backend and records each transition in the manifest (rewritten
+   atomically). A run that fails is retried up to `max_retries` times (a non-finite loss is not
+   retried: it would diverge again); it is then marked failed with its log (run_dir/train.log)
+   kept, and the other runs go on. A partial run resumes from its latest checkpoint (the training
+   loop does that). SIGINT/SIGTERM to the runner stop the workers with SIGTERM, which makes each
+   save a checkpoint, and mark them interrupted; a SIGKILLed runner takes its workers down with it
+   (parent-death signal) and the next invocation resumes them.
+
+Backends: `local` runs `workers` runs at a time as subprocesses (`python -m scaling.sweeps.worker
+RUN_DIR`), a multi-process run as `resources.processes` subprocesses joined by jax.distributed on
+127.0.0.1; `ray` (`scaling.sweeps.ray_backend`) submits the same worker as Ray tasks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Iterator, Protocol
+
+import ml_collections
+
+from scaling import config as config_lib
+from scaling.sweeps import manifest as manifest_lib
+from scaling.sweeps import spec as spec_lib
+from scaling.sweeps import worker as worker_lib
+from scaling.sweeps.spec import Run, SweepError
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT_VERSION = 1
+LOCK_NAME = ".sweep.lock"
+TERMINATE_GRACE_S = 60.0
+
+
+@dataclasses.dataclass
+class Job:
+    """One attempt of one run on a backend."""
+
+    run: Run
+    run_dir: pathlib.Path
+    attempt: int
+    started: float = dataclasses.field(default_factory=time.time)
+    handle: Any = None  # backend-specific
+
+
+class Backend(Protocol):
+    """Where attempts run: the scheduler starts jobs while `has_capacity()` and polls them."""
+
+    def has_capacity(self) -> bool:
+        """Returns True if another job can start now."""
+
+    def start(self, job: Job) -> None:
+        """Starts `job` (non-blocking)."""
+
+    def poll(self, timeout: float) -> list[tuple[Job, int]]:
+        """Returns the jobs that finished within `timeout` seconds, with their exit codes."""
+
+    def active(self) -> int:
+        """Returns the number of jobs started and not yet finished."""
+
+    def interrupt_all(self) -> list[tuple[Job, int]]:
+        """Stops every job with SIGTERM (so it checkpoints), waits; returns them with exit codes."""
+
+    def close(self) -> None:
+        """Releases the backend's resources."""
+
+
+# ------------------------------------------------------------------------------ worker launch
+
+
+def package_root() -> str:
+    """Returns the directory that contains the `scaling` package (put on the workers' PYTHONPATH)."""
+    import scaling
+
+    return str(pathlib.Path(scaling.__file__).resolve().parents[1])
+
+
+def worker_env(base: dict[str, str], *, devices_per_process: int = 0,
+               cache_dir: str | None = None, coordinator: str | None = None,
+               num_processes: int = 1, process_id: int = 0,
+               pythonpath: str | None = None) -> dict[str, str]:
+    """Returns the environment for one worker process (base env plus sweep settings)."""
+    env = dict(base)
+    pythonpath = pythonpath or package_root()
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join([pythonpath] + [p for p in parts if p != pythonpath])
+    if devices_per_process > 0:
+        flags = [f for f in env.get("XLA_FLAGS", "").split()
+                 if not f.startswith("--xla_force_host_platform_device_count")]
+        flags.append(f"--xla_force_host_platform_device_count={int(devices_per_process)}")
+        env["XLA_FLAGS"] = " ".join(flags)
+    if cache_dir:
+        env["SCALING_COMPILE_CACHE_DIR"] = str(cache_dir)
+    else:
+        env.pop("SCALING_COMPILE_CACHE_DIR", None)
+    for key in ("SCALING_COORDINATOR_ADDRESS", "SCALING_NUM_PROCESSES", "SCALING_PROCESS_ID"):
+        env.pop(key, None)
+    if num_processes > 1:
+        env["SCALING_COORDINATOR_ADDRESS"] = str(coordinator)
+        env["SCALING_NUM_PROCESSES"] = str(num_processes)
+        env["SCALING_PROCESS_ID"] = str(process_id)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Returns a TCP port that was free on `host` a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def log_name(process_id: int) -> str:
+    """Returns the log file name of a run's process (train.log for process 0)."""
+    return "train.log" if process_id == 0 else f"train.p{process_id}.log"
+
+
+def attempt_header(name: str, attempt: int, process_id: int, num_processes: int) -> str:
+    """Returns the line written to a run's log before each attempt."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    return (f"\n===== {stamp} run {name} attempt {attempt} process {process_id}/{num_processes} "
+            "=====\n")
+
+
+def worker_command(run_dir: str | os.PathLike) -> list[str]:
+    """Returns the command line that trains one run directory."""
+    return [sys.executable, "-m", "scaling.sweeps.worker", str(run_dir)]
+
+
+class LocalBackend:
+    """Runs up to `workers` runs at a time as local subprocesses (all processes of a run here)."""
+
+    def __init__(self, workers: int, resources: ml_collections.ConfigDict,
+                 cache_dir: str | None):
+        self.workers = max(1, int(workers))
+        self.resources = resources
+        self.cache_dir = cache_dir
+        self._jobs: list[Job] = []
+
+    def has_capacity(self) -> bool:
+        """Returns True while fewer than `workers` runs are active."""
+        return len(self._jobs) < self.workers
+
+    def active(self) -> int:
+        """Returns the number of active runs."""
+        return len(self._jobs)
+
+    def start(self, job: Job) -> None:
+        """Starts all processes of `job`'s run, logs appended to run_dir/train[.pK].log."""
+        procs = []
+        num = int(self.resources.processes)
+        coordinator = f"127.0.0.1:{free_port()}" if num > 1 else None
+        for pid in range(num):
+            env = worker_env(dict(os.environ), devices_per_process=self.resources.devices_per_process,
+                             cache_dir=self.cache_dir, coordinator=coordinator,
+                             num_processes=num, process_id=pid)
+            env[worker_lib.PARENT_ENV] = str(os.getpid())
+            with open(job.run_dir / log_name(pid), "a", encoding="utf-8") as logf:
+                logf.write(attempt_header(job.run.name, job.attempt, pid, num))
+                logf.flush()
+                procs.append(subprocess.Popen(worker_command(job.run_dir), stdout=logf,
+                                              stderr=subprocess.STDOUT, env=env,
+                                              stdin=subprocess.DEVNULL, start_new_session=True))
+        job.handle = {"procs": procs, "term_sent": None}
+        self._jobs.append(job)
+
+    def _check(self, job: Job) -> int | None:
+        procs: list[subprocess.Popen] = job.handle["procs"]
+        codes = [p.poll() for p in procs]
+        bad = [c for c in codes if c not in (None, 0)]
+        if all(c is not None for c in codes):
+            return bad[0] if bad else 0
+        if bad:  # one process of a multi-process run died: stop the others
+            if job.handle["term_sent"] is None:
+                job.handle["term_sent"] = time.time()
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+            elif time.time() - job.handle["term_sent"] > TERMINATE_GRACE_S:
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+        return None
+
+    def poll(self, timeout: float) -> list[tuple[Job, int]]:
+        """Returns the runs whose processes all exited (worst exit code), waiting up to timeout."""
+        deadline = time.time() + timeout
+        while True:
+            done = []
+            for job in list(self._jobs):
+                code = self._check(job)
+                if code is not None:
+                    self._jobs.remove(job)
+                    done.append((job, code))
+            if done or time.time() >= deadline:
+                return done
+            time.sleep(min(0.1, max(0.0, deadline - time.time())))
+
+    def interrupt_all(self) -> list[tuple[Job, int]]:
+        """SIGTERMs every process (each saves a checkpoint), waits; returns jobs with exit codes."""
+        for job in self._jobs:
+            for p in job.handle["procs"]:
+                if p.poll() is None:
+                    p.terminate()
+        out = []
+        deadline = time.time() + TERMINATE_GRACE_S
+        for job in list(self._jobs):
+            codes = []
+            for p in job.handle["procs"]:
+                try:
+                    codes.append(p.wait(timeout=max(0.1, deadline - time.time())))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    codes.append(p.wait())
+            bad = [c for c in codes if c != 0]
+            out.append((job, bad[0] if bad else 0))
+        self._jobs.clear()
+        return out
+
+    def close(self) -> None:
+        """Kills anything still running."""
+        for job in self._jobs:
+            for p in job.handle["procs"]:
+                if p.poll() is None:
+                    p.kill()
+
+
+# ------------------------------------------------------------------------------- preparation
+
+
+def plan_table(runs: list[Run]) -> str:
+    """Returns the dry-run table: name, N, D, C (FLOPs), steps, batch, lr, shape and id."""
+    header = ["name", "N", "D", "C", "steps", "batch", "lr", "shape", "id"]
+    rows = []
+    for r in runs:
+        shape = "x".join(str(r.shape[k]) for k in ("n_layers", "d_model", "n_heads", "d_ff")
+                         if k in r.shape) or "x".join(str(v) for v in r.shape.values())
+        rows.append([r.name, spec_lib.format_count(r.n), spec_lib.format_count(r.d),
+                     f"{r.c:.3e}", str(r.steps), str(r.batch), f"{r.lr:.3g}", shape, r.id])
+    return format_table(header, rows)
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """Returns rows as an aligned plain-text table with a header line."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)] if rows else \
+        [len(h) for h in header]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _run_json(run: Run) -> dict[str, Any]:
+    return {"version": RUN_FORMAT_VERSION, "id": run.id, "name": run.name, "axes": run.axes,
+            "n_params": run.n_total, "n_params_nonembed": run.n,
+            "flops_per_token": run.flops_per_token, "tokens_per_step": run.tokens_per_step,
+            "num_steps": run.steps}
+
+
+def _check_conflicts(root: pathlib.Path, runs: list[Run]) -> None:
+    for run in runs:
+        existing = manifest_lib.read_json(root / run.dir / "run.json")
+        if existing is not None and existing.get("id") not in (None, run.id):
+            raise SweepError(f"{root / run.dir} holds run id {existing.get('id')}, but this sweep's "
+                             f"run {run.name} has id {run.id} (its config changed); use another "
+                             "--root or remove that directory")
+
+
+def _status_for_manifest(run_dir: pathlib.Path) -> str:
+    status = manifest_lib.run_status(run_dir)["status"]
+    return "interrupted" if status == "running" else status  # no runner holds it now
+
+
+def prepare(root: str | os.PathLike, sweep: ml_collections.ConfigDict,
+            runs: list[Run]) -> dict[str, Any]:
+    """Writes sweep.json, the run directories and the merged manifest; returns the manifest."""
+    root = pathlib.Path(root)
+    _check_conflicts(root, runs)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sweep.json.tmp").write_text(spec_lib.sweep_to_json(sweep))
+    os.replace(root / "sweep.json.tmp", root / "sweep.json")
+    for run in runs:
+        run_dir = root / run.dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "config.json").exists():
+            (run_dir / "config.json.tmp").write_text(config_lib.to_json(run.config))
+            os.replace(run_dir / "config.json.tmp", run_dir / "config.json")
+        existing = manifest_lib.read_json(run_dir / "run.json") or {}
+        updated = {**existing, **json.loads(json.dumps(_run_json(run)))}
+        if updated != existing:  # a finished run's files stay untouched
+            manifest_lib.write_json_atomic(run_dir / "run.json", updated)
+        if not (run_dir / "status.json").exists():
+            manifest_lib.write_json_atomic(run_dir / "status.json",
+                                           {"status": "pending", "step": 0, "error": None,
+                                            "time": time.time()})
+    manifest = manifest_lib.read_manifest(root)
+    manifest = manifest_lib.merge(manifest, [r.manifest_entry() for r in runs])
+    manifest["name"] = sweep.name
+    by_id = {r.id: r for r in runs}
+    for entry in manifest["runs"]:
+        if entry["id"] in by_id:
+            entry["status"] = _status_for_manifest(root / entry["dir"])
+            entry.setdefault("attempts", 0)
+    manifest_lib.write_manifest(root, manifest)
+    return manifest
+
+
+@contextlib.contextmanager
+def root_lock(root: pathlib.Path) -> Iterator[None]:
+    """Holds an exclusive lock on the sweep root (one runner per root); raises SweepError if taken."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    f = open(root / LOCK_NAME, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SweepError(f"another sweep runner is using {root}") from None
+        yield
+    finally:
+        f.close()
+
+
+# -------------------------------------------------------------------------------- scheduling
+
+
+def _is_diverged(status: dict[str, Any], code: int | None) -> bool:
+    return code == worker_lib.EXIT_DIVERGED or \
+        str(status.get("error") or "").startswith("FloatingPointError")
+
+
+def last_exception(log_path: pathlib.Path, max_bytes: int = 65536) -> str | None:
+    """Returns the last 'SomeError: message' line of a log file (the worker's traceback), or None."""
+    import re
+
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    pattern = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*$")
+    for line in reversed(tail.splitlines()):
+        if pattern.match(line.strip()):
+            return line.strip()[:500]
+    return None
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class _Stop:
+    """Turns SIGINT/SIGTERM to the runner into a flag (restored on exit)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Stop":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def make_backend(name: str, workers: int, sweep: ml_collections.ConfigDict,
+                 cache_dir: str | None, address: str | None) -> Backend:
+    """Returns the backend `name` ('local' or 'ray') configured for the sweep's resources."""
+    if name == "local":
+        return LocalBackend(workers or 1, sweep.resources, cache_dir)
+    if name == "ray":
+        from scaling.sweeps import ray_backend
+
+        return ray_backend.RayBackend(address, workers, sweep.resources, cache_dir)
+    raise SweepError(f"--backend={name!r}: must be 'local' or 'ray'")
+
+
+def run_sweep(sweep: ml_collections.ConfigDict, root: str | os.PathLike, *,
+              backend: str = "local", workers: int = 0, address: str | None = None,
+              max_retries: int | None = None, retry_failed: bool = False,
+              compile_cache_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Trains every unfinished run of the sweep in `root`; returns {'counts', 'runs', 'status'}.
+
+    `workers`: runs at a time (0: 1 for local, unlimited for Ray); `max_retries`: extra attempts
+    per failed run (None: sweep.max_retries); `retry_failed`: also retry runs that diverged in an
+    earlier invocation; `compile_cache_dir`: the shared JAX compilation cache (None:
+    root/compile_cache when sweep.compile_cache, '' : off).
+    """
+    runs = spec_lib.expand(sweep)  # raises SweepError before anything is written
+    root = pathlib.Path(root).absolute()
+    retries = sweep.max_retries if max_retries is None else max_retries
+    if compile_cache_dir is None:
+        compile_cache_dir = str(root / "compile_cache") if sweep.compile_cache else ""
+    with root_lock(root):
+        manifest = prepare(root, sweep, runs)
+        entries = {e["id"]: e for e in manifest["runs"]}
+        queue: list[tuple[Run, int]] = []
+        for run in runs:
+            status = manifest_lib.run_status(root / run.dir)
+            if status["status"] == "completed":
+                continue
+            if status["status"] == "failed" and _is_diverged(status, None) and not retry_failed:
+                log.info("skipping %s: it diverged before (use --retry_failed)", run.name)
+                continue
+            queue.append((run, 1))
+        done_before = sum(1 for r in runs if entries[r.id]["status"] == "completed")
+        bk = make_backend(backend, workers, sweep, compile_cache_dir or None, address)
+        counts = {s: 0 for s in manifest_lib.STATUSES}
+        final_status = "completed"
+
+        def update(run: Run, **fields: Any) -> None:
+            entries[run.id].update(fields)
+            manifest_lib.write_manifest(root, manifest)
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(runs), initial=done_before, unit="run", desc=sweep.name,
+                   disable=not progress, dynamic_ncols=True, file=sys.stderr)
+        try:
+            with _Stop() as stop:
+                while (queue or bk.active()) and not stop.requested:
+                    while queue and bk.has_capacity() and not stop.requested:
+                        run, attempt = queue.pop(0)
+                        job = Job(run=run, run_dir=root / run.dir, attempt=attempt)
+                        bk.start(job)
+                        entries[run.id]["attempts"] = int(entries[run.id].get("attempts", 0)) + 1
+                        update(run, status="running", error=None)
+                        log.info("started %s (attempt %d)", run.name, attempt)
+                    for job, code in bk.poll(0.5):
+                        retry = _finish(job, code, retries, update, stopping=False)
+                        if retry:
+                            queue.append((job.run, job.attempt + 1))
+                        else:
+                            bar.update(1)
+                        bar.set_postfix(running=bk.active(), queued=len(queue), refresh=False)
+                if stop.requested:
+                    final_status = "interrupted"
+                    for job, code in bk.interrupt_all():
+                        _finish(job, code, 0, update, stopping=True)
+        finally:
+            bar.close()
+            bk.close()
+        for run in runs:
+            counts[entries[run.id]["status"]] = counts.get(entries[run.id]["status"], 0) + 1
+        if final_status == "completed" and counts["completed"] < len(runs):
+            final_status = "failed"
+    return {"status": final_status, "counts": counts, "runs": [entries[r.id] for r in runs]}
+
+
+def _finish(job: Job, code: int, retries: int, update: Any, stopping: bool) -> bool:
+    """Records an attempt's outcome in the manifest; returns True if the run should be retried."""
+    run_dir = job.run_dir
+    status = manifest_lib.run_status(run_dir)
+    if status["status"] == "completed" and code == 0:
+        update(job.run, status="completed", error=None)
+        log.info("completed %s", job.run.name)
+        return False
+    if stopping:
+        update(job.run, status="interrupted", error=None)
+        return False
+    if status["status"] == "interrupted":  # SIGTERM from outside (preemption): resume it
+        if job.attempt <= retries:
+            log.warning("run %s was interrupted; resuming it", job.run.name)
+            update(job.run, status="pending", error=None)
+            return True
+        update(job.run, status="interrupted", error=None)
+        return False
+    error = status.get("error") if status["status"] == "failed" else None
+    if not error:
+        error = f"worker {_describe_exit(code)}"
+        cause = last_exception(run_dir / log_name(0))
+        error = f"{error}: {cause}" if cause else error
+    if status["status"] not in ("failed", "interrupted"):  # killed before it could say so
+        manifest_lib.write_json_atomic(run_dir / "status.json", {
+            "status": "failed", "step": int(status.get("step") or 0), "error": error,
+            "time": time.time()})
+    diverged = _is_diverged(status, code)
+    if not diverged and job.attempt <= retries:
+        log.warning("run %s attempt %d failed (%s); retrying", job.run.name, job.attempt, error)
+        update(job.run, status="pending", error=error)
+        return True
+    log.error("run %s failed: %s (log kept in %s)", job.run.name, error, run_dir / log_name(0))
+    update(job.run, status="failed", error=error)
+    return False

@@ -1,0 +1,678 @@
+"""Sweep declarations -> concrete, validated runs (pure: no training, no files).
+
+A sweep config file (`configs/sweeps/<name>.py`) defines `get_config()` returning the tree of
+`default_sweep()` with fields overridden:
+
+    base        a full run config (`scaling.config.default_config()` with overrides)
+    family      the model-size rule that turns a target N into a shape (see `family_shape`)
+    sizes       target non-embedding parameter counts N (empty: the base model only)
+    tokens | tokens_per_param | flops
+                the data axis: trained-token budgets D, ratios D/N, or IsoFLOP compute budgets C
+                (FLOPs); at most one of the three is non-empty
+    axes        any config fields as axes: a list of groups, each a dict {field: [values]}; the
+                fields of one group are zipped (equal lengths), groups are combined by product
+    seeds       `config.seed` values (an axis of their own)
+    batch, lr   batch size and peak learning rate as rules of N (constant | table | power | mup)
+    resources   what one run needs: CPUs, GPUs, TPU chips, processes (multi-host) and the CPU
+                device count per process; sweep-level, so not part of a run's id
+
+Expansion order per run: base -> family shape -> axes -> N from `scaling.models.accounting` ->
+batch and LR rules (skipped for a field an axis sets) -> data budget rounded to whole optimizer
+steps -> seed. Every run gets a stable id (`config_hash` of its resolved config), a readable name
+such as `N3.2M-D50M-wd0.1-s0` and a directory `runs/<name>` under the sweep root.
+
+IsoFLOP budgets: for budget C and a model with F FLOPs per token (`accounting.flops_per_token`,
+training, at `data.seq_len`) and T tokens per step, the run trains `steps = round(C / (F*T))`
+steps, so its compute `steps*F*T` is within half a step's FLOPs of C. Sizes that would train fewer
+than `min_steps` steps at a budget are left out of that budget; a budget that no size fits is an
+error. Every problem (unknown field, empty axis, budget too small, duplicate runs, invalid run
+config) raises `SweepError` naming it before any run starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+import math
+import re
+from typing import Any, Iterable
+
+import ml_collections
+
+from scaling import config as config_lib
+
+BUDGET_AXES = ("tokens", "tokens_per_param", "flops")
+RULE_KINDS = {"batch": ("constant", "table", "power"),
+              "lr": ("constant", "table", "power", "mup")}
+
+# Short labels for run names; a field not listed uses its last component (strings: no label).
+DEFAULT_LABELS: dict[str, str] = {
+    "optim.weight_decay": "wd",
+    "optim.lr": "lr",
+    "optim.name": "",
+    "optim.schedule": "",
+    "optim.warmup_steps": "wu",
+    "optim.b2": "b2",
+    "model.parameterization": "",
+    "model.mlp": "",
+    "model.norm": "",
+    "model.positions": "",
+    "model.embed_dropout": "edrop",
+    "model.attn_dropout": "adrop",
+    "model.resid_dropout": "rdrop",
+    "model.d_model": "d",
+    "model.n_layers": "L",
+    "train.batch_size": "bs",
+    "train.label_smoothing": "ls",
+    "train.z_loss": "z",
+    "data.epochs": "ep",
+    "data.num_tokens": "U",
+    "data.augment.token_substitution": "tsub",
+    "data.augment.span_mask": "smask",
+    "data.augment.random_crop": "crop",
+    "data.augment.operand_swap": "swap",
+    "data.task.mix_rate": "mix",
+}
+
+
+class SweepError(ValueError):
+    """An invalid sweep; the message names the offending field, axis, budget or run."""
+
+
+@dataclasses.dataclass
+class Run:
+    """One concrete run of a sweep: its resolved config and the numbers the manifest records."""
+
+    id: str
+    name: str
+    dir: str  # relative to the sweep root
+    config: ml_collections.ConfigDict  # resolved (vocab size etc. filled), name set
+    axes: dict[str, Any]
+    n: int  # non-embedding parameters
+    n_total: int  # all parameters
+    d: int  # trained tokens (examples for the MLP family) = steps * tokens_per_step
+    c: float  # training FLOPs = flops_per_token * d
+    steps: int
+    batch: int
+    lr: float
+    tokens_per_step: int
+    flops_per_token: float
+    shape: dict[str, int]
+    budget: float | None = None  # the IsoFLOP budget C this run belongs to (FLOPs), if any
+
+    def manifest_entry(self, status: str = "pending") -> dict[str, Any]:
+        """Returns this run's manifest line (id, name, dir, axes, n, d, c, status and extras)."""
+        return {"id": self.id, "name": self.name, "dir": self.dir, "axes": dict(self.axes),
+                "n": self.n, "d": self.d, "c": self.c, "status": status,
+                "n_total": self.n_total, "steps": self.steps, "batch": self.batch,
+                "lr": self.lr, "budget": self.budget}
+
+
+# ------------------------------------------------------------------------------------ defaults
+
+
+def default_sweep() -> ml_collections.ConfigDict:
+    """Returns the sweep tree with defaults: the base run config and empty axes (a 1-run sweep)."""
+    s = ml_collections.ConfigDict()
+    s.name = "sweep"
+    s.base = config_lib.default_config()
+    # Sequence fields are tuples so that they can be overridden on the command line, e.g.
+    # --config.sizes='(1e5, 2e5)' --config.axes='({"optim.weight_decay": (0.0, 0.1)},)'.
+
+    f = s.family = ml_collections.ConfigDict()
+    f.head_dim = 16  # Transformer: fixed head size; n_heads = d_model / head_dim
+    f.aspect = 16.0  # Transformer: target d_model / n_layers
+    f.aspect_slack = 2.0  # shapes with aspect in [aspect/slack, aspect*slack] are candidates
+    f.min_layers = 1
+    f.max_layers = 64
+    f.ff_ratio = 0.0  # d_ff = ff_ratio * d_model rounded to 8; 0: the config's default d_ff rule
+    f.width_multiple = 8  # MLP family: mlp_width is a multiple of this (depth from base)
+    f.tolerance = 0.1  # the chosen shape's N must be within this relative error of the target
+
+    s.sizes = ()  # target non-embedding N
+    s.tokens = ()  # trained-token budgets D
+    s.tokens_per_param = ()  # D = ratio * N
+    s.flops = ()  # IsoFLOP compute budgets C (training FLOPs)
+    s.min_steps = 4  # fewest optimizer steps a run may have
+    s.axes = ()  # [{field: [values], ...}, ...]: zip within a group, product across groups
+    s.seeds = (0,)
+    s.labels = ()  # [(field, short label)] overriding DEFAULT_LABELS in run names
+
+    b = s.batch = ml_collections.ConfigDict()
+    b.rule = "constant"  # constant (base) | table | power
+    b.table = ()  # [(max_n, batch)]: the first row with N <= max_n (the last row beyond)
+    b.ref_n = 0.0  # power: batch = ref_value * (N / ref_n) ** exponent, rounded to `multiple`
+    b.ref_value = 0.0
+    b.exponent = 0.0
+    b.multiple = 1
+
+    r = s.lr = ml_collections.ConfigDict()
+    r.rule = "constant"  # constant (base) | table | power | mup
+    r.table = ()  # [(max_n, lr)]
+    r.ref_n = 0.0  # power: lr = ref_value * (N / ref_n) ** exponent
+    r.ref_value = 0.0
+    r.exponent = 0.0
+    r.base_width = 0  # mup: the width the base LR was tuned at (0: base.model.mup_base_width)
+
+    x = s.resources = ml_collections.ConfigDict()
+    x.cpus = 1.0  # per process (Ray resource request)
+    x.gpus = 0.0  # per process
+    x.tpu_chips = 0.0  # per process (Ray custom resource "TPU"); one process per TPU host
+    x.processes = 1  # processes (hosts) one run spans, via jax.distributed
+    x.devices_per_process = 0  # CPU: XLA host device count per process (0: inherit)
+
+    s.compile_cache = True  # share a JAX persistent compilation cache among the sweep's runs
+    s.max_retries = 1  # extra attempts of a failed run (divergence is not retried)
+    return s
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def format_count(x: float) -> str:
+    """Returns `x` with 3 significant digits and a k/M/B/T suffix, e.g. 3.2M (a count)."""
+    x = float(x)
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def format_flops(x: float) -> str:
+    """Returns FLOPs `x` in compact scientific form, e.g. 1e15 or 2.5e14 (FLOPs)."""
+    text = f"{float(x):.3g}"
+    if "e" not in text:
+        return text
+    mantissa, exponent = text.split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _format_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, float):
+        return f"{v:.4g}".replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
+    return str(v)
+
+
+def _sanitize(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+=-]", "_", text)
+
+
+def _get_field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def _set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def _plain(value: Any) -> Any:
+    """Returns `value` with ConfigDicts/tuples turned into dicts/lists (JSON-able)."""
+    if isinstance(value, ml_collections.ConfigDict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Returns a resolved copy of `config` (vocab size etc. filled by `scaling.data.resolve`)."""
+    from scaling import data as data_lib
+
+    return data_lib.resolve(copy.deepcopy(config))
+
+
+# ------------------------------------------------------------------------------- model family
+
+
+def model_numbers(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Returns N (non-embedding), N_total, FLOPs per token (per example for MLPs) and tokens/step."""
+    from scaling.models import accounting
+
+    m = config.model
+    counts = accounting.param_counts(m)
+    if m.kind == "mlp":
+        per_token = accounting.flops_per_example(m)
+        tokens_per_step = config.train.batch_size
+    else:
+        per_token = accounting.flops_per_token(m, config.data.seq_len)
+        tokens_per_step = config.train.batch_size * config.data.seq_len
+    return {"n": int(counts["non_embedding"]), "n_total": int(counts["total"]),
+            "flops_per_token": float(per_token), "tokens_per_step": int(tokens_per_step)}
+
+
+def _shape_n(scratch: ml_collections.ConfigDict, shape: dict[str, int]) -> int:
+    """Returns N (non-embedding) of `scratch` (a model config, modified in place) with `shape`."""
+    from scaling.models import accounting
+
+    for k, v in shape.items():
+        scratch[k] = v
+    return int(accounting.param_counts(scratch)["non_embedding"])
+
+
+def transformer_shape(layers: int, d_model: int, family: ml_collections.ConfigDict) -> dict[str, int]:
+    """Returns the model fields of a Transformer with `layers` x `d_model` under the family rule."""
+    shape = {"n_layers": layers, "d_model": d_model, "n_heads": d_model // family.head_dim,
+             "n_kv_heads": 0, "head_dim": 0}
+    shape["d_ff"] = int(8 * round(family.ff_ratio * d_model / 8)) if family.ff_ratio > 0 else 0
+    return shape
+
+
+def family_candidates(model_cfg: ml_collections.ConfigDict, family: ml_collections.ConfigDict,
+                      max_n: float = math.inf) -> list[tuple[dict[str, int], int]]:
+    """Returns the (shape, N) pairs the family rule allows, N (non-embedding) up to about `max_n`.
+
+    For each depth (MLP: the one depth) the widths are enumerated upwards and the first one past
+    `max_n` is kept, so the closest shape above `max_n` is always among the candidates.
+    """
+    out = []
+    scratch = copy.deepcopy(model_cfg)
+    if model_cfg.kind == "mlp":
+        for width in range(family.width_multiple, 1 << 20, family.width_multiple):
+            n = _shape_n(scratch, {"mlp_width": width})
+            out.append(({"mlp_width": width}, n))
+            if n > max_n:
+                break
+        return out
+    hd = family.head_dim
+    for layers in range(family.min_layers, family.max_layers + 1):
+        lo = family.aspect * layers / family.aspect_slack
+        hi = family.aspect * layers * family.aspect_slack
+        first = True
+        for mult in range(max(1, math.ceil(lo / hd)), max(1, int(hi // hd)) + 1):
+            shape = transformer_shape(layers, mult * hd, family)
+            n = _shape_n(scratch, shape)
+            out.append((shape, n))
+            if n > max_n:
+                break
+            first = False
+        if first and out and out[-1][1] > max_n:
+            break  # even the narrowest shape of this depth is too big; deeper ones are bigger
+    return out
+
+
+def family_shape(model_cfg: ml_collections.ConfigDict, target_n: float,
+                 family: ml_collections.ConfigDict) -> tuple[dict[str, int], int]:
+    """Returns (model fields, achieved non-embedding N) for a target N under the family rule.
+
+    Transformer rule: head_dim is fixed (`family.head_dim`; n_heads = d_model / head_dim, d_model
+    a multiple of head_dim), the aspect ratio d_model / n_layers stays within a factor
+    `aspect_slack` of `family.aspect`, and d_ff follows `ff_ratio` (or the config default). Among
+    the shapes whose N is within `tolerance` (relative) of the target, the one with the aspect
+    closest to `family.aspect` (in log space) wins; ties go to the closer N. MLP rule: the depth
+    is the base's, the width the multiple of `width_multiple` with N closest to the target.
+    Raises SweepError when no allowed shape is within the tolerance.
+    """
+    if target_n <= 0:
+        raise SweepError(f"sweep.sizes: target N={target_n!r} must be positive")
+    candidates = family_candidates(model_cfg, family, target_n * (1 + family.tolerance))
+    if not candidates:
+        raise SweepError("sweep.family: the rule allows no shapes (check min/max_layers, aspect)")
+
+    def n_err(n: int) -> float:
+        return abs(math.log(n / target_n)) if n > 0 else math.inf
+
+    within = [(s, n) for s, n in candidates if abs(n / target_n - 1) <= family.tolerance]
+    if not within:
+        best, best_n = min(candidates, key=lambda sn: n_err(sn[1]))
+        raise SweepError(
+            f"sweep.sizes: target N={format_count(target_n)} is not reachable within "
+            f"tolerance {family.tolerance:g} by the family rule; the closest shape {best} has "
+            f"N={best_n} ({best_n / target_n - 1:+.1%}); change the target, "
+            "family.aspect_slack or family.tolerance")
+    if model_cfg.kind == "mlp":
+        return min(within, key=lambda sn: n_err(sn[1]))
+
+    def key(sn: tuple[dict[str, int], int]) -> tuple[float, float]:
+        s, n = sn
+        return (round(abs(math.log(s["d_model"] / (s["n_layers"] * family.aspect))), 9), n_err(n))
+
+    return min(within, key=key)
+
+
+# ------------------------------------------------------------------------------------- rules
+
+
+def _rule_value(rule: ml_collections.ConfigDict, what: str, n: int, base_value: float) -> float:
+    if rule.rule == "constant":
+        return base_value
+    if rule.rule == "table":
+        rows = sorted((float(r[0]), r[1]) for r in rule.table)
+        for max_n, value in rows:
+            if n <= max_n:
+                return value
+        return rows[-1][1]
+    if rule.rule == "power":
+        return rule.ref_value * (n / rule.ref_n) ** rule.exponent
+    if rule.rule == "mup":
+        return rule.ref_value or base_value
+    raise SweepError(f"sweep.{what}.rule={rule.rule!r}: must be one of {list(RULE_KINDS[what])}")
+
+
+def _check_rule(sweep: ml_collections.ConfigDict, what: str) -> None:
+    rule = sweep[what]
+    if rule.rule not in RULE_KINDS[what]:
+        raise SweepError(f"sweep.{what}.rule={rule.rule!r}: must be one of {list(RULE_KINDS[what])}")
+    if rule.rule == "table":
+        if not rule.table:
+            raise SweepError(f"sweep.{what}.table is empty but sweep.{what}.rule='table'")
+        for row in rule.table:
+            if len(row) != 2 or row[1] <= 0:
+                raise SweepError(f"sweep.{what}.table row {row!r}: must be (max_n, value > 0)")
+    if rule.rule == "power" and (rule.ref_n <= 0 or rule.ref_value <= 0):
+        raise SweepError(f"sweep.{what}: rule 'power' needs ref_n > 0 and ref_value > 0 "
+                         f"(got ref_n={rule.ref_n}, ref_value={rule.ref_value})")
+
+
+def apply_rules(config: ml_collections.ConfigDict, sweep: ml_collections.ConfigDict, n: int,
+                fixed: set[str]) -> None:
+    """Sets train.batch_size and optim.lr (and muP fields) from the sweep's rules of N, in place."""
+    if "train.batch_size" not in fixed and sweep.batch.rule != "constant":
+        value = _rule_value(sweep.batch, "batch", n, config.train.batch_size)
+        multiple = max(1, int(sweep.batch.multiple))
+        config.train.batch_size = max(multiple, int(round(value / multiple)) * multiple)
+    if sweep.lr.rule == "mup":
+        if "model.parameterization" not in fixed:
+            config.model.parameterization = "mup"
+        if sweep.lr.base_width and "model.mup_base_width" not in fixed:
+            config.model.mup_base_width = int(sweep.lr.base_width)
+    if "optim.lr" not in fixed and sweep.lr.rule != "constant":
+        config.optim.lr = float(_rule_value(sweep.lr, "lr", n, config.optim.lr))
+
+
+# ---------------------------------------------------------------------------------- expansion
+
+
+def _axis_groups(sweep: ml_collections.ConfigDict,
+                 base: ml_collections.ConfigDict) -> list[list[tuple[str, list[Any]]]]:
+    groups = []
+    seen: set[str] = set()
+    for gi, group in enumerate(sweep.axes):
+        group = _plain(group)
+        if not isinstance(group, dict) or not group:
+            raise SweepError(f"sweep.axes[{gi}]: must be a non-empty dict {{field: [values]}}, "
+                             f"got {group!r}")
+        fields = []
+        for field, values in group.items():
+            if field in seen:
+                raise SweepError(f"sweep.axes[{gi}]: field {field!r} appears in two axes")
+            seen.add(field)
+            try:
+                current = _get_field(base, field)
+            except KeyError:
+                raise SweepError(f"sweep.axes[{gi}]: unknown field {field!r} (not in the run "
+                                 "config)") from None
+            if isinstance(current, ml_collections.ConfigDict):
+                raise SweepError(f"sweep.axes[{gi}]: field {field!r} is a group of fields, "
+                                 "not a value")
+            if not isinstance(values, (list, tuple)):
+                raise SweepError(f"sweep.axes[{gi}]: the values of {field!r} must be a list, "
+                                 f"got {values!r}")
+            if len(values) == 0:
+                raise SweepError(f"sweep.axes[{gi}]: axis {field!r} is empty")
+            fields.append((field, list(values)))
+        lengths = {len(v) for _, v in fields}
+        if len(lengths) > 1:
+            raise SweepError(f"sweep.axes[{gi}]: zipped fields have different lengths "
+                             f"{ {f: len(v) for f, v in fields} }")
+        groups.append(fields)
+    return groups
+
+
+def _labels(sweep: ml_collections.ConfigDict) -> dict[str, str]:
+    labels = dict(DEFAULT_LABELS)
+    for row in sweep.labels:
+        if len(row) != 2:
+            raise SweepError(f"sweep.labels row {row!r}: must be (field, label)")
+        labels[str(row[0])] = str(row[1])
+    return labels
+
+
+def run_name(axes: dict[str, Any], n: int, d: int, labels: dict[str, str],
+             budget: float | None) -> str:
+    """Returns the readable run name, e.g. C1e15-N3.2M-D50M-wd0.1-s0."""
+    parts = []
+    if budget is not None:
+        parts.append(f"C{format_flops(budget)}")
+    parts += [f"N{format_count(n)}", f"D{format_count(d)}"]
+    for field, value in axes.items():
+        if field in ("N_target", "D_target", "tokens_per_param", "C_budget", "seed"):
+            continue
+        default = "" if isinstance(value, str) else field.rsplit(".", 1)[-1]
+        label = labels.get(field, default)
+        parts.append(f"{label}{_format_value(value)}")
+    if "seed" in axes:
+        parts.append(f"s{axes['seed']}")
+    return _sanitize("-".join(parts))
+
+
+def _validate_top(sweep: ml_collections.ConfigDict) -> None:
+    known = set(default_sweep().keys())
+    for key in sweep.keys():
+        if key not in known:
+            raise SweepError(f"sweep.{key}: unknown sweep field; known fields are {sorted(known)}")
+    used = [a for a in BUDGET_AXES if len(sweep[a])]
+    if len(used) > 1:
+        raise SweepError(f"sweep: at most one of {list(BUDGET_AXES)} may be set, got {used}")
+    for a in ("sizes",) + BUDGET_AXES:
+        for v in sweep[a]:
+            if not isinstance(v, (int, float)) or v <= 0:
+                raise SweepError(f"sweep.{a}: value {v!r} must be a positive number")
+        if len(set(sweep[a])) != len(sweep[a]):
+            raise SweepError(f"sweep.{a}: has duplicate values {list(sweep[a])}")
+    if not len(sweep.seeds):
+        raise SweepError("sweep.seeds: axis is empty (use [0] for one seed)")
+    if len(set(sweep.seeds)) != len(sweep.seeds):
+        raise SweepError(f"sweep.seeds: has duplicate values {list(sweep.seeds)}")
+    if sweep.min_steps < 1:
+        raise SweepError(f"sweep.min_steps={sweep.min_steps}: must be >= 1")
+    for what in ("batch", "lr"):
+        _check_rule(sweep, what)
+    x = sweep.resources
+    if x.processes < 1:
+        raise SweepError(f"sweep.resources.processes={x.processes}: must be >= 1")
+    if sweep.max_retries < 0:
+        raise SweepError(f"sweep.max_retries={sweep.max_retries}: must be >= 0")
+    f = sweep.family
+    if f.head_dim <= 0 or f.head_dim % 2 or f.aspect <= 0 or f.aspect_slack < 1:
+        raise SweepError(f"sweep.family: head_dim={f.head_dim} (even, > 0), aspect={f.aspect} "
+                         f"(> 0) and aspect_slack={f.aspect_slack} (>= 1) are required")
+
+
+def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None) -> list[Run]:
+    """Returns the sweep's runs in a stable order; raises SweepError naming any problem.
+
+    (size, budget) pairs left out of an IsoFLOP budget for having fewer than `min_steps` steps
+    are described in `skipped` when a list is given.
+    """
+    _validate_top(sweep)
+    base = copy.deepcopy(sweep.base)
+    try:
+        config_lib.validate(base)
+    except config_lib.ConfigError as err:
+        raise SweepError(f"sweep.base: {err}") from None
+    groups = _axis_groups(sweep, base)
+    labels = _labels(sweep)
+    resolved_base = resolve(base)
+    kind = resolved_base.model.kind
+    budget_kind = next((a for a in BUDGET_AXES if len(sweep[a])), None)
+    if kind != "mlp" and budget_kind is not None and resolved_base.data.epochs != 1:
+        raise SweepError(f"sweep: token/FLOP budgets need base.data.epochs == 1, got "
+                         f"{resolved_base.data.epochs} (use data.num_tokens and data.epochs as "
+                         "axes for repeated-data studies)")
+
+    sizes: list[float | None] = list(sweep.sizes) or [None]
+    shapes: dict[float, tuple[dict[str, int], int]] = {}
+    for target in sweep.sizes:
+        shapes[target] = family_shape(resolved_base.model, target, sweep.family)
+
+    combos = [dict(itertools.chain.from_iterable(
+        [(field, values[i]) for field, values in group] for group, i in zip(groups, idx)))
+        for idx in itertools.product(*[range(len(g[0][1])) for g in groups])]
+
+    runs: list[Run] = []
+    per_budget: dict[float, int] = {}
+    too_small: dict[float, list[str]] = {}
+    for target, combo, seed in itertools.product(sizes, combos, list(sweep.seeds)):
+        config = copy.deepcopy(base)
+        if target is not None:
+            for field, value in shapes[target][0].items():
+                _set_field(config, f"model.{field}", value)
+        for field, value in combo.items():
+            try:
+                _set_field(config, field, value)
+            except (TypeError, ValueError) as err:
+                raise SweepError(f"sweep.axes: field {field!r} cannot take value {value!r}: "
+                                 f"{err}") from None
+        config.seed = int(seed)
+        try:
+            config = resolve(config)
+            nums = model_numbers(config)
+        except (config_lib.ConfigError, ValueError) as err:
+            raise SweepError(f"sweep: run with {combo or 'the base config'}"
+                             f"{'' if target is None else f', N={target:g}'}: {err}") from None
+        apply_rules(config, sweep, nums["n"], set(combo))
+        nums = model_numbers(config)
+        n, fpt, tps = nums["n"], nums["flops_per_token"], nums["tokens_per_step"]
+
+        axes: dict[str, Any] = {}
+        if target is not None:
+            axes["N_target"] = target
+        budgets: list[tuple[str, float]] = [(budget_kind, v) for v in sweep[budget_kind]] \
+            if budget_kind else [("", 0.0)]
+        for bkind, bvalue in budgets:
+            run_cfg = copy.deepcopy(config)
+            run_axes = dict(axes)
+            budget = None
+            if bkind == "tokens":
+                steps = round(bvalue / tps)
+                run_axes["D_target"] = bvalue
+            elif bkind == "tokens_per_param":
+                steps = round(bvalue * n / tps)
+                run_axes["tokens_per_param"] = bvalue
+            elif bkind == "flops":
+                steps = round(bvalue / (fpt * tps))
+                run_axes["C_budget"] = bvalue
+                budget = float(bvalue)
+                per_budget.setdefault(budget, 0)
+            else:
+                steps = config_lib.train_steps(run_cfg)
+            if steps < sweep.min_steps:
+                what = {"tokens": f"token budget D={format_count(bvalue)}",
+                        "tokens_per_param": f"tokens_per_param={bvalue:g}",
+                        "flops": f"FLOP budget C={format_flops(bvalue)}",
+                        "": "the base step count"}[bkind]
+                if bkind == "flops":
+                    need = f"N={format_count(n)} needs >= {format_flops(sweep.min_steps * fpt * tps)}"
+                    too_small.setdefault(budget, []).append(need)
+                    if skipped is not None:
+                        skipped.append(f"C={format_flops(bvalue)}: left out {need} "
+                                       f"({steps} steps < min_steps={sweep.min_steps})")
+                    continue
+                raise SweepError(f"sweep: {what} is too small for the model with "
+                                 f"N={format_count(n)}: {steps} steps of {tps} tokens < "
+                                 f"sweep.min_steps={sweep.min_steps}")
+            if bkind:
+                if kind == "mlp":
+                    run_cfg.train.num_steps = int(steps)
+                    run_cfg.data.num_tokens = 0
+                else:
+                    run_cfg.data.num_tokens = int(steps * tps)
+            if budget is not None:
+                per_budget[budget] += 1
+            run_axes.update(combo)
+            run_axes["seed"] = int(seed)
+            steps = config_lib.train_steps(run_cfg) if kind != "mlp" or not bkind else steps
+            d = int(steps * tps)
+            name = run_name(run_axes, n, d, labels, budget)
+            run_cfg.name = name
+            try:
+                config_lib.validate(run_cfg)
+            except config_lib.ConfigError as err:
+                raise SweepError(f"sweep: run {name}: {err}") from None
+            shape = {k: int(run_cfg.model[k]) for k in
+                     (("mlp_width", "mlp_depth") if kind == "mlp" else
+                      ("n_layers", "d_model", "n_heads", "d_ff"))}
+            if kind != "mlp":
+                shape["d_ff"] = config_lib.d_ff(run_cfg.model)
+            runs.append(Run(id=config_lib.config_hash(run_cfg), name=name, dir="", config=run_cfg,
+                            axes=run_axes, n=n, n_total=nums["n_total"], d=d, c=fpt * d,
+                            steps=int(steps), batch=int(run_cfg.train.batch_size),
+                            lr=float(run_cfg.optim.lr), tokens_per_step=tps,
+                            flops_per_token=fpt, shape=shape, budget=budget))
+
+    for budget, count in per_budget.items():
+        if count == 0:
+            raise SweepError(f"sweep.flops: budget C={format_flops(budget)} is too small for the "
+                             f"smallest model ({'; '.join(too_small.get(budget, []))} for "
+                             f"sweep.min_steps={sweep.min_steps} steps)")
+    if not runs:
+        raise SweepError("sweep: expands to no runs")
+    if budget_kind:  # budgets outermost: the cheapest budget's runs first
+        order = {float(v): i for i, v in enumerate(sweep[budget_kind])}
+        runs.sort(key=lambda r: order[float(r.axes.get(
+            {"tokens": "D_target", "tokens_per_param": "tokens_per_param",
+             "flops": "C_budget"}[budget_kind]))])
+    _check_duplicates(runs)
+    _assign_dirs(runs)
+    return runs
+
+
+def _check_duplicates(runs: Iterable[Run]) -> None:
+    by_id: dict[str, Run] = {}
+    for run in runs:
+        if run.id in by_id:
+            raise SweepError(f"sweep: duplicate runs {by_id[run.id].name} and {run.name} have the "
+                             f"same config (id {run.id}); remove the repeated axis values or sizes")
+        by_id[run.id] = run
+
+
+def _assign_dirs(runs: list[Run]) -> None:
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.name] = counts.get(run.name, 0) + 1
+    for run in runs:
+        if counts[run.name] > 1:  # different configs that format to the same name
+            run.name = f"{run.name}-{run.id[:6]}"
+            run.config.name = run.name
+        run.dir = f"runs/{run.name}"
+
+
+def sweep_to_json(sweep: ml_collections.ConfigDict) -> str:
+    """Returns the sweep tree as key-sorted JSON (saved as sweep.json in the sweep root)."""
+    return json.dumps(_plain(sweep), indent=2, sort_keys=True, default=str)
+
+
+def load_sweep(path: str) -> ml_collections.ConfigDict:
+    """Returns the sweep tree of a config file defining get_config() (or a sweep.json)."""
+    import importlib.util
+    import pathlib
+
+    p = pathlib.Path(path)
+    if p.suffix == ".json":
+        values = json.loads(p.read_text())
+        sweep = default_sweep()
+        base = config_lib.from_dict(values.pop("base", {}))
+        sweep.update(values)
+        sweep.base = base
+        return sweep
+    spec = importlib.util.spec_from_file_location(f"_sweep_{p.stem}", p)
+    if spec is None or spec.loader is None:
+        raise SweepError(f"cannot load sweep config {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

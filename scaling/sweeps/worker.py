@@ -1,0 +1,98 @@
+"""`python -m scaling.sweeps.worker RUN_DIR`: train (or resume) one prepared run of a sweep.
+
+Loads RUN_DIR/config.json and calls `scaling.train.loop.train`, which resumes from the latest
+checkpoint. Multi-process runs read SCALING_COORDINATOR_ADDRESS / SCALING_NUM_PROCESSES /
+SCALING_PROCESS_ID (or SCALING_DISTRIBUTED=auto) through `scaling.distributed.initialize`; the
+compilation cache directory comes from SCALING_COMPILE_CACHE_DIR. The worker holds an exclusive
+lock on RUN_DIR/.lock.p<process> while it runs, so a restarted sweep never trains the same run in
+two processes at once (it waits for a dying predecessor to finish its checkpoint), and it dies
+with its parent (the sweep runner or Ray task) via SIGTERM, which the loop turns into a saved
+checkpoint. Exit codes: 0 completed, 1 failed, 3 interrupted (SIGTERM), 4 diverged (non-finite
+loss).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import signal
+import sys
+import traceback
+
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 3
+EXIT_DIVERGED = 4
+PARENT_ENV = "SCALING_SWEEP_PARENT_PID"
+
+
+def _die_with_parent() -> None:
+    """Asks Linux to send SIGTERM when the parent exits; exits now if it already did."""
+    parent = os.environ.get(PARENT_ENV)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: the runner terminates its workers itself
+    if parent and os.getppid() != int(parent):
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _lock(run_dir: pathlib.Path, process_id: int):
+    """Returns an open file holding an exclusive flock on the run for this process (blocks)."""
+    import fcntl
+
+    f = open(run_dir / f".lock.p{process_id}", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        logging.warning("another process still holds %s; waiting for it to exit", f.name)
+        fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Trains the run in argv[1]; returns the exit code (0 completed, 3 interrupted, 4 diverged)."""
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) != 2 or argv[1] in ("-h", "--help"):
+        print(__doc__)
+        return EXIT_USAGE
+    run_dir = pathlib.Path(argv[1])
+    _die_with_parent()
+    from scaling.cli import common
+
+    common.setup_logging(False)
+    process_id = int(os.environ.get("SCALING_PROCESS_ID", "0") or 0)
+    lock = _lock(run_dir, process_id)
+    try:
+        from scaling import config as config_lib
+        from scaling import distributed
+        from scaling.sweeps import cache
+
+        distributed.initialize()
+        cache.enable_from_env()
+        config = config_lib.from_dict(json.loads((run_dir / "config.json").read_text()))
+        from scaling.train.loop import train
+
+        summary = train(config, run_dir)
+    except FloatingPointError:
+        traceback.print_exc()
+        return EXIT_DIVERGED
+    except Exception:  # noqa: BLE001 - any failure of a run is reported, not raised
+        traceback.print_exc()
+        return EXIT_FAILED
+    finally:
+        lock.close()
+    logging.info("run %s: %s at step %s, loss %s", run_dir.name, summary["status"],
+                 summary["step"], summary["loss"])
+    return EXIT_COMPLETED if summary["status"] == "completed" else EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Invalid configs are rejected before anything compiles, with the field and value named."""
+
+import json
+
+import pytest
+
+from scaling import config as config_lib
+
+
+def _set(c, dotted, value):
+    node = c
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+
+
+@pytest.mark.parametrize("field,value,devices,fragment", [
+    ("model.d_model", 65, 1, "model.d_model=65"),
+    ("model.n_heads", 0, 1, "model.n_heads=0"),
+    ("model.n_kv_heads", 3, 1, "model.n_heads=4"),
+    ("model.norm", "batchnorm", 1, "model.norm='batchnorm'"),
+    ("model.positions", "alibi", 1, "model.positions"),
+    ("optim.name", "adamax", 1, "optim.name='adamax'"),
+    ("optim.schedule", "step", 1, "optim.schedule"),
+    ("train.batch_size", -4, 1, "train.batch_size=-4"),
+    ("train.batch_size", 12, 8, "train.batch_size=12"),
+    ("train.microbatches", 5, 1, "train.microbatches=5"),
+    ("mesh.data", 3, 8, "mesh"),
+    ("mesh.tensor", 3, 8, "mesh.fsdp"),
+    ("data.seq_len", 4096, 1, "data.seq_len=4096"),
+    ("model.resid_dropout", 1.5, 1, "model.resid_dropout=1.5"),
+    ("data.task.mix_rate", 2.0, 1, "data.task.mix_rate=2.0"),
+    ("data.source", "web", 1, "data.source='web'"),
+])
+def test_bad_config_names_field(field, value, devices, fragment):
+    c = config_lib.default_config()
+    _set(c, field, value)
+    with pytest.raises(config_lib.ConfigError) as info:
+        config_lib.validate(c, devices)
+    assert fragment in str(info.value)
+
+
+def test_tensor_parallel_divisibility_named():
+    c = config_lib.default_config()
+    c.model.n_heads, c.model.n_kv_heads, c.model.d_model = 4, 1, 64
+    c.mesh.data, c.mesh.tensor = 4, 2
+    with pytest.raises(config_lib.ConfigError, match="model.n_kv_heads=1"):
+        config_lib.validate(c, 8)
+
+
+def test_default_config_is_valid_and_round_trips():
+    c = config_lib.default_config()
+    config_lib.validate(c, 8)
+    c.model.d_model = 96
+    c.model.n_heads = 6
+    back = config_lib.from_dict(json.loads(config_lib.to_json(c)))
+    assert back.model.d_model == 96 and back.model.n_heads == 6
+    assert config_lib.config_hash(back) == config_lib.config_hash(c)
+    c.model.d_model = 128
+    assert config_lib.config_hash(back) != config_lib.config_hash(c)
+
+
+def test_cli_rejects_unknown_field_and_bad_value(tmp_path, capsys):
+    from scaling import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["scaling", "train", "--config", "configs/lm_tiny.py",
+                  "--config.model.d_modle=3", "--workdir", str(tmp_path)])
+    assert "d_modle" in capsys.readouterr().err
+    code = cli.main(["scaling", "train", "--config", "configs/lm_tiny.py",
+                     "--config.model.n_heads=3", "--workdir", str(tmp_path / "run")])
+    assert code == 2
+    assert "config.model.d_model=64: must be divisible by model.n_heads=3" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_train_steps_from_token_budget():
+    c = config_lib.default_config()
+    c.data.num_tokens = 10_000
+    c.data.epochs = 2
+    c.train.batch_size, c.data.seq_len = 8, 128
+    assert config_lib.train_steps(c) == -(-20_000 // 1024)

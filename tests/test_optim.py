@@ -1,0 +1,90 @@
+"""Schedules have the documented shape; weight decay hits matrices only; optimizers all train."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scaling import config as config_lib
+from scaling import optim
+from tests import helpers
+
+
+def _lrs(config, steps):
+    schedule = optim.make_schedule(config)
+    return np.array([float(schedule(jnp.asarray(s))) for s in steps])
+
+
+def _config(schedule, **kw):
+    c = config_lib.default_config()
+    c.train.num_steps = 100
+    c.optim.lr, c.optim.warmup_steps, c.optim.final_lr_frac = 1.0, 10, 0.1
+    c.optim.schedule = schedule
+    for k, v in kw.items():
+        setattr(c.optim, k, v)
+    return c
+
+
+def test_warmup_then_cosine():
+    lr = _lrs(_config("cosine"), [0, 5, 10, 55, 100])
+    np.testing.assert_allclose(lr[:3], [0.0, 0.5, 1.0], atol=1e-6)
+    np.testing.assert_allclose(lr[3], 0.1 + 0.9 * 0.5, atol=1e-6)  # half-way through the cosine
+    np.testing.assert_allclose(lr[4], 0.1, atol=1e-6)
+
+
+def test_linear_and_constant():
+    np.testing.assert_allclose(_lrs(_config("linear"), [10, 55, 100]), [1.0, 0.55, 0.1], atol=1e-6)
+    np.testing.assert_allclose(_lrs(_config("constant"), [10, 50, 99]), [1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("shape,mid", [("linear", 0.55), ("sqrt", 0.1 + 0.9 * (1 - 0.5**0.5))])
+def test_wsd_is_stable_then_decays(shape, mid):
+    # 100 steps, warmup 10, decay over the last 20% of the 90 post-warmup steps = 18 steps
+    c = _config("wsd", wsd_decay_frac=0.2, wsd_decay_shape=shape)
+    lr = _lrs(c, [10, 50, 82, 91, 100])
+    np.testing.assert_allclose(lr[:3], [1.0, 1.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(lr[3], mid, atol=1e-6)
+    np.testing.assert_allclose(lr[4], 0.1, atol=1e-6)
+
+
+def test_weight_decay_mask_from_logical_names():
+    from scaling.models import make_model
+    from scaling.train.state import abstract_params
+
+    for scan in (True, False):
+        c = helpers.tiny_lm_config(**{"model.scan_layers": scan, "model.tie_embeddings": False})
+        boxed = abstract_params(make_model(c.model), c)
+        mask = optim.weight_decay_mask(c, boxed)
+        flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(mask)}
+        assert any(v for k, v in flat.items() if "unembed" in k)
+        assert not any(v for k, v in flat.items() if "scale" in k or "bias" in k), flat
+        assert not any(v for k, v in flat.items() if "'embedding'" in k), flat
+        assert sum(flat.values()) >= 4 * 2 - (2 if scan else 0)
+        c.optim.decay_embeddings = True
+        flat = {jax.tree_util.keystr(p): v for p, v in
+                jax.tree_util.tree_leaves_with_path(optim.weight_decay_mask(c, boxed))}
+        assert any(v for k, v in flat.items() if "'embedding'" in k)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor", "lion", "sgd"])
+def test_each_optimizer_lowers_the_loss_on_a_fixed_batch(name):
+    c = helpers.tiny_lm_config(**{"optim.name": name, "optim.lr": 0.3 if name == "sgd" else 1e-2,
+                                  "train.batch_size": 4, "optim.weight_decay": 0.0})
+    batch = helpers.random_batch(c)
+    from scaling.models import make_model
+    from scaling.train.state import TrainState, abstract_params
+    from scaling.train.step import make_train_step
+
+    model = make_model(c.model)
+    boxed = abstract_params(model, c)
+    tx, schedule = optim.make_optimizer(c, boxed)
+    params = jax.tree.map(lambda x: x, __import__("flax").linen.meta.unbox(
+        model.init({"params": jax.random.PRNGKey(0)}, batch["inputs"])["params"]))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                       rng=jax.random.PRNGKey(1))
+    step = jax.jit(make_train_step(model, tx, c, schedule))
+    losses = []
+    for _ in range(8):
+        state, m = step(state, batch)
+        losses.append(float(m["loss"]))
+    assert losses[-1] < losses[0] - 0.05, losses

@@ -1,0 +1,174 @@
+"""The local sweep backend end to end, with real worker subprocesses on the tiny corpus.
+
+* a runner SIGKILLed mid-sweep and restarted: completed runs untouched, the interrupted run resumes
+  from its checkpoint, the manifest keeps exactly the sweep's runs;
+* a diverging run (lr=1e6 -> NaN) and a run whose data does not exist are marked failed (with
+  their logs) while the other run completes; divergence is not retried, the other failure is;
+* a 2-process run (jax.distributed over gloo on 127.0.0.1, one CPU device per process) logs the
+  same loss curve as the 1-process run with 2 devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from scaling.sweeps import manifest as manifest_lib
+from scaling.sweeps import runner, spec, testing
+from tests.conftest import REPO_ROOT
+
+# The loss curves of the 1- and 2-process runs must agree to this (absolute, nats/token). Both
+# use a 2-device mesh with the same per-device batch, so only the all-reduce path differs.
+MULTIPROCESS_LOSS_TOL = 1e-5
+
+
+@pytest.fixture
+def compile_cache(tmp_path_factory) -> str:
+    """Returns a JAX compilation cache directory shared by the sweep tests of this session."""
+    path = tmp_path_factory.getbasetemp() / "sweeps_compile_cache"
+    path.mkdir(exist_ok=True)
+    return str(path)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _write_config(path: pathlib.Path, data_dir: pathlib.Path, **kwargs) -> pathlib.Path:
+    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    path.write_text("from scaling.sweeps.testing import tiny_sweep\n\n\ndef get_config():\n"
+                    f"    return tiny_sweep({str(data_dir)!r}, {args})\n")
+    return path
+
+
+def _snapshot(run_dir: pathlib.Path) -> dict:
+    files = {}
+    for p in sorted(run_dir.rglob("*")):
+        if p.is_file() and not p.name.startswith(".lock"):
+            files[str(p.relative_to(run_dir))] = (p.stat().st_mtime_ns, p.read_bytes())
+    return files
+
+
+def _steps(run_dir: pathlib.Path) -> list[int]:
+    return [json.loads(line)["step"] for line in
+            (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_killed_sweep_restarts_without_retraining(tmp_path, stdlib_tiny_data_dir, compile_cache):
+    steps = 60
+    cfg = _write_config(tmp_path / "sweep_cfg.py", stdlib_tiny_data_dir, name="kill",
+                        steps=steps, checkpoint_every=10, log_every=5)
+    root = tmp_path / "root"
+    cmd = [sys.executable, "-m", "scaling.cli", "sweep", "--config", str(cfg), "--root",
+           str(root), "--workers", "1", "--compile_cache_dir", compile_cache, "--noprogress"]
+    first, second = spec.expand(spec.load_sweep(str(cfg)))
+    second_dir = root / second.dir
+    with open(tmp_path / "runner1.log", "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 240
+        try:
+            while not (second_dir / "checkpoints" / "10").exists():
+                assert proc.poll() is None, (tmp_path / "runner1.log").read_text()
+                assert time.time() < deadline, "the second run never reached step 10"
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGKILL)  # the runner only; its worker dies with it
+        finally:
+            proc.wait(timeout=60)
+    assert manifest_lib.run_status(root / first.dir)["status"] == "completed"
+    # the orphaned worker got SIGTERM (parent-death signal): it saves a checkpoint and stops
+    deadline = time.time() + 120
+    while manifest_lib.run_status(second_dir)["status"] == "running":
+        assert time.time() < deadline, "the second run's worker did not stop after the kill"
+        time.sleep(0.2)
+    killed = manifest_lib.run_status(second_dir)
+    assert killed["status"] == "interrupted" and 10 <= killed["step"] < steps
+    mid = manifest_lib.read_manifest(root)  # still valid JSON with both runs
+    assert [e["id"] for e in mid["runs"]] == [first.id, second.id]
+    before = _snapshot(root / first.dir)
+
+    restart = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
+                             timeout=240)
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+
+    assert _snapshot(root / first.dir) == before  # not retrained: every file byte- and mtime-equal
+    final = manifest_lib.read_manifest(root)
+    assert [e["id"] for e in final["runs"]] == [first.id, second.id]  # none duplicated or lost
+    assert [e["status"] for e in final["runs"]] == ["completed", "completed"]
+    assert [e["attempts"] for e in final["runs"]] == [1, 2]
+    done = manifest_lib.run_status(second_dir)
+    assert done["status"] == "completed" and done["step"] == steps
+    log = (second_dir / "train.log").read_text()
+    assert log.count("===== ") == 2 and f"resuming from checkpoint at step {killed['step']}" in log
+    logged = _steps(second_dir)
+    assert logged == sorted(set(logged)) and logged[-1] == steps  # resumed, nothing repeated
+    assert _steps(root / first.dir)[-1] == steps
+    assert not list(root.glob("*.tmp")) and not list(root.glob(".manifest.json.*"))
+
+
+@pytest.mark.slow
+def test_failing_runs_are_marked_failed_and_others_complete(tmp_path, stdlib_tiny_data_dir,
+                                                             compile_cache):
+    sweep = testing.tiny_sweep(stdlib_tiny_data_dir, name="fail", sizes=(3.4e3,))
+    sweep.axes = ({"optim.lr": (3e-3, 1e6, 3e-3),
+                   "data.tfds_name": ("stdlib_corpus/tiny", "stdlib_corpus/tiny", "no_such_data")},)
+    root = tmp_path / "root"
+    result = runner.run_sweep(sweep, root, workers=2, max_retries=1,
+                              compile_cache_dir=compile_cache, progress=False)
+    ok, diverged, missing = result["runs"]
+    assert result["status"] == "failed"
+    assert result["counts"]["completed"] == 1 and result["counts"]["failed"] == 2
+    assert ok["status"] == "completed" and ok["attempts"] == 1
+    assert _steps(root / ok["dir"])[-1] == 20
+    # divergence: train() raised FloatingPointError; not retried (it would diverge again)
+    assert diverged["status"] == "failed" and diverged["attempts"] == 1
+    assert diverged["error"].startswith("FloatingPointError")
+    status = manifest_lib.run_status(root / diverged["dir"])
+    assert status["status"] == "failed" and "FloatingPointError" in status["error"]
+    assert "FloatingPointError" in (root / diverged["dir"] / "train.log").read_text()
+    # a crash before training: retried once, then failed with the cause from its kept log
+    assert missing["status"] == "failed" and missing["attempts"] == 2
+    assert "no_such_data" in missing["error"]
+    assert (root / missing["dir"] / "train.log").read_text().count("===== ") == 2
+    assert manifest_lib.run_status(root / missing["dir"])["status"] == "failed"
+    on_disk = manifest_lib.read_manifest(root)
+    assert [e["status"] for e in on_disk["runs"]] == ["completed", "failed", "failed"]
+
+    from scaling.cli import sweep_status
+
+    table = sweep_status.render(sweep_status.collect(root))
+    assert "completed 1" in table and "failed 2" in table and "FloatingPointError" in table
+
+
+@pytest.mark.slow
+def test_two_process_run_matches_one_process(tmp_path, stdlib_tiny_data_dir, compile_cache):
+    losses = {}
+    for processes, devices in ((1, 2), (2, 1)):
+        sweep = testing.tiny_sweep(stdlib_tiny_data_dir, name="mp", sizes=(3.4e3,), log_every=1)
+        sweep.resources.processes = processes
+        sweep.resources.devices_per_process = devices
+        root = tmp_path / f"p{processes}"
+        result = runner.run_sweep(sweep, root, compile_cache_dir=compile_cache, progress=False)
+        (entry,) = result["runs"]
+        assert result["status"] == "completed", (root / entry["dir"] / "train.log").read_text()
+        run_dir = root / entry["dir"]
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        losses[processes] = {r["step"]: r["loss"] for r in rows}
+        if processes == 2:
+            log1 = (run_dir / "train.p1.log").read_text()
+            assert "process 1 of 2, 2 global devices" in log1
+    assert list(losses[1]) == list(losses[2]) == list(range(1, 21))
+    diff = max(abs(losses[1][s] - losses[2][s]) for s in losses[1])
+    print(f"max |loss(2 processes) - loss(1 process)| = {diff:.3g}")
+    assert diff <= MULTIPROCESS_LOSS_TOL
