@@ -54,7 +54,8 @@ def _two_loop(g, s_hist, y_hist, rho, gamma):
 @functools.partial(jax.jit, static_argnames=("fun", "chunk", "maxiter", "max_ls"))
 def _chunk(fun, st, fresh, X, t, w, chunk, maxiter, max_ls, gtol, ftol):
     """Advances every slot by up to ``chunk`` evaluations (one trial point per slot per step)."""
-    vg = jax.vmap(jax.value_and_grad(fun), in_axes=(0, (None, None, 0)))
+    vg = jax.vmap(getattr(fun, "value_and_grad", None) or jax.value_and_grad(fun),
+                  in_axes=(0, (None, None, 0)))
     data = (X, t, w)
 
     def safe_vg(x):
@@ -62,25 +63,18 @@ def _chunk(fun, st, fresh, X, t, w, chunk, maxiter, max_ls, gtol, ftol):
         bad = ~jnp.isfinite(f) | ~jnp.all(jnp.isfinite(g), axis=-1)
         return jnp.where(bad, jnp.inf, f), jnp.where(bad[:, None], 0.0, g)
 
-    def init_fresh(st):
-        f0, g0 = safe_vg(st["x"])
-        gmax = jnp.max(jnp.abs(g0), axis=-1)
-        gamma0 = 1.0 / jnp.maximum(1.0, gmax)
-        fr = fresh
-        d0 = -g0 * gamma0[:, None]
-        return dict(
-            st,
-            f=jnp.where(fr, f0, st["f"]), g=jnp.where(fr[:, None], g0, st["g"]),
-            d=jnp.where(fr[:, None], d0, st["d"]), step=jnp.where(fr, 1.0, st["step"]),
-            gd=jnp.where(fr, jnp.sum(g0 * d0, axis=-1), st["gd"]),
-            s=jnp.where(fr[:, None, None], 0.0, st["s"]), y=jnp.where(fr[:, None, None], 0.0, st["y"]),
-            rho=jnp.where(fr[:, None], 0.0, st["rho"]), gamma=jnp.where(fr, gamma0, st["gamma"]),
-            it=jnp.where(fr, 0, st["it"]), nls=jnp.where(fr, 0, st["nls"]),
-            done=jnp.where(fr, ~jnp.isfinite(f0) | (gmax <= gtol), st["done"]),
-            conv=jnp.where(fr, gmax <= gtol, st["conv"]),
-        )
-
-    st = jax.lax.cond(jnp.any(fresh), init_fresh, lambda s: s, st)
+    # fresh slots: clear their history; their first "trial" is the start itself (always taken)
+    fr = fresh
+    st = dict(
+        st,
+        f=jnp.where(fr, jnp.inf, st["f"]), g=jnp.where(fr[:, None], 0.0, st["g"]),
+        d=jnp.where(fr[:, None], 0.0, st["d"]), step=jnp.where(fr, 0.0, st["step"]),
+        gd=jnp.where(fr, 0.0, st["gd"]),
+        s=jnp.where(fr[:, None, None], 0.0, st["s"]), y=jnp.where(fr[:, None, None], 0.0, st["y"]),
+        rho=jnp.where(fr[:, None], 0.0, st["rho"]), it=jnp.where(fr, 0, st["it"]),
+        nls=jnp.where(fr, 0, st["nls"]), done=jnp.where(fr, False, st["done"]),
+        conv=jnp.where(fr, False, st["conv"]),
+    )
 
     def cond(c):
         k, st = c
@@ -91,7 +85,8 @@ def _chunk(fun, st, fresh, X, t, w, chunk, maxiter, max_ls, gtol, ftol):
         x, f, g, d, step, gd, done = st["x"], st["f"], st["g"], st["d"], st["step"], st["gd"], st["done"]
         xn = x + step[:, None] * d
         fn, gn = safe_vg(xn)
-        ok = (fn <= f + 1e-4 * step * gd) & ~done
+        first = ~jnp.isfinite(f)  # evaluating a fresh start
+        ok = ((fn <= f + 1e-4 * step * gd) | first) & ~done
         # accepted: update the curvature history and take a new L-BFGS direction
         s_new = step[:, None] * d
         y_new = gn - g
@@ -104,6 +99,7 @@ def _chunk(fun, st, fresh, X, t, w, chunk, maxiter, max_ls, gtol, ftol):
         y_hist = jnp.where(upd[:, None, None], shift(st["y"], y_new), st["y"])
         rho = jnp.where(upd[:, None], shift(st["rho"], 1.0 / jnp.where(upd, sy, 1.0)), st["rho"])
         gamma = jnp.where(upd, sy / jnp.where(upd, yy, 1.0), st["gamma"])
+        gamma = jnp.where(first, 1.0 / jnp.maximum(1.0, jnp.max(jnp.abs(gn), axis=-1)), gamma)
         x_acc = jnp.where(ok[:, None], xn, x)
         f_acc = jnp.where(ok, fn, f)
         g_acc = jnp.where(ok[:, None], gn, g)
@@ -121,11 +117,12 @@ def _chunk(fun, st, fresh, X, t, w, chunk, maxiter, max_ls, gtol, ftol):
         it = st["it"] + (~done).astype(st["it"].dtype)
         small_g = jnp.max(jnp.abs(g_acc), axis=-1) <= gtol
         small_f = (f - fn) <= ftol * jnp.maximum(jnp.abs(f), jnp.abs(fn))
-        stop_tol = ok & (small_g | small_f)
+        stop_tol = ok & (small_g | (small_f & ~first))
+        dead = ok & ~jnp.isfinite(fn)  # a start where the objective is not finite
         tiny = t_shr * jnp.max(jnp.abs(d), axis=-1) <= 1e-14 * (1.0 + jnp.max(jnp.abs(x), axis=-1))
         ls_fail = ~ok & ~done & ((nls >= max_ls) | tiny)
-        conv = st["conv"] | stop_tol | ls_fail
-        new_done = done | stop_tol | ls_fail | (it >= maxiter)
+        conv = (st["conv"] | stop_tol | ls_fail) & ~dead
+        new_done = done | stop_tol | ls_fail | dead | (it >= maxiter)
         return k + 1, dict(
             x=x_acc, f=f_acc, g=g_acc, d=jnp.where(ok[:, None], d_new, d),
             step=jnp.where(ok, 1.0, t_shr), gd=jnp.where(ok, gd_new, gd),
@@ -144,8 +141,8 @@ def _pad_points(n: int) -> int:
 
 def batched_lbfgs(fun: Objective, x0: np.ndarray, X: np.ndarray, t: np.ndarray,
                   w: np.ndarray | None = None, *, maxiter: int = 3000, history: int = 10,
-                  max_ls: int = 25, gtol: float = 1e-10, ftol: float = 1e-10, width: int | None = None,
-                  chunk: int = 32) -> LbfgsResult:
+                  max_ls: int = 25, gtol: float = 1e-8, ftol: float = 1e-9, width: int | None = None,
+                  chunk: int = 16) -> LbfgsResult:
     """Returns the minimizers of fun(x, (X, t, w_task)) from every row of x0 (float64).
 
     x0: (T, P) starts; X: (n, k) inputs; t: (n,) targets; w: None (unit weights), (n,) shared or
@@ -168,7 +165,8 @@ def batched_lbfgs(fun: Objective, x0: np.ndarray, X: np.ndarray, t: np.ndarray,
     def pad_w(v):
         return np.concatenate([v, np.zeros(npad - n)])
 
-    W = width or (1024 if T > 1024 else max(8, 1 << (T - 1).bit_length()))
+    ladder = (1024, 256, 64, 16)
+    W = width or next((v for v in reversed(ladder) if v >= min(T, ladder[0])), ladder[0])
     out_x = x0.copy()
     out_f = np.full(T, np.inf)
     out_c = np.zeros(T, dtype=bool)
@@ -178,14 +176,11 @@ def batched_lbfgs(fun: Objective, x0: np.ndarray, X: np.ndarray, t: np.ndarray,
     xs = np.repeat(x0[:1], W, axis=0)
     ws = np.zeros((W, npad))
     fresh = np.zeros(W, dtype=bool)
-    nxt = 0
-    for s in range(W):
-        if nxt < T:
-            owner[s] = nxt
-            xs[s] = x0[nxt]
-            ws[s] = pad_w(w[nxt] if per_task else w)
-            fresh[s] = True
-            nxt += 1
+    nxt = min(T, W)
+    owner[:nxt] = np.arange(nxt)
+    xs[:nxt] = x0[:nxt]
+    ws[:nxt] = np.stack([pad_w(w[i]) for i in range(nxt)]) if per_task else pad_w(w)
+    fresh[:nxt] = True
     with jax.enable_x64(True):
         f64 = jnp.float64
         st = dict(x=jnp.asarray(xs), f=jnp.zeros(W, f64), g=jnp.zeros((W, P), f64),
@@ -196,14 +191,12 @@ def batched_lbfgs(fun: Objective, x0: np.ndarray, X: np.ndarray, t: np.ndarray,
                   it=jnp.zeros(W, jnp.int32), done=jnp.asarray(owner < 0), conv=jnp.zeros(W, bool))
         Xj, tj = jnp.asarray(Xp), jnp.asarray(tp)
         wj = jnp.asarray(ws)
-        while True:
+        while np.any(owner >= 0):
             st = _chunk(fun, st, jnp.asarray(fresh), Xj, tj, wj, chunk, int(maxiter), int(max_ls),
                         float(gtol), float(ftol))
+            fresh = np.zeros(W, dtype=bool)
             done = np.asarray(st["done"])
             finished = np.nonzero(done & (owner >= 0))[0]
-            if len(finished) == 0 and not np.any(owner >= 0):
-                break
-            fresh = np.zeros(W, dtype=bool)
             if len(finished):
                 x_h, f_h = np.asarray(st["x"]), np.asarray(st["f"])
                 c_h, it_h = np.asarray(st["conv"]), np.asarray(st["it"])
@@ -219,12 +212,22 @@ def batched_lbfgs(fun: Objective, x0: np.ndarray, X: np.ndarray, t: np.ndarray,
                     x_h = x_h.copy()
                     x_h[refill] = x0[new]
                     fresh[refill] = True
-                    upd = {"x": jnp.asarray(x_h)}
+                    st = dict(st, x=jnp.asarray(x_h))
                     if per_task:
                         w_h = np.asarray(wj).copy()
                         w_h[refill] = np.stack([pad_w(w[i]) for i in new])
                         wj = jnp.asarray(w_h)
-                    st = dict(st, **upd)
-            if not np.any(owner >= 0):
-                break
+            active = np.nonzero(owner >= 0)[0]
+            smaller = [v for v in ladder if v < W and len(active) <= v]
+            if nxt >= T and smaller and width is None:
+                # compact the few remaining tasks into a narrower pool (less work per step)
+                W2 = smaller[0]
+                keep = np.concatenate([active, np.full(W2 - len(active), active[0] if len(active) else 0)])
+                st = jax.tree_util.tree_map(lambda a: a[keep], st)
+                st["done"] = st["done"].at[len(active):].set(True)
+                wj = wj[keep]
+                owner = np.concatenate([owner[active], np.full(W2 - len(active), -1)])
+                fresh = fresh[keep]
+                fresh[len(active):] = False
+                W = W2
     return LbfgsResult(out_x, np.where(np.isfinite(out_f), out_f, np.inf), out_c, out_it)

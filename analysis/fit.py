@@ -70,6 +70,9 @@ class Law:
     from_natural: Callable[[np.ndarray], np.ndarray]  # natural (..., Q) -> raw (..., P)
     init: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (X, y) -> starts (S, P)
     formula: str = ""
+    # optional: target-space prediction = LSE over terms raw[c] − raw[slope]·ln X[:, col]
+    # (slope None: constant raw[c]); enables the hand-written gradient
+    lse_terms: tuple | None = None
 
     def transform(self, y: np.ndarray) -> np.ndarray:
         """Returns y in the law's target space (dimensionless)."""
@@ -142,6 +145,7 @@ CHINCHILLA = Law(
     param_names=("E", "A", "B", "alpha", "beta"), target="log", delta=1e-3,
     predict_t=_chin_pred, to_natural=_chin_nat, from_natural=_chin_raw,
     init=lambda X, y: hoffmann_grid(), formula="L = E + A/N^alpha + B/D^beta",
+    lse_terms=((0, 3, 0), (1, 4, 1), (2, None, None)),
 )
 
 
@@ -179,7 +183,7 @@ def _pow_init(X, y):
 def _power_law(name: str, col: str, pnames: tuple[str, str, str]) -> Law:
     return Law(name=name, inputs=(col,), raw_names=("a", "e", pnames[2]), param_names=pnames,
                target="log", delta=1e-3, predict_t=_pow_pred, to_natural=_pow_nat,
-               from_natural=_pow_raw, init=_pow_init,
+               from_natural=_pow_raw, init=_pow_init, lse_terms=((0, 2, 0), (1, None, None)),
                formula=f"L = {pnames[0]} + {pnames[1]}*{col}^-{pnames[2]}")
 
 
@@ -381,17 +385,62 @@ def get_law(name: str) -> Law:
 # ----------------------------------------------------------------------------- objective
 
 
-@functools.lru_cache(maxsize=None)
-def _objective(predict_t: Callable, delta: float) -> Callable:
-    """Returns a stable (cached) scaled objective f(raw, (X, t, w)) for one law and delta."""
-    scale = 1.0 if math.isinf(delta) else 1.0 / delta
+class _Objective:
+    """Scaled fit objective f(raw, (X, t, w)) = Σ w·Huber_δ(r)/(δ·Σw) (Σ w·r²/2/Σw if δ = inf).
 
-    def f(th, data):
+    For laws whose target-space prediction is a log-sum-exp of terms linear in the raw parameters
+    (``lse_terms``) the gradient is written out by hand (about 2-3x faster than autodiff here).
+    """
+
+    def __init__(self, predict_t: Callable, delta: float, lse_terms: tuple | None, n_params: int):
+        self.predict_t, self.delta, self.lse_terms, self.n_params = predict_t, delta, lse_terms, n_params
+        self.scale = 1.0 if math.isinf(delta) else 1.0 / delta
+        self.value_and_grad = self._manual_vg if lse_terms else jax.value_and_grad(self)
+
+    def __call__(self, th: jax.Array, data: tuple) -> jax.Array:
         X, t, w = data
-        r = predict_t(th, X) - t
-        return scale * jnp.sum(w * huber(r, delta)) / jnp.sum(w)
+        r = self.predict_t(th, X) - t
+        return self.scale * jnp.sum(w * huber(r, self.delta)) / jnp.sum(w)
 
-    return f
+    def _manual_vg(self, th: jax.Array, data: tuple) -> tuple[jax.Array, jax.Array]:
+        X, t, w = data
+        lx = jnp.log(X)
+        us = [th[c] - th[sl] * lx[:, col] if sl is not None else jnp.broadcast_to(th[c], t.shape)
+              for c, sl, col in self.lse_terms]
+        m = us[0]
+        for u in us[1:]:
+            m = jnp.maximum(m, u)
+        es = [jnp.exp(u - m) for u in us]
+        tot = es[0]
+        for e in es[1:]:
+            tot = tot + e
+        r = m + jnp.log(tot) - t
+        if math.isinf(self.delta):
+            h, hp = 0.5 * r * r, r
+        else:
+            a = jnp.abs(r)
+            h = jnp.where(a <= self.delta, 0.5 * r * r, self.delta * (a - 0.5 * self.delta))
+            hp = jnp.clip(r, -self.delta, self.delta)
+        k = self.scale / jnp.sum(w)
+        coef = k * w * hp / tot
+        grads = [jnp.zeros((), th.dtype)] * self.n_params
+        for (c, sl, col), e in zip(self.lse_terms, es):
+            gj = coef * e
+            grads[c] = grads[c] + jnp.sum(gj)
+            if sl is not None:
+                grads[sl] = grads[sl] - jnp.sum(gj * lx[:, col])
+        return k * jnp.sum(w * h), jnp.stack(grads)
+
+
+@functools.lru_cache(maxsize=None)
+def _objective_cached(predict_t: Callable, delta: float, lse_terms: tuple | None,
+                      n_params: int) -> _Objective:
+    return _Objective(predict_t, delta, lse_terms, n_params)
+
+
+def _objective(law: "Law", delta: float) -> _Objective:
+    """Returns the (cached, so compiled kernels are reused) objective of a law for a delta."""
+    return _objective_cached(law.predict_t, float(delta), law.lse_terms, len(law.raw_names))
 
 
 def objective_value(law: Law, raw: np.ndarray, X: np.ndarray, y: np.ndarray,
@@ -525,7 +574,7 @@ def fit_law(law: Law | str, X: Any, y: Any, *, delta: float | None = None,
     X, y = X[order], y[order]
     t = law.transform(y)
     delta = law.delta if delta is None else float(delta)
-    fun = _objective(law.predict_t, delta)
+    fun = _objective(law, delta)
     starts = np.atleast_2d(law.init(X, y) if init is None else np.asarray(init, dtype=float))
     res = batched_lbfgs(fun, starts, X, t, None, maxiter=maxiter)
     f_all = np.where(np.isfinite(res.f), res.f, np.inf)

@@ -49,6 +49,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "model.param_dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots", "dots_no_batch"),
     "model.parameterization": ("standard", "mup"),
+    "model.mlp_activation": ("gelu", "relu"),
     "optim.name": ("adamw", "adafactor", "lion", "sgd"),
     "optim.schedule": ("cosine", "linear", "constant", "wsd"),
     "optim.wsd_decay_shape": ("linear", "cosine", "sqrt"),
@@ -105,6 +106,7 @@ def default_config() -> ml_collections.ConfigDict:
     # MLP family (model.kind == 'mlp'): vector input -> `mlp_depth` hidden layers -> classes
     m.mlp_width = 128
     m.mlp_depth = 2
+    m.mlp_activation = "gelu"  # MLP family: gelu | relu
     m.input_dim = 0  # 0: from the task
     m.num_classes = 0  # 0: from the task
 

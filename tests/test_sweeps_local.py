@@ -153,21 +153,38 @@ def test_failing_runs_are_marked_failed_and_others_complete(tmp_path, stdlib_tin
 
 @pytest.mark.slow
 def test_two_process_run_matches_one_process(tmp_path, stdlib_tiny_data_dir, compile_cache):
+    # the 2-process sweep runs through the CLI in the background while the 1-process one runs here
+    cfg = tmp_path / "mp_cfg.py"
+    cfg.write_text("from scaling.sweeps.testing import tiny_sweep\n\n\ndef get_config():\n"
+                   f"    s = tiny_sweep({str(stdlib_tiny_data_dir)!r}, name='mp', sizes=(3.4e3,), "
+                   "log_every=1)\n    s.resources.processes = 2\n"
+                   "    s.resources.devices_per_process = 1\n    return s\n")
+    cmd = [sys.executable, "-m", "scaling.cli", "sweep", "--config", str(cfg), "--root",
+           str(tmp_path / "p2"), "--compile_cache_dir", compile_cache, "--noprogress"]
+    two = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        one = testing.tiny_sweep(stdlib_tiny_data_dir, name="mp", sizes=(3.4e3,), log_every=1)
+        one.resources.processes = 1
+        one.resources.devices_per_process = 2
+        result = runner.run_sweep(one, tmp_path / "p1", compile_cache_dir=compile_cache,
+                                  progress=False)
+        out, _ = two.communicate(timeout=300)
+    finally:
+        if two.poll() is None:
+            two.kill()
+            two.wait()
+    assert result["status"] == "completed"
+    assert two.returncode == 0, out
+    (entry,) = result["runs"]
     losses = {}
-    for processes, devices in ((1, 2), (2, 1)):
-        sweep = testing.tiny_sweep(stdlib_tiny_data_dir, name="mp", sizes=(3.4e3,), log_every=1)
-        sweep.resources.processes = processes
-        sweep.resources.devices_per_process = devices
-        root = tmp_path / f"p{processes}"
-        result = runner.run_sweep(sweep, root, compile_cache_dir=compile_cache, progress=False)
-        (entry,) = result["runs"]
-        assert result["status"] == "completed", (root / entry["dir"] / "train.log").read_text()
-        run_dir = root / entry["dir"]
+    for processes in (1, 2):
+        run_dir = tmp_path / f"p{processes}" / entry["dir"]  # same config: same id, same name
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         losses[processes] = {r["step"]: r["loss"] for r in rows}
-        if processes == 2:
-            log1 = (run_dir / "train.p1.log").read_text()
-            assert "process 1 of 2, 2 global devices" in log1
+        assert json.loads((run_dir / "run.json").read_text())["id"] == entry["id"]
+    p1_log = (tmp_path / "p2" / entry["dir"] / "train.p1.log").read_text()
+    assert "process 1 of 2, 2 global devices" in p1_log
     assert list(losses[1]) == list(losses[2]) == list(range(1, 21))
     diff = max(abs(losses[1][s] - losses[2][s]) for s in losses[1])
     print(f"max |loss(2 processes) - loss(1 process)| = {diff:.3g}")
