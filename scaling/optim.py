@@ -89,27 +89,13 @@ def weight_decay_mask(config: ml_collections.ConfigDict, abstract_params: Any) -
         names, is_leaf=lambda x: x is None or isinstance(x, tuple))
 
 
-def scale_by_tree(multipliers: Any) -> optax.GradientTransformation:
-    """Returns a transformation multiplying each update leaf by a fixed per-leaf factor."""
-
-    def init_fn(params: Any) -> optax.EmptyState:
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
-        del params
-        return jax.tree.map(lambda u, m: u * m, updates, multipliers), state
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
 def lr_multipliers(config: ml_collections.ConfigDict, abstract_params: Any) -> Any | None:
     """Returns per-leaf LR multipliers (muP) or None for standard parameterization."""
     if config.model.parameterization != "mup":
         return None
     from scaling.models import mup  # models never import optim; the dependency points this way
 
-    return mup.lr_multipliers(nn.meta.unbox(abstract_params), config.model)
+    return mup.lr_multipliers(abstract_params, config.model)
 
 
 def make_optimizer(config: ml_collections.ConfigDict,
@@ -135,6 +121,8 @@ def make_optimizer(config: ml_collections.ConfigDict,
                                                mask=weight_decay_mask(config, abstract_params)))
     multipliers = lr_multipliers(config, abstract_params)
     if multipliers is not None:
-        parts.append(scale_by_tree(multipliers))
+        from scaling.models import mup
+
+        parts.append(mup.scale_by_multipliers(multipliers))
     parts.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*parts), schedule

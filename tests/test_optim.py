@@ -88,3 +88,29 @@ def test_each_optimizer_lowers_the_loss_on_a_fixed_batch(name):
         state, m = step(state, batch)
         losses.append(float(m["loss"]))
     assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_mup_multipliers_reach_the_optimizer_updates():
+    """With muP at width 2x the base, hidden-matrix updates are halved; vector-like ones are not."""
+    from scaling.models import make_model
+    from scaling.train.state import abstract_params
+
+    updates = {}
+    for param in ("standard", "mup"):
+        c = helpers.tiny_lm_config(**{"model.parameterization": param,
+                                      "model.mup_base_width": 16, "optim.name": "sgd",
+                                      "optim.b1": 0.0, "optim.clip_norm": 0.0,
+                                      "optim.weight_decay": 0.0})
+        boxed = abstract_params(make_model(c.model), c)
+        tx, _ = optim.make_optimizer(c, boxed)
+        params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                              __import__("flax").linen.meta.unbox(boxed))
+        grads = jax.tree.map(jnp.ones_like, params)
+        u, _ = tx.update(grads, tx.init(params), params)
+        updates[param] = u
+    ratio = jax.tree.map(lambda a, b: float(a.reshape(-1)[0] / b.reshape(-1)[0]),
+                         updates["mup"], updates["standard"])
+    assert ratio["layers"]["attn"]["q"] == pytest.approx(0.5)
+    assert ratio["layers"]["mlp"]["wo"] == pytest.approx(0.5)
+    assert ratio["embedding"] == pytest.approx(1.0)
+    assert ratio["final_norm"]["scale"] == pytest.approx(1.0)

@@ -212,14 +212,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                     state, metrics = jitted(state, batch)
                 step += 1
                 window_steps += 1
+                if step == start_step + 1:  # exclude compilation from the throughput window
+                    jax.block_until_ready(metrics)
+                    window_start, window_steps = time.perf_counter(), 0
                 if step % config.train.log_every == 0 or step in save_at or step == end_step:
-                    elapsed = time.perf_counter() - window_start
-                    tokens_per_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
                     row = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     row.update(step=step, tokens=step * tokens_per_step,
-                               flops=step * flops_per_step, tokens_per_s=tokens_per_s,
-                               mfu=tokens_per_s * run["flops_per_token"] / peak_total,
-                               time=time.time())
+                               flops=step * flops_per_step, time=time.time())
+                    if window_steps:
+                        elapsed = time.perf_counter() - window_start
+                        tokens_per_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
+                        row.update(tokens_per_s=tokens_per_s,
+                                   mfu=tokens_per_s * run["flops_per_token"] / peak_total)
                     if metrics_file is not None:
                         metrics_file.write(row)
                         tb.write_scalars(step, row)
@@ -227,8 +231,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                     window_start, window_steps = time.perf_counter(), 0
                     if not math.isfinite(row["loss"]):
                         raise FloatingPointError(f"loss is {row['loss']} at step {step}")
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{tokens_per_s:.3g}",
-                                    refresh=False)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}",
+                                    tok_s=f"{row.get('tokens_per_s', 0.0):.3g}", refresh=False)
                 bar.update(1)
                 if step in save_at or preemption.requested:
                     checkpointer.save(step, state, data_iter.get_state(), config)
