@@ -5,7 +5,7 @@ Every task minimizes ``fun(x, (X, t, w))`` from its own start with its own per-p
 in lock-step inside one jitted kernel for ``chunk`` iterations at a time; between chunks the host
 collects finished slots and refills them with pending tasks, so the work done is proportional to
 the iterations each task actually needs, and one compiled kernel (per objective, width and padded
-number of points) serves every fit. Points are padded to a power of two with zero weight.
+number of points) serves every fit. Points are padded (to 16·4^k) with zero weight.
 
 The line search is a batched backtracking (Armijo) search; curvature pairs with s·y ≤ 0 are
 skipped, so the inverse-Hessian approximation stays positive definite. A task stops when the
@@ -36,19 +36,23 @@ class LbfgsResult(NamedTuple):
 
 def _two_loop(g, s_hist, y_hist, rho, gamma):
     """Returns the L-BFGS direction -H·g for a batch (history ordered oldest first)."""
-    m = s_hist.shape[1]
-    q = g
-    alphas = []
-    for i in reversed(range(m)):
-        a = rho[:, i] * jnp.sum(s_hist[:, i] * q, axis=-1)
-        q = q - a[:, None] * y_hist[:, i]
-        alphas.append(a)
-    r = gamma[:, None] * q
-    for i in range(m):
-        a = alphas[m - 1 - i]
-        b = rho[:, i] * jnp.sum(y_hist[:, i] * r, axis=-1)
-        r = r + s_hist[:, i] * (a - b)[:, None]
-    return -r
+    # histories as (m, B, P) for scanning over the pairs
+    S, Y, R = jnp.swapaxes(s_hist, 0, 1), jnp.swapaxes(y_hist, 0, 1), jnp.swapaxes(rho, 0, 1)
+
+    def back(q, sy):
+        s, y, r = sy
+        a = r * jnp.sum(s * q, axis=-1)
+        return q - a[:, None] * y, a
+
+    q, alphas = jax.lax.scan(back, g, (S, Y, R), reverse=True)
+
+    def fwd(r_, sya):
+        s, y, r, a = sya
+        b = r * jnp.sum(y * r_, axis=-1)
+        return r_ + s * (a - b)[:, None], None
+
+    r_, _ = jax.lax.scan(fwd, gamma[:, None] * q, (S, Y, R, alphas))
+    return -r_
 
 
 @functools.partial(jax.jit, static_argnames=("fun", "chunk", "maxiter", "max_ls"))
@@ -135,7 +139,7 @@ def _chunk(fun, st, fresh, X, t, w, chunk, maxiter, max_ls, gtol, ftol):
 def _pad_points(n: int) -> int:
     p = 16
     while p < n:
-        p *= 2
+        p *= 4
     return p
 
 
@@ -165,7 +169,7 @@ def batched_lbfgs(fun: Objective, x0: np.ndarray, X: np.ndarray, t: np.ndarray,
     def pad_w(v):
         return np.concatenate([v, np.zeros(npad - n)])
 
-    ladder = (1024, 256, 64, 16)
+    ladder = (1024, 128, 16)
     W = width or next((v for v in reversed(ladder) if v >= min(T, ladder[0])), ladder[0])
     out_x = x0.copy()
     out_f = np.full(T, np.inf)
@@ -219,7 +223,8 @@ def batched_lbfgs(fun: Objective, x0: np.ndarray, X: np.ndarray, t: np.ndarray,
                         wj = jnp.asarray(w_h)
             active = np.nonzero(owner >= 0)[0]
             smaller = [v for v in ladder if v < W and len(active) <= v]
-            if nxt >= T and smaller and width is None:
+            # narrowing costs a compilation per width: worth it only when evaluations are costly
+            if nxt >= T and smaller and width is None and npad >= 256:
                 # compact the few remaining tasks into a narrower pool (less work per step)
                 W2 = smaller[0]
                 keep = np.concatenate([active, np.full(W2 - len(active), active[0] if len(active) else 0)])

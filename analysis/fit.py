@@ -548,13 +548,16 @@ def _as_X(X: Any, law: Law) -> np.ndarray:
 
 def fit_law(law: Law | str, X: Any, y: Any, *, delta: float | None = None,
             init: np.ndarray | None = None, bootstrap: int = 0, bootstrap_starts: int = 4,
-            seed: int = 0, level: float = 0.95, maxiter: int = 3000) -> FitResult:
+            seed: int = 0, level: float = 0.95, maxiter: int = 3000,
+            bootstrap_weights: np.ndarray | None = None) -> FitResult:
     """Returns the best multi-start fit of a law to (X, y), with bootstrap percentile CIs if asked.
 
     X: (n, k) inputs in the law's input order (or a mapping name -> column); y: (n,) values.
     delta: Huber delta in target space (default: the law's; math.inf = least squares).
     init: (S, P) raw starts replacing the law's grid (e.g. one row for a naive single-start fit).
     bootstrap: number K of resamples (points drawn with replacement, as multinomial weights).
+    bootstrap_weights: (K, n) resample counts in the caller's point order (e.g. shared by several
+      fits for a paired bootstrap); overrides ``bootstrap``.
     """
     law = get_law(law) if isinstance(law, str) else law
     X = _as_X(X, law)
@@ -567,11 +570,19 @@ def fit_law(law: Law | str, X: Any, y: Any, *, delta: float | None = None,
     if "N" in law.inputs or "D" in law.inputs or "C" in law.inputs or law.name in ("bnsl", "sigmoid"):
         ok &= np.all(X > 0, axis=1)
     X, y = X[ok], y[ok]
+    if bootstrap_weights is not None:
+        bw = np.atleast_2d(np.asarray(bootstrap_weights, dtype=float))
+        if bw.shape[1] != len(ok):
+            raise ValueError(f"bootstrap_weights has {bw.shape[1]} columns for {len(ok)} points")
+        bw = bw[:, ok]
     n = len(y)
     if n < len(law.raw_names):
         raise ValueError(f"{law.name}: {n} usable points for {len(law.raw_names)} parameters")
     order = _canonical(X, y)
     X, y = X[order], y[order]
+    if bootstrap_weights is not None:
+        bw = bw[:, order]
+        bootstrap = len(bw)
     t = law.transform(y)
     delta = law.delta if delta is None else float(delta)
     fun = _objective(law, delta)
@@ -595,7 +606,8 @@ def fit_law(law: Law | str, X: Any, y: Any, *, delta: float | None = None,
         seeds = res.x[_distinct_best(res.x, f_all, bootstrap_starts)]
         m = len(seeds)
         rng = np.random.default_rng(seed)
-        W = rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(float)  # (K, n)
+        W = bw if bootstrap_weights is not None else \
+            rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(float)  # (K, n)
         x0 = np.tile(seeds, (bootstrap, 1))  # lane = k*m + j
         Wl = np.repeat(W, m, axis=0)
         bres = batched_lbfgs(fun, x0, X, t, Wl, maxiter=maxiter)

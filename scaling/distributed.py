@@ -3,7 +3,7 @@
 Explicit arguments win; otherwise SCALING_COORDINATOR_ADDRESS / SCALING_NUM_PROCESSES /
 SCALING_PROCESS_ID are read; otherwise, on a cluster JAX can detect (SLURM, TPU pods, ...),
 `jax.distributed.initialize()` is called with no arguments when SCALING_DISTRIBUTED=auto.
-On CPU the gloo collectives are selected so that cross-process collectives work without MPI.
+The CPU backend's gloo collectives are selected so that cross-process collectives work without MPI.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     auto = env.get("SCALING_DISTRIBUTED") == "auto"
     if coordinator_address is None and not auto:
         return False
-    if (jax.config.jax_platforms or env.get("JAX_PLATFORMS", "")).startswith("cpu"):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Only affects the CPU backend (harmless on GPU/TPU hosts); without it CPU processes have no
+    # cross-process collectives.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if coordinator_address is None:
         jax.distributed.initialize()
     else:

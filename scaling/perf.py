@@ -23,7 +23,7 @@ KNOWN_PEAKS = {
 def measure_matmul_peak(n: int = 1024, dtype: str = "float32", repeats: int = 5,
                         device: jax.Device | None = None) -> float:
     """Returns the best measured FLOP/s of an n×n×n matmul on one device (2n³ FLOPs per call)."""
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]
     key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
     a = jax.device_put(jax.random.normal(key_a, (n, n), dtype), device)
     b = jax.device_put(jax.random.normal(key_b, (n, n), dtype), device)
@@ -41,7 +41,7 @@ def peak_flops_per_device(configured: float = 0.0, dtype: str = "float32") -> tu
     """Returns (peak FLOP/s per device, where it came from): configured, published, or measured."""
     if configured > 0:
         return configured, "configured"
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     if device.platform != "cpu" and device.device_kind in KNOWN_PEAKS:
         return KNOWN_PEAKS[device.device_kind], f"published peak of {device.device_kind}"
     return measure_matmul_peak(dtype=dtype), f"measured {dtype} matmul peak on {device.platform}"

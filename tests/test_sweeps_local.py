@@ -66,7 +66,7 @@ def _steps(run_dir: pathlib.Path) -> list[int]:
 
 @pytest.mark.slow
 def test_killed_sweep_restarts_without_retraining(tmp_path, stdlib_tiny_data_dir, compile_cache):
-    steps = 60
+    steps = 40
     cfg = _write_config(tmp_path / "sweep_cfg.py", stdlib_tiny_data_dir, name="kill",
                         steps=steps, checkpoint_every=10, log_every=5)
     root = tmp_path / "root"

@@ -190,9 +190,15 @@ INVALID = [
     ("two data axes", _bad(tokens_per_param=(20.0,)), r"at most one of"),
     ("bad run value", _bad(axes=({"model.positions": ("rope", "alibi")},)),
      r"config.model.positions='alibi'"),
-    ("wrong type", _bad(axes=({"model.n_layers": (1.5,)},)), r"'model.n_layers' cannot take value 1.5"),
+    ("wrong type", _bad(axes=({"model.n_layers": (1.5,)},)),
+     r"'model.n_layers' cannot take value 1.5"),
     ("unreachable size", _bad(sizes=(5e3,)), r"N=5k is not reachable"),
     ("bad rule", _bad(lr__rule="cosine"), r"sweep.lr.rule='cosine'"),
+    ("seed as axis", _bad(axes=({"seed": (1, 2)},)), r"field 'seed' cannot be an axis"),
+    ("length axis with budget", _bad(axes=({"train.num_steps": (5, 10)},)),
+     r"\['train.num_steps'\] conflict with the data axis"),
+    ("batch vs devices", _bad(resources__devices_per_process=8),
+     r"on 8 devices: config.train.batch_size=4"),
 ]
 
 
@@ -260,7 +266,7 @@ def test_manifest_merge_keeps_runs_and_is_atomic(tmp_path):
     assert json.loads((tmp_path / "manifest.json").read_text())["runs"] == m["runs"]
 
 
-def test_prepare_writes_run_dirs_and_rejects_changed_configs(tmp_path):
+def test_prepare_writes_run_dirs_and_rejects_changed_configs(tmp_path, capsys):
     sweep = testing.tiny_sweep()
     runs = spec.expand(sweep)
     runner.prepare(tmp_path, sweep, runs)
@@ -275,6 +281,15 @@ def test_prepare_writes_run_dirs_and_rejects_changed_configs(tmp_path):
     m = manifest_lib.read_manifest(tmp_path)
     assert [e["id"] for e in m["runs"]] == [r.id for r in runs]
     assert {e["status"] for e in m["runs"]} == {"pending"}
+    from scaling.cli import sweep_status
+
+    assert sweep_status.main(["scaling sweep-status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert all(r.name in out for r in runs) and "pending 2" in out and "no runner active" in out
+    assert sweep_status.main(["scaling sweep-status", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["runs"]
+    assert [(r["id"], r["status"], r["step"]) for r in rows] == [(r.id, "pending", 0) for r in runs]
+    assert sweep_status.main(["scaling sweep-status", str(tmp_path / "nope")]) == 2
     changed = testing.tiny_sweep()
     changed.base.optim.b2 = 0.99  # same names, different configs
     with pytest.raises(SweepError, match="its config changed"):

@@ -6,12 +6,14 @@
     scaling sweep --config configs/sweeps/ablation_tiny.py --root sweeps/ablation_tiny --workers 2
 """
 
+import ml_collections
+
 from configs.sweeps._tiny_base import tiny_lm_base
 from scaling.sweeps.spec import default_sweep
 
 
-def get_config():
-    """Returns the sweep: N in {50k, 100k}, D = 10 N, wd in {0, 0.1}, token substitution {0, 0.05}."""
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the sweep: N in {50k, 100k}, D = 10 N, wd {0, 0.1}, token substitution {0, 0.05}."""
     s = default_sweep()
     s.name = "ablation_tiny"
     s.base = tiny_lm_base()

@@ -8,11 +8,13 @@ compute is within half a step's FLOPs of the budget. Smaller models get a higher
     scaling sweep --config configs/sweeps/isoflop_tiny.py --root sweeps/isoflop_tiny --dry-run
 """
 
+import ml_collections
+
 from configs.sweeps._tiny_base import tiny_lm_base
 from scaling.sweeps.spec import default_sweep
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
     """Returns the sweep: sizes 25k-200k non-embedding params, budgets 3e10, 1e11, 3e11 FLOPs."""
     s = default_sweep()
     s.name = "isoflop_tiny"

@@ -6,11 +6,13 @@ size is trained on 64k, 256k and 1M tokens (rounded to whole steps of 16 x 64 to
     scaling sweep --config configs/sweeps/size_data_tiny.py --root sweeps/size_data_tiny --workers 2
 """
 
+import ml_collections
+
 from configs.sweeps._tiny_base import tiny_lm_base
 from scaling.sweeps.spec import default_sweep
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
     """Returns the sweep: sizes 25k-200k non-embedding params, D in {64k, 256k, 1M} tokens."""
     s = default_sweep()
     s.name = "size_data_tiny"

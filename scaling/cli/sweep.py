@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from scaling.cli import common
 
@@ -44,7 +45,7 @@ def normalize_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def define_flags(argv: list[str]):
+def define_flags(argv: list[str]) -> Any:
     """Returns the FlagValues of `scaling sweep` (config overrides discovered in `argv`)."""
     from absl import flags
     from ml_collections import config_flags
@@ -68,6 +69,9 @@ def define_flags(argv: list[str]):
                          "cluster's resources allow for ray).", flag_values=fv)
     flags.DEFINE_boolean("dry_run", False, "Print the run table (name, N, D, C, steps, batch, lr) "
                          "and exit without writing or training anything.", flag_values=fv)
+    flags.DEFINE_boolean("prepare_only", False, "Write the run directories and manifest, print "
+                         "one worker command per unfinished run (for SLURM arrays or other "
+                         "schedulers) and exit without training.", flag_values=fv)
     flags.DEFINE_integer("max_retries", None, "Extra attempts per failed run (default: the "
                          "sweep's max_retries).", flag_values=fv)
     flags.DEFINE_boolean("retry_failed", False, "Also retry runs that diverged (non-finite loss) "
@@ -105,6 +109,10 @@ def main(argv: list[str]) -> int:
             cache = fv.compile_cache_dir
             if cache is not None and cache.lower() in ("none", "off", ""):
                 cache = ""
+            if fv.prepare_only:
+                for line in runner.pending_commands(fv.config, fv.root, cache):
+                    print(line)
+                return 0
             result = runner.run_sweep(
                 fv.config, fv.root, backend=fv.backend, workers=fv.workers, address=fv.address,
                 max_retries=fv.max_retries, retry_failed=fv.retry_failed,
@@ -130,6 +138,7 @@ def dry_run_summary(runs: list) -> str:
     if budgeted:
         worst = max(abs(r.c - r.budget) / (r.flops_per_token * r.tokens_per_step)
                     for r in budgeted)
+        budgets = ", ".join(spec.format_flops(b) for b in sorted({r.budget for r in budgeted}))
         lines.append(f"IsoFLOP: every run within {worst:.2f} steps' FLOPs of its budget "
-                     f"(budgets {', '.join(spec.format_flops(b) for b in sorted({r.budget for r in budgeted}))})")
+                     f"(budgets {budgets})")
     return "\n".join(lines)

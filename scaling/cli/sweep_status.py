@@ -12,10 +12,11 @@ from scaling.cli import common
 
 DESCRIPTION = """Argument: DIR, a sweep root made by `scaling sweep`.
 
-Shows the runs of the sweep in DIR (a sweep root made by `scaling sweep`): name,
-status, step / total steps, last logged loss, N (non-embedding parameters), D (tokens), C
-(training FLOPs), attempts and the error of failed runs, read from DIR/manifest.json and each run
-directory's status.json and metrics.jsonl. It only reads files, so it is safe while the sweep runs.
+Shows the runs of the sweep in DIR: name, status, step / total steps, last logged training loss,
+last validation loss (val/loss in eval.jsonl, @ its step), N (non-embedding parameters),
+D (tokens), C (training FLOPs), attempts and the error of failed runs, read from
+DIR/manifest.json and each run directory's status.json, metrics.jsonl and eval.jsonl. It only
+reads files, so it is safe while the sweep runs.
 
 examples:
   scaling sweep-status sweeps/isoflop
@@ -36,13 +37,15 @@ def collect(root: str | pathlib.Path) -> dict[str, Any]:
         run_dir = root / entry["dir"]
         status = manifest_lib.run_status(run_dir)
         metrics = manifest_lib.last_metrics(run_dir) or {}
+        val = manifest_lib.last_metrics(run_dir, name="eval.jsonl", metric="val/loss") or {}
         run = manifest_lib.read_json(run_dir / "run.json") or {}
         rows.append({
             "name": entry["name"], "id": entry["id"], "status": status["status"],
             "manifest_status": entry.get("status"),
             "step": int(metrics.get("step", status.get("step") or 0)),
             "num_steps": int(run.get("num_steps", entry.get("steps", 0)) or 0),
-            "loss": metrics.get("loss"), "n": entry.get("n"), "d": entry.get("d"),
+            "loss": metrics.get("loss"), "val_loss": val.get("value"),
+            "val_step": val.get("step"), "n": entry.get("n"), "d": entry.get("d"),
             "c": entry.get("c"), "attempts": entry.get("attempts", 0),
             "error": status.get("error") or entry.get("error"), "dir": entry["dir"]})
     return {"root": str(root), "name": manifest.get("name", ""),
@@ -72,7 +75,7 @@ def render(info: dict[str, Any]) -> str:
     from scaling.sweeps.runner import format_table
     from scaling.sweeps.spec import format_count
 
-    header = ["name", "status", "step", "loss", "N", "D", "C", "tries", "error"]
+    header = ["name", "status", "step", "loss", "val_loss", "N", "D", "C", "tries", "error"]
     rows = []
     counts: dict[str, int] = {}
     for r in info["runs"]:
@@ -81,9 +84,11 @@ def render(info: dict[str, Any]) -> str:
             status = "stopped"  # the runner died; the next `scaling sweep` resumes it
         counts[status] = counts.get(status, 0) + 1
         loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
+        val = "-" if r.get("val_loss") is None else f"{r['val_loss']:.4f}@{r['val_step']}"
         error = (r["error"] or "")[:60]
-        rows.append([r["name"], status, f"{r['step']}/{r['num_steps']}", loss,
-                     format_count(r["n"]) if r["n"] else "-", format_count(r["d"]) if r["d"] else "-",
+        rows.append([r["name"], status, f"{r['step']}/{r['num_steps']}", loss, val,
+                     format_count(r["n"]) if r["n"] else "-",
+                     format_count(r["d"]) if r["d"] else "-",
                      f"{r['c']:.2e}" if r["c"] else "-", str(r["attempts"]), error])
     table = format_table(header, rows)
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))

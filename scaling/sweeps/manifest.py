@@ -25,7 +25,7 @@ STATUSES = ("pending", "running", "completed", "failed", "interrupted")
 
 
 def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
-    """Writes `value` as JSON to `path` via a fsync'd temporary file and os.replace."""
+    """Writes `value` as JSON to `path` (fsync'd temporary file, os.replace); returns None."""
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -70,7 +70,7 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> None:
-    """Replaces `root/manifest.json` atomically with `manifest` (after checking ids are unique)."""
+    """Replaces root/manifest.json atomically with `manifest` (ids checked unique); returns None."""
     ids = [r["id"] for r in manifest["runs"]]
     if len(ids) != len(set(ids)):
         raise ValueError("manifest would contain duplicated run ids")
@@ -102,9 +102,13 @@ def run_status(run_dir: str | os.PathLike) -> dict[str, Any]:
     return value
 
 
-def last_metrics(run_dir: str | os.PathLike, max_bytes: int = 65536) -> dict[str, Any] | None:
-    """Returns the last complete row of run_dir/metrics.jsonl (step, loss, ...), or None."""
-    path = pathlib.Path(run_dir) / "metrics.jsonl"
+def last_metrics(run_dir: str | os.PathLike, max_bytes: int = 65536,
+                 name: str = "metrics.jsonl", metric: str | None = None) -> dict[str, Any] | None:
+    """Returns the last complete row of run_dir/metrics.jsonl (step, loss, ...), or None.
+
+    With `name`='eval.jsonl' and `metric`='val/loss': the last evaluation row of that metric.
+    """
+    path = pathlib.Path(run_dir) / name
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
@@ -118,6 +122,6 @@ def last_metrics(run_dir: str | os.PathLike, max_bytes: int = 65536) -> dict[str
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(row, dict):
+        if isinstance(row, dict) and (metric is None or row.get("metric") == metric):
             return row
     return None

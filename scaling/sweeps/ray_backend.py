@@ -70,7 +70,7 @@ def _run_process(run_dir: str, name: str, attempt: int, process_id: int, num_pro
 
 
 def _probe_coordinator() -> tuple[str, int]:
-    """Ray task body: returns (this node's IP, a free TCP port) for the jax.distributed coordinator."""
+    """Ray task body: returns (this node's IP, a free TCP port) for the jax coordinator."""
     import ray
 
     ip = ray.util.get_node_ip_address()
@@ -125,7 +125,7 @@ class RayBackend:
         self._waiting[ref] = (job, "task", process_id)
 
     def start(self, job: runner_lib.Job) -> None:
-        """Submits `job`: one task, or a placement group then one task per process."""
+        """Submits `job` (one task, or a placement group then a task per process); returns None."""
         job.handle = {"refs": {}, "codes": {}, "pg": None}
         self._jobs.append(job)
         num = int(self.resources.processes)
@@ -169,7 +169,7 @@ class RayBackend:
             self._jobs.remove(job)
 
     def poll(self, timeout: float) -> list[tuple[runner_lib.Job, int]]:
-        """Returns runs whose every process finished within `timeout` s, with the worst exit code."""
+        """Returns runs whose processes all ended within `timeout` s, with the worst exit code."""
         if not self._waiting:
             time.sleep(timeout)
             return []
@@ -218,7 +218,7 @@ class RayBackend:
         return out
 
     def close(self) -> None:
-        """Cancels anything left, removes placement groups and disconnects from the cluster."""
+        """Cancels tasks left, removes placement groups, disconnects from Ray; returns None."""
         for ref, (_, kind, _) in list(self._waiting.items()):
             if kind == "task":
                 self.ray.cancel(ref, force=True)

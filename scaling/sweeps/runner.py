@@ -68,7 +68,7 @@ class Backend(Protocol):
         """Returns True if another job can start now."""
 
     def start(self, job: Job) -> None:
-        """Starts `job` (non-blocking)."""
+        """Starts `job` without waiting for it; returns None."""
 
     def poll(self, timeout: float) -> list[tuple[Job, int]]:
         """Returns the jobs that finished within `timeout` seconds, with their exit codes."""
@@ -80,14 +80,14 @@ class Backend(Protocol):
         """Stops every job with SIGTERM (so it checkpoints), waits; returns them with exit codes."""
 
     def close(self) -> None:
-        """Releases the backend's resources."""
+        """Releases the backend's resources; returns None."""
 
 
 # ------------------------------------------------------------------------------ worker launch
 
 
 def package_root() -> str:
-    """Returns the directory that contains the `scaling` package (put on the workers' PYTHONPATH)."""
+    """Returns the directory containing the `scaling` package (for the workers' PYTHONPATH)."""
     import scaling
 
     return str(pathlib.Path(scaling.__file__).resolve().parents[1])
@@ -164,12 +164,13 @@ class LocalBackend:
         return len(self._jobs)
 
     def start(self, job: Job) -> None:
-        """Starts all processes of `job`'s run, logs appended to run_dir/train[.pK].log."""
+        """Starts all processes of `job`'s run (logs to run_dir/train[.pK].log); returns None."""
         procs = []
         num = int(self.resources.processes)
         coordinator = f"127.0.0.1:{free_port()}" if num > 1 else None
         for pid in range(num):
-            env = worker_env(dict(os.environ), devices_per_process=self.resources.devices_per_process,
+            env = worker_env(dict(os.environ),
+                             devices_per_process=self.resources.devices_per_process,
                              cache_dir=self.cache_dir, coordinator=coordinator,
                              num_processes=num, process_id=pid)
             env[worker_lib.PARENT_ENV] = str(os.getpid())
@@ -236,7 +237,7 @@ class LocalBackend:
         return out
 
     def close(self) -> None:
-        """Kills anything still running."""
+        """Kills any worker process still running; returns None."""
         for job in self._jobs:
             for p in job.handle["procs"]:
                 if p.poll() is None:
@@ -279,9 +280,9 @@ def _check_conflicts(root: pathlib.Path, runs: list[Run]) -> None:
     for run in runs:
         existing = manifest_lib.read_json(root / run.dir / "run.json")
         if existing is not None and existing.get("id") not in (None, run.id):
-            raise SweepError(f"{root / run.dir} holds run id {existing.get('id')}, but this sweep's "
-                             f"run {run.name} has id {run.id} (its config changed); use another "
-                             "--root or remove that directory")
+            raise SweepError(f"{root / run.dir} holds run id {existing.get('id')}, but this "
+                             f"sweep's run {run.name} has id {run.id} (its config changed); use "
+                             "another --root or remove that directory")
 
 
 def _status_for_manifest(run_dir: pathlib.Path) -> str:
@@ -295,6 +296,8 @@ def prepare(root: str | os.PathLike, sweep: ml_collections.ConfigDict,
     root = pathlib.Path(root)
     _check_conflicts(root, runs)
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".manifest.json.*.tmp"):  # left by a runner killed mid-write
+        stale.unlink(missing_ok=True)
     (root / "sweep.json.tmp").write_text(spec_lib.sweep_to_json(sweep))
     os.replace(root / "sweep.json.tmp", root / "sweep.json")
     for run in runs:
@@ -325,7 +328,7 @@ def prepare(root: str | os.PathLike, sweep: ml_collections.ConfigDict,
 
 @contextlib.contextmanager
 def root_lock(root: pathlib.Path) -> Iterator[None]:
-    """Holds an exclusive lock on the sweep root (one runner per root); raises SweepError if taken."""
+    """Holds an exclusive lock on the sweep root (one runner per root); yields None."""
     import fcntl
 
     root.mkdir(parents=True, exist_ok=True)
@@ -349,7 +352,7 @@ def _is_diverged(status: dict[str, Any], code: int | None) -> bool:
 
 
 def last_exception(log_path: pathlib.Path, max_bytes: int = 65536) -> str | None:
-    """Returns the last 'SomeError: message' line of a log file (the worker's traceback), or None."""
+    """Returns the last 'SomeError: message' line of a log (the worker's traceback), or None."""
     import re
 
     try:
@@ -411,6 +414,28 @@ def make_backend(name: str, workers: int, sweep: ml_collections.ConfigDict,
 
         return ray_backend.RayBackend(address, workers, sweep.resources, cache_dir)
     raise SweepError(f"--backend={name!r}: must be 'local' or 'ray'")
+
+
+def pending_commands(sweep: ml_collections.ConfigDict, root: str | os.PathLike,
+                     compile_cache_dir: str | None = None) -> list[str]:
+    """Prepares the sweep in `root` without training; returns a shell command per unfinished run.
+
+    For external schedulers (e.g. one SLURM array task per line; set SCALING_DISTRIBUTED=auto and
+    launch with srun for multi-host runs). The runs' status.json files stay authoritative:
+    `scaling sweep-status` and a later `scaling sweep` see what these commands did.
+    """
+    import shlex
+
+    runs = spec_lib.expand(sweep)
+    root = pathlib.Path(root).absolute()
+    if compile_cache_dir is None:
+        compile_cache_dir = str(root / "compile_cache") if sweep.compile_cache else ""
+    with root_lock(root):
+        prepare(root, sweep, runs)
+    prefix = f"SCALING_COMPILE_CACHE_DIR={shlex.quote(compile_cache_dir)} " \
+        if compile_cache_dir else ""
+    return [prefix + shlex.join(worker_command(root / r.dir)) for r in runs
+            if manifest_lib.run_status(root / r.dir)["status"] != "completed"]
 
 
 def run_sweep(sweep: ml_collections.ConfigDict, root: str | os.PathLike, *,
@@ -489,7 +514,10 @@ def _finish(job: Job, code: int, retries: int, update: Any, stopping: bool) -> b
     """Records an attempt's outcome in the manifest; returns True if the run should be retried."""
     run_dir = job.run_dir
     status = manifest_lib.run_status(run_dir)
-    if status["status"] == "completed" and code == 0:
+    if status["status"] == "completed":
+        if code != 0:
+            log.warning("run %s completed but its worker ended with %s", job.run.name,
+                        _describe_exit(code))
         update(job.run, status="completed", error=None)
         log.info("completed %s", job.run.name)
         return False

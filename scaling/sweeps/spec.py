@@ -240,7 +240,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def model_numbers(config: ml_collections.ConfigDict) -> dict[str, float]:
-    """Returns N (non-embedding), N_total, FLOPs per token (per example for MLPs) and tokens/step."""
+    """Returns N (non-embedding), N_total, training FLOPs per token (MLP: example), tokens/step."""
     from scaling.models import accounting
 
     m = config.model
@@ -264,7 +264,8 @@ def _shape_n(scratch: ml_collections.ConfigDict, shape: dict[str, int]) -> int:
     return int(accounting.param_counts(scratch)["non_embedding"])
 
 
-def transformer_shape(layers: int, d_model: int, family: ml_collections.ConfigDict) -> dict[str, int]:
+def transformer_shape(layers: int, d_model: int,
+                      family: ml_collections.ConfigDict) -> dict[str, int]:
     """Returns the model fields of a Transformer with `layers` x `d_model` under the family rule."""
     shape = {"n_layers": layers, "d_model": d_model, "n_heads": d_model // family.head_dim,
              "n_kv_heads": 0, "head_dim": 0}
@@ -366,7 +367,8 @@ def _rule_value(rule: ml_collections.ConfigDict, what: str, n: int, base_value: 
 def _check_rule(sweep: ml_collections.ConfigDict, what: str) -> None:
     rule = sweep[what]
     if rule.rule not in RULE_KINDS[what]:
-        raise SweepError(f"sweep.{what}.rule={rule.rule!r}: must be one of {list(RULE_KINDS[what])}")
+        raise SweepError(f"sweep.{what}.rule={rule.rule!r}: must be one of "
+                         f"{list(RULE_KINDS[what])}")
     if rule.rule == "table":
         if not rule.table:
             raise SweepError(f"sweep.{what}.table is empty but sweep.{what}.rule='table'")
@@ -380,7 +382,7 @@ def _check_rule(sweep: ml_collections.ConfigDict, what: str) -> None:
 
 def apply_rules(config: ml_collections.ConfigDict, sweep: ml_collections.ConfigDict, n: int,
                 fixed: set[str]) -> None:
-    """Sets train.batch_size and optim.lr (and muP fields) from the sweep's rules of N, in place."""
+    """Sets train.batch_size, optim.lr (and muP fields) by the rules of N in place; returns None."""
     if "train.batch_size" not in fixed and sweep.batch.rule != "constant":
         value = _rule_value(sweep.batch, "batch", n, config.train.batch_size)
         multiple = max(1, int(sweep.batch.multiple))
@@ -507,6 +509,16 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None) -
         raise SweepError(f"sweep.base: {err}") from None
     groups = _axis_groups(sweep, base)
     labels = _labels(sweep)
+    axis_fields = {field for group in groups for field, _ in group}
+    for field, why in (("seed", "use sweep.seeds"), ("name", "run names are made by the sweep")):
+        if field in axis_fields:
+            raise SweepError(f"sweep.axes: field {field!r} cannot be an axis ({why})")
+    budget_fields = {"data.num_tokens", "train.num_steps"} & axis_fields
+    if budget_fields and any(len(sweep[a]) for a in BUDGET_AXES):
+        raise SweepError(f"sweep.axes: {sorted(budget_fields)} conflict with the data axis "
+                         f"({'/'.join(BUDGET_AXES)}), which sets the run length")
+    x = sweep.resources
+    num_devices = x.processes * x.devices_per_process if x.devices_per_process > 0 else None
     resolved_base = resolve(base)
     kind = resolved_base.model.kind
     budget_kind = next((a for a in BUDGET_AXES if len(sweep[a])), None)
@@ -577,7 +589,8 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None) -
                         "flops": f"FLOP budget C={format_flops(bvalue)}",
                         "": "the base step count"}[bkind]
                 if bkind == "flops":
-                    need = f"N={format_count(n)} needs >= {format_flops(sweep.min_steps * fpt * tps)}"
+                    least = format_flops(sweep.min_steps * fpt * tps)
+                    need = f"N={format_count(n)} needs >= {least}"
                     too_small.setdefault(budget, []).append(need)
                     if skipped is not None:
                         skipped.append(f"C={format_flops(bvalue)}: left out {need} "
@@ -601,9 +614,10 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None) -
             name = run_name(run_axes, n, d, labels, budget)
             run_cfg.name = name
             try:
-                config_lib.validate(run_cfg)
+                config_lib.validate(run_cfg, num_devices)
             except config_lib.ConfigError as err:
-                raise SweepError(f"sweep: run {name}: {err}") from None
+                where = f" on {num_devices} devices" if num_devices else ""
+                raise SweepError(f"sweep: run {name}{where}: {err}") from None
             shape = {k: int(run_cfg.model[k]) for k in
                      (("mlp_width", "mlp_depth") if kind == "mlp" else
                       ("n_layers", "d_model", "n_heads", "d_ff"))}

@@ -1,4 +1,4 @@
-"""`python -m scaling.sweeps.worker RUN_DIR`: train (or resume) one prepared run of a sweep.
+"""`python -m scaling.sweeps.worker RUN_DIR`: trains (or resumes) one prepared run of a sweep.
 
 Loads RUN_DIR/config.json and calls `scaling.train.loop.train`, which resumes from the latest
 checkpoint. Multi-process runs read SCALING_COORDINATOR_ADDRESS / SCALING_NUM_PROCESSES /
@@ -13,6 +13,7 @@ loss).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -27,6 +28,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 3
 EXIT_DIVERGED = 4
 PARENT_ENV = "SCALING_SWEEP_PARENT_PID"
+
+log = logging.getLogger("scaling.sweeps.worker")
 
 
 def _die_with_parent() -> None:
@@ -57,25 +60,49 @@ def _lock(run_dir: pathlib.Path, process_id: int):
     return f
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Returns the parsed worker arguments: run_dir and the optional multi-process settings."""
+    parser = argparse.ArgumentParser(
+        prog="python -m scaling.sweeps.worker", description=__doc__.split("\n\n")[0],
+        epilog="Multi-process settings default to SCALING_COORDINATOR_ADDRESS, "
+        "SCALING_NUM_PROCESSES and SCALING_PROCESS_ID; with SCALING_DISTRIBUTED=auto JAX detects "
+        "them (SLURM, TPU pods), e.g. `srun python -m scaling.sweeps.worker RUN_DIR`.")
+    parser.add_argument("run_dir", help="a run directory prepared by `scaling sweep`")
+    parser.add_argument("--coordinator_address", default=None, help="host:port of process 0")
+    parser.add_argument("--num_processes", type=int, default=None)
+    parser.add_argument("--process_id", type=int, default=None)
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Trains the run in argv[1]; returns the exit code (0 completed, 3 interrupted, 4 diverged)."""
+    """Trains the run in RUN_DIR; returns the exit code (0 completed, 3 interrupted, 4 diverged)."""
     argv = list(sys.argv if argv is None else argv)
-    if len(argv) != 2 or argv[1] in ("-h", "--help"):
-        print(__doc__)
+    try:
+        args = parse_args(argv[1:])
+    except SystemExit as exit_:
+        return EXIT_USAGE if exit_.code else 0
+    run_dir = pathlib.Path(args.run_dir)
+    if not (run_dir / "config.json").exists():
+        print(f"error: {run_dir}/config.json not found (prepare the run with `scaling sweep`)",
+              file=sys.stderr)
         return EXIT_USAGE
-    run_dir = pathlib.Path(argv[1])
     _die_with_parent()
     from scaling.cli import common
 
     common.setup_logging(False)
-    process_id = int(os.environ.get("SCALING_PROCESS_ID", "0") or 0)
-    lock = _lock(run_dir, process_id)
-    try:
-        from scaling import config as config_lib
-        from scaling import distributed
-        from scaling.sweeps import cache
+    import jax
 
-        distributed.initialize()
+    from scaling import config as config_lib
+    from scaling import distributed
+    from scaling.sweeps import cache
+
+    try:
+        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        return EXIT_FAILED
+    lock = _lock(run_dir, jax.process_index())
+    try:
         cache.enable_from_env()
         config = config_lib.from_dict(json.loads((run_dir / "config.json").read_text()))
         from scaling.train.loop import train
@@ -89,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     finally:
         lock.close()
-    logging.info("run %s: %s at step %s, loss %s", run_dir.name, summary["status"],
-                 summary["step"], summary["loss"])
+    log.info("run %s: %s at step %s, loss %s", run_dir.name, summary["status"],
+             summary["step"], summary["loss"])
     return EXIT_COMPLETED if summary["status"] == "completed" else EXIT_INTERRUPTED
 
 

@@ -143,58 +143,61 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     num_steps = config_lib.train_steps(config)
     run = prepare_workdir(config, workdir, num_steps)
     write_status(workdir, "running", 0)
-
-    mesh = sharding_lib.make_mesh(config)
-    rules = config_lib.logical_rules(config)
-    model = make_model(config.model)
-    with sharding_lib.logical_context(mesh, rules):
-        boxed = state_lib.abstract_params(model, config)
-    tx, schedule = optim.make_optimizer(config, boxed)
-    abstract_state, shardings = state_lib.state_shardings(model, tx, config, mesh)
-
-    if evaluator is None:
-        from scaling import evaluate as evaluate_lib
-
-        evaluator = evaluate_lib.make_inline_evaluator(config, workdir, mesh, model)
-    checkpointer = ckpt_lib.Checkpointer(workdir, config)
-    data_iter = data_lib.make_train_iterator(config, workdir)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        ckpt_lib.log_restore(latest)
-        state, data_state = checkpointer.restore(latest, abstract_state, shardings)
-        data_iter.set_state(data_state)
-        for name in ("metrics.jsonl", "eval.jsonl"):
-            if jax.process_index() == 0:
-                metrics_writer.truncate_jsonl(workdir / name, latest)
-    else:
-        state = state_lib.init_state(model, tx, config, mesh, shardings)
-    start_step = int(jax.device_get(state.step))
-
-    train_step = step_lib.make_train_step(model, tx, config, schedule)
-    jitted = None  # compiled on the first batch, whose array ranks fix the batch shardings
-
-    save_at = set(ckpt_lib.save_steps(config, num_steps))
-    per_device_peak, peak_source = perf.peak_flops_per_device(config.train.peak_flops,
-                                                              config.model.dtype)
-    peak_total = perf.total_peak_flops(per_device_peak)
-    log.info("run %s: N=%.3g (non-embedding), %.3g total params, %.3g FLOPs/token, %d steps; "
-             "peak %.3g FLOP/s (%s)", run["name"], run["n_params_nonembed"], run["n_params"],
-             run["flops_per_token"], num_steps, peak_total, peak_source)
-
-    metrics_file = metrics_writer.JsonlWriter(workdir / "metrics.jsonl") \
-        if jax.process_index() == 0 else None
-    eval_file = metrics_writer.JsonlWriter(workdir / "eval.jsonl") \
-        if jax.process_index() == 0 and evaluator is not None else None
-    tb = metrics_writer.TensorBoardWriter(workdir / "tb") if jax.process_index() == 0 else None
-
-    tokens_per_step = run["tokens_per_step"]
-    flops_per_step = run["flops_per_token"] * tokens_per_step
-    end_step = num_steps if stop_after is None else min(num_steps, stop_after)
-    last_metrics: dict[str, float] = {}
-    step = start_step
-    status = "running"
-    window_start, window_steps = time.perf_counter(), 0
+    checkpointer = None
+    metrics_file = eval_file = tb = None
+    step = 0
     try:
+
+        mesh = sharding_lib.make_mesh(config)
+        rules = config_lib.logical_rules(config)
+        model = make_model(config.model)
+        with sharding_lib.logical_context(mesh, rules):
+            boxed = state_lib.abstract_params(model, config)
+        tx, schedule = optim.make_optimizer(config, boxed)
+        abstract_state, shardings = state_lib.state_shardings(model, tx, config, mesh)
+
+        if evaluator is None:
+            from scaling import evaluate as evaluate_lib
+
+            evaluator = evaluate_lib.make_inline_evaluator(config, workdir, mesh, model)
+        checkpointer = ckpt_lib.Checkpointer(workdir, config)
+        data_iter = data_lib.make_train_iterator(config, workdir)
+        latest = checkpointer.latest_step()
+        if latest is not None:
+            ckpt_lib.log_restore(latest)
+            state, data_state = checkpointer.restore(latest, abstract_state, shardings)
+            data_iter.set_state(data_state)
+            for name in ("metrics.jsonl", "eval.jsonl"):
+                if jax.process_index() == 0:
+                    metrics_writer.truncate_jsonl(workdir / name, latest)
+        else:
+            state = state_lib.init_state(model, tx, config, mesh, shardings)
+        start_step = int(jax.device_get(state.step))
+
+        train_step = step_lib.make_train_step(model, tx, config, schedule)
+        jitted = None  # compiled on the first batch, whose array ranks fix the batch shardings
+
+        save_at = set(ckpt_lib.save_steps(config, num_steps))
+        per_device_peak, peak_source = perf.peak_flops_per_device(config.train.peak_flops,
+                                                                  config.model.dtype)
+        peak_total = perf.total_peak_flops(per_device_peak)
+        log.info("run %s: N=%.3g (non-embedding), %.3g total params, %.3g FLOPs/token, %d steps; "
+                 "peak %.3g FLOP/s (%s)", run["name"], run["n_params_nonembed"], run["n_params"],
+                 run["flops_per_token"], num_steps, peak_total, peak_source)
+
+        metrics_file = metrics_writer.JsonlWriter(workdir / "metrics.jsonl") \
+            if jax.process_index() == 0 else None
+        eval_file = metrics_writer.JsonlWriter(workdir / "eval.jsonl") \
+            if jax.process_index() == 0 and evaluator is not None else None
+        tb = metrics_writer.TensorBoardWriter(workdir / "tb") if jax.process_index() == 0 else None
+
+        tokens_per_step = run["tokens_per_step"]
+        flops_per_step = run["flops_per_token"] * tokens_per_step
+        end_step = num_steps if stop_after is None else min(num_steps, stop_after)
+        last_metrics: dict[str, float] = {}
+        step = start_step
+        status = "running"
+        window_start, window_steps = time.perf_counter(), 0
         with _Preemption() as preemption, _progress(num_steps, start_step,
                                                     config.train.progress) as bar:
             while step < end_step:
@@ -253,7 +256,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
         write_status(workdir, "failed", step, f"{type(err).__name__}: {err}")
         raise
     finally:
-        checkpointer.close()
+        if checkpointer is not None:
+            checkpointer.close()
         for f in (metrics_file, eval_file, tb):
             if f is not None:
                 f.close()

@@ -1,0 +1,271 @@
+"""Compute-optimal scaling from training runs: Hoffmann et al. approaches 1 and 2.
+
+Approach 1 (`approach1`): the loss frontier over all checkpoints of all runs — for log-spaced FLOP
+bins, the lowest loss reached at that compute — gives (C, N, D) on the frontier, and
+ln N_opt = ln k + a·ln C, ln D_opt = ln k_D + b·ln C are fitted by least squares. CIs: bootstrap
+over runs (a resample redraws whole runs, since checkpoints of one run are correlated).
+
+Approach 2 (`approach2`, IsoFLOP): for each budget C, the minimum of ln(loss) over ln N — by an
+Akima spline (scipy.interpolate.Akima1DInterpolator) on a fine grid, or by a parabola — is N*(C);
+budgets whose minimum sits at an end of the grid are dropped; ln N* = ln k + a·ln C is fitted by
+least squares (as Porian et al. 2024). CIs: bootstrap over the kept budgets (pairs bootstrap).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.interpolate import Akima1DInterpolator
+
+__all__ = ["LogLogFit", "fit_loglog", "group_budgets", "isoflop_optima", "IsoFlopResult", "approach2",
+           "loss_frontier", "Approach1Result", "approach1"]
+
+
+@dataclass
+class LogLogFit:
+    """ln y = ln k + a·ln C fitted by least squares, with bootstrap percentile CIs."""
+
+    a: float  # exponent (dimensionless)
+    k: float  # coefficient (units of y per FLOP^a)
+    ci_a: tuple[float, float] = (math.nan, math.nan)
+    ci_k: tuple[float, float] = (math.nan, math.nan)
+    n: int = 0
+    r2: float = math.nan
+    boot_a: np.ndarray | None = None
+    level: float = 0.95
+
+    def predict(self, C: Any) -> np.ndarray:
+        """Returns k·C^a (units of y) at budgets C (FLOPs)."""
+        return self.k * np.power(np.asarray(C, dtype=float), self.a)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON-serializable dict of the fit."""
+        return {"a": self.a, "k": self.k, "ci_a": list(self.ci_a), "ci_k": list(self.ci_k),
+                "n": self.n, "r2": self.r2, "level": self.level}
+
+
+def _wls(lc: np.ndarray, ly: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least squares of ly on lc for each row of w; returns (slopes, intercepts)."""
+    sw = w.sum(axis=-1)
+    mx = (w * lc).sum(axis=-1) / sw
+    my = (w * ly).sum(axis=-1) / sw
+    cov = (w * (lc - mx[..., None]) * (ly - my[..., None])).sum(axis=-1)
+    var = (w * (lc - mx[..., None]) ** 2).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = cov / var
+    return slope, my - slope * mx
+
+
+def fit_loglog(C: Any, y: Any, *, bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> LogLogFit:
+    """Returns the least-squares fit of ln y = ln k + a ln C with pairs-bootstrap CIs (vectorized)."""
+    lc, ly = np.log(np.asarray(C, dtype=float)), np.log(np.asarray(y, dtype=float))
+    ok = np.isfinite(lc) & np.isfinite(ly)
+    lc, ly = lc[ok], ly[ok]
+    n = len(lc)
+    if n < 2:
+        raise ValueError(f"fit_loglog: need at least 2 points, got {n}")
+    a, b = _wls(lc, ly, np.ones(n))
+    resid = ly - (a * lc + b)
+    sst = float(np.sum((ly - ly.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(resid ** 2)) / sst if sst > 0 else math.nan
+    out = LogLogFit(a=float(a), k=float(np.exp(b)), n=n, r2=r2, level=level)
+    if bootstrap > 0 and n >= 3:
+        rng = np.random.default_rng(seed)
+        W = rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(float)
+        sa, sb = _wls(lc, ly, W)
+        good = np.isfinite(sa)
+        lo, hi = 50 * (1 - level), 50 * (1 + level)
+        out.boot_a = sa[good]
+        out.ci_a = (float(np.percentile(sa[good], lo)), float(np.percentile(sa[good], hi)))
+        kk = np.exp(sb[good])
+        out.ci_k = (float(np.percentile(kk, lo)), float(np.percentile(kk, hi)))
+    return out
+
+
+def group_budgets(C: Any, rel_tol: float = 0.02) -> np.ndarray:
+    """Returns an integer budget label per point: FLOP values within rel_tol of their neighbours share one."""
+    lc = np.log(np.asarray(C, dtype=float))
+    order = np.argsort(lc, kind="stable")
+    labels = np.empty(len(lc), dtype=int)
+    cur, prev = 0, None
+    for i in order:
+        if prev is not None and lc[i] - prev > math.log1p(rel_tol):
+            cur += 1
+        labels[i] = cur
+        prev = lc[i]
+    return labels
+
+
+def isoflop_optima(C: Any, N: Any, loss: Any, D: Any | None = None, *, method: str = "akima",
+                   grid_size: int = 1000, rel_tol: float = 0.02, min_points: int = 3
+                   ) -> tuple[pd.DataFrame, dict[float, tuple[np.ndarray, np.ndarray]]]:
+    """Returns per-budget optima (C FLOPs, N_star params, D_star tokens, loss_star, kept, reason) and curves.
+
+    The curves dict maps each budget C to (N grid, interpolated loss) for plotting.
+    method: "akima" (spline of ln loss vs ln N, argmin on a grid of grid_size points) or "parabola"
+    (least-squares quadratic of ln loss in ln N; its vertex, dropped if outside the sampled range).
+    D_star interpolates ln D linearly in ln N when D is given, else C/(6 N_star).
+    """
+    C = np.asarray(C, dtype=float)
+    N = np.asarray(N, dtype=float)
+    loss = np.asarray(loss, dtype=float)
+    Dv = None if D is None else np.asarray(D, dtype=float)
+    labels = group_budgets(C, rel_tol)
+    rows, curves = [], {}
+    for lab in np.unique(labels):
+        idx = np.nonzero(labels == lab)[0]
+        idx = idx[np.argsort(N[idx], kind="stable")]
+        c_b = float(np.exp(np.mean(np.log(C[idx]))))
+        x, y = np.log(N[idx]), np.log(loss[idx])
+        # average duplicate N values
+        ux, inv = np.unique(x, return_inverse=True)
+        uy = np.bincount(inv, weights=y) / np.bincount(inv)
+        row = {"C": c_b, "n_points": len(ux), "N_star": math.nan, "D_star": math.nan,
+               "loss_star": math.nan, "kept": False, "reason": ""}
+        if len(ux) < min_points:
+            row["reason"] = f"only {len(ux)} model sizes (< {min_points})"
+            rows.append(row)
+            continue
+        grid = np.linspace(ux[0], ux[-1], grid_size)
+        if method == "akima":
+            yy = Akima1DInterpolator(ux, uy)(grid)
+            i = int(np.nanargmin(yy))
+            at_end = i == 0 or i == len(grid) - 1
+            x_star, y_star = grid[i], yy[i]
+        elif method == "parabola":
+            c2, c1, c0 = np.polyfit(ux, uy, 2)
+            yy = np.polyval([c2, c1, c0], grid)
+            if c2 <= 0:
+                at_end, x_star, y_star = True, math.nan, math.nan
+            else:
+                x_star = -c1 / (2 * c2)
+                at_end = not (ux[0] < x_star < ux[-1])
+                y_star = float(np.polyval([c2, c1, c0], x_star))
+        else:
+            raise ValueError(f"method must be 'akima' or 'parabola', got {method!r}")
+        curves[c_b] = (np.exp(grid), np.exp(yy))
+        if at_end:
+            row["reason"] = "minimum at an end of the sampled N range"
+            rows.append(row)
+            continue
+        n_star = float(np.exp(x_star))
+        if Dv is not None:
+            ld = np.log(Dv[idx])
+            ud = np.bincount(inv, weights=ld) / np.bincount(inv)
+            d_star = float(np.exp(np.interp(x_star, ux, ud)))
+        else:
+            d_star = c_b / (6.0 * n_star)
+        row.update(N_star=n_star, D_star=d_star, loss_star=float(np.exp(y_star)), kept=True)
+        rows.append(row)
+    return pd.DataFrame(rows), curves
+
+
+@dataclass
+class IsoFlopResult:
+    """Approach 2: per-budget optima, and N*(C) ∝ C^a, D*(C) ∝ C^b fits with CIs."""
+
+    optima: pd.DataFrame
+    n_fit: LogLogFit
+    d_fit: LogLogFit
+    curves: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    method: str = "akima"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON-serializable summary (exponents, coefficients, CIs, budgets used)."""
+        return {"method": self.method, "N_opt": self.n_fit.to_dict(), "D_opt": self.d_fit.to_dict(),
+                "budgets_kept": int(self.optima["kept"].sum()), "budgets_total": len(self.optima)}
+
+
+def approach2(C: Any, N: Any, loss: Any, D: Any | None = None, *, method: str = "akima",
+              grid_size: int = 1000, bootstrap: int = 1000, seed: int = 0, level: float = 0.95,
+              rel_tol: float = 0.02) -> IsoFlopResult:
+    """Returns the IsoFLOP (approach 2) fit: N*(C) = k·C^a (params), D*(C) = k_D·C^b (tokens), with CIs."""
+    optima, curves = isoflop_optima(C, N, loss, D, method=method, grid_size=grid_size, rel_tol=rel_tol)
+    kept = optima[optima["kept"]]
+    if len(kept) < 2:
+        raise ValueError(f"approach2: {len(kept)} budgets with an interior minimum; need at least 2")
+    nf = fit_loglog(kept["C"], kept["N_star"], bootstrap=bootstrap, seed=seed, level=level)
+    df = fit_loglog(kept["C"], kept["D_star"], bootstrap=bootstrap, seed=seed, level=level)
+    return IsoFlopResult(optima=optima, n_fit=nf, d_fit=df, curves=curves, method=method)
+
+
+def loss_frontier(C: Any, loss: Any, N: Any | None = None, D: Any | None = None,
+                  run: Any | None = None, n_bins: int = 40) -> pd.DataFrame:
+    """Returns the loss frontier: per log-spaced FLOP bin, the lowest-loss point (C, loss, N, D, run).
+
+    Only points that improve on every lower-compute frontier point are kept (monotone envelope).
+    """
+    C = np.asarray(C, dtype=float)
+    loss = np.asarray(loss, dtype=float)
+    n = len(C)
+    N = np.full(n, np.nan) if N is None else np.asarray(N, dtype=float)
+    D = np.full(n, np.nan) if D is None else np.asarray(D, dtype=float)
+    run = np.full(n, "", dtype=object) if run is None else np.asarray(run, dtype=object)
+    ok = np.isfinite(C) & np.isfinite(loss) & (C > 0)
+    C, loss, N, D, run = C[ok], loss[ok], N[ok], D[ok], run[ok]
+    if len(C) == 0:
+        return pd.DataFrame(columns=["C", "loss", "N", "D", "run"])
+    lc = np.log10(C)
+    edges = np.linspace(lc.min(), lc.max() + 1e-12, n_bins + 1)
+    b = np.clip(np.searchsorted(edges, lc, side="right") - 1, 0, n_bins - 1)
+    rows = []
+    for k in np.unique(b):
+        idx = np.nonzero(b == k)[0]
+        i = idx[np.argmin(loss[idx])]
+        rows.append((C[i], loss[i], N[i], D[i], run[i]))
+    fr = pd.DataFrame(rows, columns=["C", "loss", "N", "D", "run"]).sort_values("C")
+    keep, best = [], math.inf
+    for v in fr["loss"]:
+        keep.append(v < best)
+        best = min(best, v)
+    return fr[np.array(keep)].reset_index(drop=True)
+
+
+@dataclass
+class Approach1Result:
+    """Approach 1: loss frontier and N_opt(C) ∝ C^a, D_opt(C) ∝ C^b fitted on it, with CIs."""
+
+    frontier: pd.DataFrame
+    n_fit: LogLogFit
+    d_fit: LogLogFit
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON-serializable summary."""
+        return {"N_opt": self.n_fit.to_dict(), "D_opt": self.d_fit.to_dict(),
+                "frontier_points": len(self.frontier)}
+
+
+def approach1(C: Any, loss: Any, N: Any, D: Any, run: Any | None = None, *, n_bins: int = 40,
+              bootstrap: int = 200, seed: int = 0, level: float = 0.95) -> Approach1Result:
+    """Returns approach 1: the frontier and ln N_opt, ln D_opt vs ln C fits (CIs: bootstrap over runs)."""
+    C, loss, N, D = (np.asarray(v, dtype=float) for v in (C, loss, N, D))
+    run = np.arange(len(C)).astype(str).astype(object) if run is None else np.asarray(run, dtype=object)
+    fr = loss_frontier(C, loss, N, D, run, n_bins=n_bins)
+    if len(fr) < 2:
+        raise ValueError("approach1: fewer than 2 frontier points")
+    nf = fit_loglog(fr["C"], fr["N"], bootstrap=0)
+    df = fit_loglog(fr["C"], fr["D"], bootstrap=0)
+    if bootstrap > 0:
+        rng = np.random.default_rng(seed)
+        runs = np.unique(run.astype(str))
+        by_run = {r: np.nonzero(run.astype(str) == r)[0] for r in runs}
+        sa, sb = [], []
+        for _ in range(bootstrap):
+            pick = rng.choice(runs, size=len(runs), replace=True)
+            idx = np.concatenate([by_run[r] for r in pick])
+            f2 = loss_frontier(C[idx], loss[idx], N[idx], D[idx], run[idx], n_bins=n_bins)
+            if len(f2) >= 2 and f2["C"].nunique() >= 2:
+                sa.append(_wls(np.log(f2["C"].to_numpy()), np.log(f2["N"].to_numpy()), np.ones(len(f2)))[0])
+                sb.append(_wls(np.log(f2["C"].to_numpy()), np.log(f2["D"].to_numpy()), np.ones(len(f2)))[0])
+        lo, hi = 50 * (1 - level), 50 * (1 + level)
+        sa, sb = np.asarray(sa, dtype=float), np.asarray(sb, dtype=float)
+        sa, sb = sa[np.isfinite(sa)], sb[np.isfinite(sb)]
+        if len(sa):
+            nf.ci_a, nf.boot_a = (float(np.percentile(sa, lo)), float(np.percentile(sa, hi))), sa
+        if len(sb):
+            df.ci_a, df.boot_a = (float(np.percentile(sb, lo)), float(np.percentile(sb, hi))), sb
+    return Approach1Result(frontier=fr, n_fit=nf, d_fit=df)

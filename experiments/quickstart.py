@@ -1,0 +1,239 @@
+"""The README's main job: an IsoFLOP grid of byte-level LMs on the offline stdlib corpus.
+
+Transformers of 4 sizes (non-embedding N from 25k to 200k on the `small` scale) are each trained at
+3 compute budgets (steps = budget / FLOPs per step), on the Python-stdlib corpus with in-context
+associative recall mixed into the stream (data.source='mixture'); validation loss and recall exact
+match are scored at every checkpoint. The analysis fits L(N, D) = E + A/N^α + B/D^β (Hoffmann et
+al. approach 3, Huber on ln L, bootstrap CIs), derives the compute-optimal frontier N_opt(C),
+D_opt(C) and tokens per parameter with CIs, draws loss vs compute and the IsoFLOP profiles, and
+fits recall exact match against compute over all checkpoints with a sigmoid (emergence point with
+CI, or "no transition" when a flat/linear model explains it as well).
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import sys
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from experiments import common
+
+NAME = "quickstart"
+DESCRIPTION = ("IsoFLOP grid (3 budgets x 4 sizes) of byte-level LMs on the stdlib corpus with "
+               "associative recall mixed in: Chinchilla fit, compute-optimal frontier, emergence")
+PAPER = ("Hoffmann et al. (2022), \"Training Compute-Optimal Large Language Models\" (approaches "
+         "2 and 3); emergence as in Wei et al. (2022) and Schaeffer et al. (2023)")
+EXPECTED_OUTCOME = (
+    "Validation loss falls with compute along a frontier made of successively larger models; each "
+    "IsoFLOP profile has its minimum at a larger N for a larger budget. The L(N, D) fit gives "
+    "exponents α, β of a few tenths and an irreducible loss E below the best measured loss; "
+    "Chinchilla (approach 3) found α = 0.34, β = 0.28, i.e. N_opt ∝ C^0.46 and about 20 tokens per "
+    "parameter at their scale; at a few hundred thousand parameters and a byte vocabulary the "
+    "optimum need not sit at 20. Recall exact match starts at 0 (before the answer format is "
+    "learned), sits near chance (0.1) and rises with compute once in-context lookup is learned.")
+EXPECTED_RUNTIME = {"tiny": "~40 s", "small": "~8-12 min on 2 CPU cores (12 runs)",
+                    "medium": "~10 min on one GPU", "large": "GPU/TPU cluster (hours)"}
+FIGURES = ("qs_loss_vs_compute", "qs_isoflop", "qs_compute_optimal", "qs_emergence")
+
+TASK = "associative_recall"
+
+
+def settings(scale: str) -> dict[str, Any]:
+    """Returns sizes (target non-embedding N), IsoFLOP budgets (FLOPs) and the mix rate of a scale."""
+    return common.pick(
+        scale,
+        tiny=dict(sizes=(3.4e3, 6.7e3), flops=(2e8, 5e8), mix=0.3),
+        small=dict(sizes=(25e3, 50e3, 100e3, 200e3), flops=(1e11, 3e11, 1e12), mix=0.3),
+        medium=dict(sizes=(0.5e6, 1e6, 2e6, 4e6), flops=(3e12, 1e13, 3e13), mix=0.2),
+        large=dict(sizes=(10e6, 20e6, 40e6, 80e6, 160e6), flops=(1e17, 3e17, 1e18), mix=0.1),
+    )
+
+
+def sweeps(scale: str, data_dir: str = "", tfds_name: str = "") -> dict[str, ml_collections.ConfigDict]:
+    """Returns {'isoflop': the sizes x budgets sweep} for a scale."""
+    s = settings(scale)
+    base = common.lm_base(scale, data_dir, tfds_name)
+    common.add_recall_task(base, scale, s["mix"])
+    sw = common.lm_sweep(scale, "quickstart", base)
+    sw.sizes = tuple(s["sizes"])
+    sw.flops = tuple(s["flops"])
+    if scale == "small":  # smaller models take a higher learning rate
+        sw.lr.rule = "table"
+        sw.lr.table = ((60e3, 5e-3), (1e12, 3e-3))
+    elif scale in ("medium", "large"):
+        sw.lr.rule = "power"  # lr = 3e-3 * (N / 1e5)^-0.25
+        sw.lr.ref_n = 1e5
+        sw.lr.ref_value = 3e-3
+        sw.lr.exponent = -0.25
+    return {"isoflop": sw}
+
+
+# ------------------------------------------------------------------------------------ analysis
+
+
+def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: int) -> dict[str, Any]:
+    """Returns the Chinchilla fit, compute-optimal frontier and emergence numbers; writes the report."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    from analysis.emergence import fit_emergence
+    from analysis.fit import compute_optimal_ci, fit_chinchilla
+
+    notes: list[str] = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sweep_root = root / "isoflop"
+    df = common.load(sweep_root)
+    val = common.curves(df, "val/loss", "eval") if len(df) else None
+    fin = common.final(df, "val/loss") if len(df) else None
+    budgets = _budgets(df)
+    figures: dict[str, str] = {}
+    summary: dict[str, Any] = {"experiment": NAME, "runs": []}
+    if fin is not None and len(fin):
+        fin = fin.assign(budget=[budgets.get(r, math.nan) for r in fin["run_id"]])
+        summary["runs"] = [{"run": r.run_name, "N": r.N_nonembed, "D": r.D, "C": r.C,
+                            "budget": r.budget, "val_loss": r.value} for r in fin.itertuples()]
+
+    # 1. loss vs compute over all checkpoints, colour = N
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    if val is not None and len(val):
+        v = val[val["C"] > 0]
+        norm = LogNorm(vmin=v["N_nonembed"].min(), vmax=max(v["N_nonembed"].max(), v["N_nonembed"].min() * 1.01))
+        for run_id, g in v.groupby("run_id"):
+            ax.plot(g["C"], g["value"], "-", lw=1, color=plt.get_cmap("viridis")(norm(g["N_nonembed"].iloc[0])))
+        sm = plt.cm.ScalarMappable(norm=norm, cmap="viridis")
+        fig.colorbar(sm, ax=ax, label="non-embedding parameters N")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training compute C (FLOPs)")
+    ax.set_ylabel("validation loss (nats/byte)")
+    ax.set_title("Loss vs compute (every checkpoint)", fontsize=9)
+    figures["qs_loss_vs_compute"] = common.save_figure(fig, out_dir, "qs_loss_vs_compute")
+
+    # 2. IsoFLOP profiles: final loss vs N per budget; the measured minimum per budget
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    best = []
+    if fin is not None and len(fin):
+        for i, (b, g) in enumerate(sorted(fin.groupby("budget"), key=lambda t: t[0])):
+            g = g.sort_values("N_nonembed")
+            ax.plot(g["N_nonembed"], g["value"], "o-", color=f"C{i}", ms=4, label=f"C = {b:.1e}")
+            j = g["value"].idxmin()
+            best.append({"budget": float(b), "N_best": float(g.loc[j, "N_nonembed"]),
+                         "D_best": float(g.loc[j, "D"]), "loss_best": float(g.loc[j, "value"]),
+                         "interior": bool(g.loc[j, "N_nonembed"] not in (g["N_nonembed"].min(), g["N_nonembed"].max()))})
+            ax.plot([g.loc[j, "N_nonembed"]], [g.loc[j, "value"]], "*", color=f"C{i}", ms=11)
+        ax.legend(frameon=False, fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("final validation loss (nats/byte)")
+    ax.set_title("IsoFLOP profiles (star: lowest loss per budget)", fontsize=9)
+    figures["qs_isoflop"] = common.save_figure(fig, out_dir, "qs_isoflop")
+    summary["isoflop_minima"] = best
+
+    # 3. Chinchilla fit (approach 3) and the compute-optimal frontier with CIs
+    chin, co = None, None
+    if fin is not None and len(fin) >= 6 and fin["N_nonembed"].nunique() >= 2 and fin["D"].nunique() >= 2:
+        chin = common.fit_or_none(lambda: fit_chinchilla(fin["N_nonembed"], fin["D"], fin["value"],
+                                                         bootstrap=bootstrap), "Chinchilla fit", notes)
+    else:
+        notes.append("Chinchilla fit: needs >= 6 runs with distinct N and D")
+    fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.4))
+    if chin is not None:
+        cs = np.geomspace(fin["C"].min() / 3, fin["C"].max() * 30, 30)
+        co = compute_optimal_ci(chin, cs)
+        axes[0].plot(co["C"], co["N_opt"], "C0-", label="N_opt(C) from the fit")
+        axes[1].plot(co["C"], co["tokens_per_param"], "C1-", label="D_opt / N_opt")
+        if "N_opt_low" in co:
+            axes[0].fill_between(co["C"], co["N_opt_low"], co["N_opt_high"], color="C0", alpha=0.2, lw=0)
+            axes[1].fill_between(co["C"], co["D_opt_low"] / co["N_opt_high"],
+                                 co["D_opt_high"] / co["N_opt_low"], color="C1", alpha=0.15, lw=0,
+                                 label="band from the N, D CIs (conservative)")
+        p = chin.params
+        summary["chinchilla"] = {"params": p, "ci": {k: list(v) for k, v in chin.ci.items()},
+                                 "rms_ln_residual": chin.rms, "n_points": chin.n_points,
+                                 "a": p["beta"] / (p["alpha"] + p["beta"]),
+                                 "b": p["alpha"] / (p["alpha"] + p["beta"])}
+        at = compute_optimal_ci(chin, sorted({float(b) for b in fin["budget"] if math.isfinite(b)}))
+        summary["compute_optimal"] = at.to_dict(orient="records")
+    for b in best:
+        axes[0].plot([b["budget"]], [b["N_best"]], "k*", ms=9)
+        axes[1].plot([b["budget"]], [b["D_best"] / b["N_best"]], "k*", ms=9)
+    axes[0].plot([], [], "k*", label="lowest-loss run per budget")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training compute C (FLOPs)")
+        ax.legend(frameon=False, fontsize=7)
+    axes[0].set_ylabel("compute-optimal N (parameters)")
+    axes[1].set_ylabel("tokens per parameter")
+    fig.suptitle("Compute-optimal frontier (shaded: bootstrap 95% CI)", fontsize=9)
+    figures["qs_compute_optimal"] = common.save_figure(fig, out_dir, "qs_compute_optimal")
+
+    # 4. emergence of recall: exact match vs compute over every checkpoint of every run
+    em = common.curves(df, f"{TASK}/exact_match", "eval") if len(df) else None
+    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    emerg = None
+    if em is not None and len(em):
+        e = em[em["C"] > 0]
+        norm = LogNorm(vmin=e["N_nonembed"].min(), vmax=max(e["N_nonembed"].max(), e["N_nonembed"].min() * 1.01))
+        ax.scatter(e["C"], e["value"], c=e["N_nonembed"], norm=norm, cmap="viridis", s=8)
+        if len(e) >= 6 and e["value"].max() > e["value"].min():
+            emerg = common.fit_or_none(lambda: fit_emergence(e["C"], e["value"], bootstrap=bootstrap),
+                                       "emergence sigmoid", notes)
+        if emerg is not None:
+            cg = np.geomspace(e["C"].min(), e["C"].max(), 200)
+            ax.plot(cg, emerg.fit.predict(cg[:, None]), "k-", lw=1,
+                    label="sigmoid fit" + ("" if emerg.transition else " (no transition by BIC)"))
+            if emerg.transition and emerg.x0_in_range:
+                ax.axvline(emerg.x_emergence, color="k", ls=":", lw=1)
+            summary["emergence"] = {"verdict": emerg.verdict, "transition": emerg.transition,
+                                    "x0_log10_flops": emerg.x0, "x0_ci": list(emerg.x0_ci),
+                                    "final_max_exact_match": float(e.groupby("run_id").tail(1)["value"].max())}
+            ax.legend(frameon=False, fontsize=7)
+    ax.axhline(0.1, color="0.5", ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute C (FLOPs)")
+    ax.set_ylabel("recall exact match (fraction)")
+    ax.set_title("Associative recall vs compute (dashed: chance 1/10)", fontsize=9)
+    figures["qs_emergence"] = common.save_figure(fig, out_dir, "qs_emergence")
+
+    generic = common.generic_report([sweep_root], out_dir, bootstrap, "Quickstart: IsoFLOP grid", notes)
+    if "approach2" in generic:
+        summary["approach2"] = generic["approach2"]
+
+    sections = ["## Measured", ""]
+    if summary["runs"]:
+        sections += [common.table([{"run": r["run"], "N": r["N"], "D": r["D"], "C": r["C"],
+                                    "val loss": r["val_loss"]} for r in summary["runs"]]), ""]
+    if chin is not None:
+        c = summary["chinchilla"]
+        sections += ["L(N, D) = E + A/N^α + B/D^β (approach 3; 95% bootstrap CIs):", "",
+                     common.table([{"param": k, "estimate [95% CI]": common.fmt_ci(v, c["ci"].get(k))}
+                                   for k, v in c["params"].items()]), "",
+                     f"Allocation exponents: N_opt ∝ C^{c['a']:.3f}, D_opt ∝ C^{c['b']:.3f}.", "",
+                     "Compute-optimal allocation at the grid's budgets:", "",
+                     common.table([{"C": r["C"], "N_opt": r["N_opt"],
+                                    "N_opt CI": f"[{r.get('N_opt_low', math.nan):.3g}, {r.get('N_opt_high', math.nan):.3g}]",
+                                    "D_opt": r["D_opt"], "tokens/param": r["tokens_per_param"]}
+                                   for r in summary["compute_optimal"]]), ""]
+    if best:
+        sections += ["Lowest-loss run per budget (IsoFLOP minimum on the grid):", "",
+                     common.table(best), ""]
+    if "emergence" in summary:
+        e = summary["emergence"]
+        sections += [f"Recall emergence vs compute: {e['verdict']}; sigmoid midpoint "
+                     f"10^{common.fmt_ci(e['x0_log10_flops'], e['x0_ci'])} FLOPs; best final exact "
+                     f"match {e['final_max_exact_match']:.3f} (chance 0.1).", ""]
+    summary.update(figures=figures, notes=notes)
+    common.write_markdown(out_dir, sys.modules[__name__], sections, figures, notes)
+    return summary
+
+
+def _budgets(df) -> dict[str, float]:
+    """Returns run_id -> IsoFLOP budget (FLOPs) from the runs' axes."""
+    if df is None or not len(df) or "C_budget" not in df.columns:
+        return {}
+    return df.groupby("run_id")["C_budget"].first().astype(float).to_dict()

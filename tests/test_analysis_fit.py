@@ -1,0 +1,162 @@
+"""Fitting: recovery of generating parameters with CI coverage, approach-3 properties."""
+
+import numpy as np
+import pytest
+
+from analysis import laws
+from analysis.fit import (fit_bnsl, fit_chinchilla, fit_kaplan, fit_law, fit_power_law, fit_sigmoid,
+                          get_law, hoffmann_grid, objective_value)
+
+CHIN = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+
+
+def _chin_data(n=64, noise=0.01, seed=0, **p):
+    p = {**CHIN, **p}
+    rng = np.random.default_rng(seed)
+    N = np.exp(rng.uniform(np.log(1e7), np.log(1e10), n))
+    D = np.exp(rng.uniform(np.log(1e8), np.log(1e11), n))
+    L = laws.chinchilla(N, D, p["E"], p["A"], p["B"], p["alpha"], p["beta"]) * np.exp(rng.normal(0, noise, n))
+    return N, D, L
+
+
+def _coverage(fits, truth):
+    """Returns the fraction of (repetition, parameter) pairs whose CI contains the true value."""
+    hits = [fit.ci[k][0] <= v <= fit.ci[k][1] for fit in fits for k, v in truth.items()]
+    return np.mean(hits)
+
+
+def test_hoffmann_grid_is_their_4500_starts():
+    g = hoffmann_grid()
+    assert g.shape == (4500, 5)
+    assert sorted(set(g[:, 3])) == [0.0, 0.5, 1.0, 1.5, 2.0]
+    assert sorted(set(g[:, 2])) == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert sorted(set(g[:, 0])) == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0]
+    assert len({tuple(r) for r in g}) == 4500
+
+
+def test_chinchilla_recovers_parameters_with_coverage():
+    fits = [fit_chinchilla(*_chin_data(seed=s, noise=0.005), bootstrap=60, seed=s) for s in range(3)]
+    for f in fits:
+        assert f.n_starts == 4500
+        # 0.5% noise, 64 points: exponents within 0.05, E within 10%
+        assert f.params["alpha"] == pytest.approx(0.34, abs=0.05)
+        assert f.params["beta"] == pytest.approx(0.28, abs=0.05)
+        assert f.params["E"] == pytest.approx(1.69, rel=0.1)
+        assert f.objective == pytest.approx(objective_value(f.law, f.raw, f.X, f.y), rel=1e-9)
+    # 95% percentile CIs: at least 75% of the 15 (rep, param) pairs cover the truth
+    assert _coverage(fits, CHIN) >= 0.75
+
+
+def test_approach3_is_invariant_to_point_order():
+    N, D, L = _chin_data(seed=5)
+    f1 = fit_chinchilla(N, D, L, bootstrap=20, seed=0)
+    perm = np.random.default_rng(1).permutation(len(N))
+    f2 = fit_chinchilla(N[perm], D[perm], L[perm], bootstrap=20, seed=0)
+    for k in f1.params:
+        assert f2.params[k] == pytest.approx(f1.params[k], rel=1e-9)
+        assert f2.ci[k] == pytest.approx(f1.ci[k], rel=1e-9)
+    assert f2.objective == pytest.approx(f1.objective, rel=1e-12)
+    # the objective itself does not depend on the order either (summation order only)
+    v1 = objective_value(f1.law, f1.raw, np.column_stack([N, D]), L)
+    v2 = objective_value(f1.law, f1.raw, np.column_stack([N, D])[perm], L[perm])
+    assert v2 == pytest.approx(v1, rel=1e-12)
+
+
+def test_grid_beats_naive_single_start_on_data_with_local_minima():
+    # two very different exponents make the landscape multimodal (many distinct minima on the grid)
+    truth = dict(E=1.5, A=3e3, B=40.0, alpha=0.5, beta=0.15)
+    N, D, L = _chin_data(n=60, noise=0.005, seed=3, **truth)
+    grid = fit_chinchilla(N, D, L)
+    finals = np.sort(grid.start_objectives[np.isfinite(grid.start_objectives)])
+    distinct = finals[np.concatenate([[True], np.diff(finals) > 1e-3 * finals[0]])]
+    assert len(distinct) >= 3  # the data really has several local minima
+    naive = fit_chinchilla(N, D, L, init=np.zeros((1, 5)))  # a=b=e=0, alpha=beta=0
+    assert naive.objective > 3 * grid.objective
+    assert grid.params["alpha"] == pytest.approx(0.5, abs=0.03)
+    assert grid.params["beta"] == pytest.approx(0.15, abs=0.03)
+
+
+@pytest.mark.parametrize("axis,truth", [("N", dict(E=1.8, A=300.0, alpha=0.3)),
+                                        ("C", dict(E=1.7, A=2e3, alpha=0.15))])
+def test_power_law_recovery_and_coverage(axis, truth):
+    fits = []
+    for s in range(4):
+        rng = np.random.default_rng(s)
+        x = np.geomspace(1e7, 1e11, 40) if axis == "N" else np.geomspace(1e17, 1e23, 40)
+        y = laws.power_law(x, *truth.values()) * np.exp(rng.normal(0, 0.005, len(x)))
+        f = fit_power_law(x, y, axis=axis, bootstrap=60, seed=s)
+        names = ("E", "A", "alpha")
+        assert f.params[names[2]] == pytest.approx(truth["alpha"], rel=0.15)  # 0.5% noise: 15%
+        fits.append(f)
+    assert _coverage(fits, truth) >= 0.75
+
+
+def test_power_d_names_and_recovery():
+    x = np.geomspace(1e8, 1e12, 30)
+    y = laws.power_law_d(x, 1.6, 500.0, 0.28)
+    f = fit_power_law(x, y, axis="D")
+    assert set(f.params) == {"E", "B", "beta"}
+    # noiseless: exact to 1e-3
+    assert f.params["beta"] == pytest.approx(0.28, rel=1e-3)
+    assert f.params["E"] == pytest.approx(1.6, rel=1e-3)
+
+
+def test_kaplan_recovery_and_coverage():
+    truth = dict(N_c=8.8e13, D_c=5.4e13, alpha_N=0.076, alpha_D=0.095)
+    fits = []
+    for s in range(3):
+        rng = np.random.default_rng(s)
+        N = np.exp(rng.uniform(np.log(1e6), np.log(1e10), 50))
+        D = np.exp(rng.uniform(np.log(1e8), np.log(1e11), 50))
+        L = laws.kaplan_nd(N, D, *truth.values()) * np.exp(rng.normal(0, 0.003, 50))
+        f = fit_kaplan(N, L, D=D, bootstrap=60, seed=s)
+        assert f.params["alpha_N"] == pytest.approx(0.076, rel=0.15)
+        assert f.params["alpha_D"] == pytest.approx(0.095, rel=0.15)
+        fits.append(f)
+    # N_c, D_c are extremely extrapolated; coverage over exponents and constants
+    assert _coverage(fits, truth) >= 0.75
+    N = np.geomspace(1e6, 1e10, 20)
+    f = fit_kaplan(N, laws.kaplan_n(N, 8.8e13, 0.076))
+    assert f.params["alpha_N"] == pytest.approx(0.076, rel=1e-3)  # noiseless
+    assert f.params["N_c"] == pytest.approx(8.8e13, rel=1e-2)
+
+
+def test_bnsl_recovery():
+    truth = dict(a=0.5, b=3.0, c0=0.1, c1=1.5, d1=1e3, f1=0.3)
+    x = np.geomspace(10, 1e5, 40)
+    fits = []
+    for s in range(3):
+        rng = np.random.default_rng(s)
+        y = laws.bnsl(x, truth["a"], truth["b"], truth["c0"], [truth["c1"]], [truth["d1"]], [truth["f1"]])
+        y = y * np.exp(rng.normal(0, 0.002, len(x)))
+        f = fit_bnsl(x, y, bootstrap=60, seed=s)
+        assert f.params["c1"] == pytest.approx(1.5, rel=0.2)  # 0.2% noise
+        assert f.params["d1"] == pytest.approx(1e3, rel=0.3)
+        fits.append(f)
+    assert _coverage(fits, truth) >= 0.75
+
+
+def test_sigmoid_recovery_and_coverage():
+    truth = dict(floor=0.05, ceil=0.9, k=3.0, x0=20.0)
+    x = np.geomspace(1e18, 1e22, 30)
+    fits = []
+    for s in range(4):
+        rng = np.random.default_rng(s)
+        y = laws.sigmoid(x, *truth.values()) + rng.normal(0, 0.02, len(x))
+        f = fit_sigmoid(x, y, bootstrap=60, seed=s)
+        assert f.params["x0"] == pytest.approx(20.0, abs=0.1)  # noise 0.02 on a 0.85 rise
+        fits.append(f)
+    assert _coverage(fits, truth) >= 0.75
+
+
+def test_bootstrap_weights_paired_and_validation():
+    x = np.geomspace(1e7, 1e11, 20)
+    y = laws.power_law(x, 1.8, 300.0, 0.3)
+    w = np.ones((5, 20))
+    f = fit_law(get_law("power-n"), x[:, None], y, bootstrap_weights=w)
+    # unit weights reproduce the full-data fit in every resample
+    np.testing.assert_allclose(f.boot[:, 2], f.params["alpha"], rtol=1e-6)
+    with pytest.raises(ValueError):
+        fit_law("power-n", x[:, None], y, bootstrap_weights=np.ones((2, 19)))
+    with pytest.raises(KeyError):
+        get_law("nope")

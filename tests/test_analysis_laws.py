@@ -1,0 +1,68 @@
+"""Closed forms of analysis.laws against published values (tolerances from the reference README)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from analysis import laws
+
+
+def test_chinchilla_allocation_matches_hoffmann_rounded_fit():
+    p = laws.ChinchillaParams(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+    co = laws.compute_optimal(p, 5.88e23)
+    # README: a = 0.4516, G = 1.3447, N_opt = 3.249e10, D_opt = 3.016e12, each to ±0.1%
+    assert co.a == pytest.approx(0.4516, rel=1e-3)
+    assert co.b == pytest.approx(1 - 0.4516, rel=1e-3)
+    assert co.G == pytest.approx(1.3447, rel=1e-3)
+    assert co.N_opt == pytest.approx(3.249e10, rel=1e-3)
+    assert co.D_opt == pytest.approx(3.016e12, rel=1e-3)
+    # C = 6 N D holds exactly at the optimum; tokens per parameter is D/N
+    assert 6 * co.N_opt * co.D_opt == pytest.approx(5.88e23, rel=1e-12)
+    assert co.tokens_per_parameter == pytest.approx(co.D_opt / co.N_opt, rel=1e-12)
+
+
+def test_allocation_is_the_constrained_minimum():
+    p = laws.ChinchillaParams(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+    C = 1e21
+    co = laws.compute_optimal(p, C)
+    # scanning N along C = 6ND, the loss is lowest at N_opt (grid step 0.1% in ln N)
+    Ns = co.N_opt * np.exp(np.linspace(-0.5, 0.5, 1001))
+    Ls = laws.chinchilla(Ns, C / (6 * Ns), p.E, p.A, p.B, p.alpha, p.beta)
+    assert abs(np.log(Ns[np.argmin(Ls)] / co.N_opt)) <= 1e-3
+
+
+def test_kaplan_values():
+    # README: L(1e9) = 2.37564 and L(1e9, 1e10) = 2.48384 (5 significant digits)
+    assert laws.kaplan_n(1e9, 8.8e13, 0.076) == pytest.approx(2.37564, rel=2e-5)
+    assert laws.kaplan_nd(1e9, 1e10, 8.8e13, 5.4e13, 0.076, 0.095) == pytest.approx(2.48384, rel=2e-5)
+
+
+def test_forms_agree_between_numpy_and_jax():
+    x = np.geomspace(10, 1e4, 7)
+    with jax.enable_x64(True):
+        for fn, args in [(laws.power_law, (1.0, 5.0, 0.3)), (laws.sigmoid, (0.1, 0.9, 3.0, 2.5))]:
+            a = fn(x, *args)
+            b = np.asarray(fn(jnp.asarray(x), *args))
+            assert isinstance(a, np.ndarray)
+            np.testing.assert_allclose(a, b, rtol=1e-12)
+        a = laws.bnsl(x, 0.4, 2.3, 0.05, [5.7], [600.0], [0.06])
+        b = np.asarray(laws.bnsl(jnp.asarray(x), 0.4, 2.3, 0.05, [5.7], [600.0], [0.06]))
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_bnsl_matches_its_product_form_and_limits():
+    x = np.geomspace(10, 1e4, 9)
+    a, b, c0, c1, d1, f1 = 0.4, 2.3, 0.05, 1.5, 300.0, 0.5
+    direct = a + b * x ** (-c0) * (1 + (x / d1) ** (1 / f1)) ** (-c1 * f1)
+    np.testing.assert_allclose(laws.bnsl(x, a, b, c0, [c1], [d1], [f1]), direct, rtol=1e-12)
+    # no break: a plain power law
+    np.testing.assert_allclose(laws.bnsl(x, a, b, c0), a + b * x ** (-c0), rtol=1e-12)
+    # very sharp break (f = 0.01) evaluates without overflow
+    assert np.all(np.isfinite(laws.bnsl(x, a, b, c0, [c1], [d1], [0.01])))
+
+
+def test_sigmoid_midpoint_and_limits():
+    y = laws.sigmoid(np.array([1e-3, 1e2, 1e7]), 0.1, 0.9, 4.0, 2.0)
+    assert y[1] == pytest.approx(0.5, abs=1e-12)  # midpoint at x = 10^x0
+    assert y[0] == pytest.approx(0.1, abs=1e-6) and y[2] == pytest.approx(0.9, abs=1e-6)
