@@ -18,11 +18,9 @@ import jax
 import numpy as np
 
 from scaling import config as config_lib
-from scaling import optim, perf
-from scaling import sharding as sharding_lib
-from scaling.models import accounting, make_model
-from scaling.train import state as state_lib
-from scaling.train import step as step_lib
+from scaling import perf
+from scaling.models import accounting
+from scaling.train import setup as setup_lib
 
 SIZES = {  # name: (n_layers, d_model, n_heads, seq_len, batch)
     "tiny": (2, 64, 4, 128, 16),
@@ -48,33 +46,20 @@ def make_config(name: str, dtype: str) -> config_lib.ml_collections.ConfigDict:
 def bench(config: config_lib.ml_collections.ConfigDict, steps: int, peak: float) -> dict:
     """Returns measured tokens/s, model FLOP/s and MFU for one config."""
     config_lib.validate(config, jax.device_count())
-    mesh = sharding_lib.make_mesh(config)
-    rules = config_lib.logical_rules(config)
-    model = make_model(config.model)
-    with sharding_lib.logical_context(mesh, rules):
-        boxed = state_lib.abstract_params(model, config)
-    tx, schedule = optim.make_optimizer(config, boxed)
-    _, shardings = state_lib.state_shardings(model, tx, config, mesh)
-    state = state_lib.init_state(model, tx, config, mesh, shardings)
+    trainer = setup_lib.build(config)
     rng = np.random.default_rng(0)
     shape = (config.train.batch_size, config.data.seq_len)
-    batch_np = {"inputs": rng.integers(0, 256, shape).astype(np.int32),
-                "targets": rng.integers(0, 256, shape).astype(np.int32),
-                "weights": np.ones(shape, np.float32)}
-    batch = sharding_lib.global_batch(batch_np, mesh, rules)
-    bs = {k: sharding_lib.batch_sharding(mesh, rules, v.ndim) for k, v in batch_np.items()}
-    with sharding_lib.logical_context(mesh, rules):
-        step = jax.jit(step_lib.make_train_step(model, tx, config, schedule),
-                       in_shardings=(shardings, bs),
-                       out_shardings=(shardings, sharding_lib.replicated(mesh)),
-                       donate_argnums=(0,))
+    batch = {"inputs": rng.integers(0, 256, shape).astype(np.int32),
+             "targets": rng.integers(0, 256, shape).astype(np.int32),
+             "weights": np.ones(shape, np.float32)}
+    step = trainer.jit_train_step(batch)
+    state, m = step(trainer.init_state(), batch)
+    jax.block_until_ready(m)
+    start = time.perf_counter()
+    for _ in range(steps):
         state, m = step(state, batch)
-        jax.block_until_ready(m)
-        start = time.perf_counter()
-        for _ in range(steps):
-            state, m = step(state, batch)
-        jax.block_until_ready(m)
-        elapsed = time.perf_counter() - start
+    jax.block_until_ready(m)
+    elapsed = time.perf_counter() - start
     tokens_per_s = steps * shape[0] * shape[1] / elapsed
     flops_per_token = accounting.flops_per_token(config.model, config.data.seq_len)
     model_flops = tokens_per_s * flops_per_token

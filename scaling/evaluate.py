@@ -27,10 +27,8 @@ from scaling import checkpoint as ckpt_lib
 from scaling import config as config_lib
 from scaling import data as data_lib
 from scaling import metrics_writer
-from scaling import optim
 from scaling import sharding as sharding_lib
-from scaling.models import make_model
-from scaling.train import state as state_lib
+from scaling.train import setup as setup_lib
 from scaling.train import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -156,22 +154,17 @@ def evaluate_run(run_dir: str | pathlib.Path, steps: str = "all",
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
     config = config_lib.from_dict(json.loads((run_dir / "config.json").read_text()))
     run = json.loads((run_dir / "run.json").read_text())
-    mesh = sharding_lib.make_mesh(config)
-    model = make_model(config.model)
-    rules = config_lib.logical_rules(config)
-    with sharding_lib.logical_context(mesh, rules):
-        boxed = state_lib.abstract_params(model, config)
-    tx, _ = optim.make_optimizer(config, boxed)
-    abstract_state, shardings = state_lib.state_shardings(model, tx, config, mesh)
+    trainer = setup_lib.build(config)
     checkpointer = ckpt_lib.Checkpointer(run_dir, config)
     chosen = select_steps(checkpointer.all_steps(), steps)
-    evaluator = Evaluator(config, run_dir, mesh, model)
+    evaluator = Evaluator(config, run_dir, trainer.mesh, trainer.model)
     rows: list[dict[str, Any]] = []
     from tqdm.auto import tqdm
 
     try:
         for step in tqdm(chosen, desc=f"evaluate {run_dir.name}", disable=not progress):
-            params = checkpointer.restore_params(step, abstract_state, shardings)
+            params = checkpointer.restore_params(step, trainer.abstract_state,
+                                                trainer.shardings)
             rows.extend(evaluator.rows(params, step, run))
     finally:
         checkpointer.close()

@@ -9,11 +9,7 @@ import ml_collections
 import numpy as np
 
 from scaling import config as config_lib
-from scaling import optim
-from scaling import sharding as sharding_lib
-from scaling.models import make_model
-from scaling.train import state as state_lib
-from scaling.train import step as step_lib
+from scaling.train import setup as setup_lib
 
 
 def tiny_lm_config(**overrides: Any) -> ml_collections.ConfigDict:
@@ -56,20 +52,7 @@ def one_step(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray],
     """Returns (state after one jitted sharded train step, metrics) on the config's mesh."""
     devices = devices or jax.devices()
     config_lib.validate(config, len(devices))
-    mesh = sharding_lib.make_mesh(config, devices)
-    rules = config_lib.logical_rules(config)
-    model = make_model(config.model)
-    with sharding_lib.logical_context(mesh, rules):
-        boxed = state_lib.abstract_params(model, config)
-    tx, schedule = optim.make_optimizer(config, boxed)
-    _, shardings = state_lib.state_shardings(model, tx, config, mesh)
-    state = state_lib.init_state(model, tx, config, mesh, shardings)
-    step = step_lib.make_train_step(model, tx, config, schedule)
-    batch_shardings = {k: sharding_lib.batch_sharding(mesh, rules, v.ndim)
-                       for k, v in batch.items()}
-    with sharding_lib.logical_context(mesh, rules):
-        jitted = jax.jit(step, in_shardings=(shardings, batch_shardings),
-                         out_shardings=(shardings, sharding_lib.replicated(mesh)),
-                         donate_argnums=(0,))
-        state, metrics = jitted(state, sharding_lib.global_batch(batch, mesh, rules))
+    trainer = setup_lib.build(config, devices)
+    step = trainer.jit_train_step(batch)
+    state, metrics = step(trainer.init_state(), batch)
     return state, {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -35,11 +35,8 @@ from scaling import config as config_lib
 from scaling import data as data_lib
 from scaling import metrics_writer
 from scaling import perf
-from scaling import sharding as sharding_lib
-from scaling.models import accounting, make_model
-from scaling.train import state as state_lib
-from scaling.train import step as step_lib
-from scaling import optim
+from scaling.models import accounting
+from scaling.train import setup as setup_lib
 
 log = logging.getLogger(__name__)
 
@@ -148,33 +145,28 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     step = 0
     try:
 
-        mesh = sharding_lib.make_mesh(config)
-        rules = config_lib.logical_rules(config)
-        model = make_model(config.model)
-        with sharding_lib.logical_context(mesh, rules):
-            boxed = state_lib.abstract_params(model, config)
-        tx, schedule = optim.make_optimizer(config, boxed)
-        abstract_state, shardings = state_lib.state_shardings(model, tx, config, mesh)
+        trainer = setup_lib.build(config)
 
         if evaluator is None:
             from scaling import evaluate as evaluate_lib
 
-            evaluator = evaluate_lib.make_inline_evaluator(config, workdir, mesh, model)
+            evaluator = evaluate_lib.make_inline_evaluator(config, workdir, trainer.mesh,
+                                                           trainer.model)
         checkpointer = ckpt_lib.Checkpointer(workdir, config)
         data_iter = data_lib.make_train_iterator(config, workdir)
         latest = checkpointer.latest_step()
         if latest is not None:
             ckpt_lib.log_restore(latest)
-            state, data_state = checkpointer.restore(latest, abstract_state, shardings)
+            state, data_state = checkpointer.restore(latest, trainer.abstract_state,
+                                                       trainer.shardings)
             data_iter.set_state(data_state)
             for name in ("metrics.jsonl", "eval.jsonl"):
                 if jax.process_index() == 0:
                     metrics_writer.truncate_jsonl(workdir / name, latest)
         else:
-            state = state_lib.init_state(model, tx, config, mesh, shardings)
+            state = trainer.init_state()
         start_step = int(jax.device_get(state.step))
 
-        train_step = step_lib.make_train_step(model, tx, config, schedule)
         jitted = None  # compiled on the first batch, whose array ranks fix the batch shardings
 
         save_at = set(ckpt_lib.save_steps(config, num_steps))
@@ -203,16 +195,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
             while step < end_step:
                 batch_np = next(data_iter)
                 if jitted is None:
-                    batch_shardings = {k: sharding_lib.batch_sharding(mesh, rules, np.ndim(v))
-                                       for k, v in batch_np.items()}
-                    with sharding_lib.logical_context(mesh, rules):
-                        jitted = jax.jit(train_step,
-                                         in_shardings=(shardings, batch_shardings),
-                                         out_shardings=(shardings, sharding_lib.replicated(mesh)),
-                                         donate_argnums=(0,))
-                batch = sharding_lib.global_batch(batch_np, mesh, rules)
-                with sharding_lib.logical_context(mesh, rules):
-                    state, metrics = jitted(state, batch)
+                    jitted = trainer.jit_train_step(batch_np)
+                state, metrics = jitted(state, batch_np)
                 step += 1
                 window_steps += 1
                 if step == start_step + 1:  # exclude compilation from the throughput window

@@ -1,0 +1,65 @@
+"""Everything a run compiles, built once from a resolved config: mesh, model, optimizer, shardings."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from scaling import config as config_lib
+from scaling import optim
+from scaling import sharding as sharding_lib
+from scaling.models import make_model
+from scaling.train import state as state_lib
+from scaling.train import step as step_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """The compiled-side pieces of a run: model, optimizer, schedule and state shardings."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    rules: Any
+    model: Any
+    tx: optax.GradientTransformation
+    schedule: Callable[[jax.Array], jax.Array]
+    abstract_state: Any
+    shardings: Any
+
+    def init_state(self) -> state_lib.TrainState:
+        """Returns a freshly initialized, sharded TrainState (seeded by config.seed)."""
+        return state_lib.init_state(self.model, self.tx, self.config, self.mesh, self.shardings)
+
+    def jit_train_step(self, example_batch: dict[str, np.ndarray]) -> Callable:
+        """Returns the jitted train step with explicit in/out shardings; the state is donated."""
+        batch_shardings = {k: sharding_lib.batch_sharding(self.mesh, self.rules, np.ndim(v))
+                           for k, v in example_batch.items()}
+        step = step_lib.make_train_step(self.model, self.tx, self.config, self.schedule)
+        jitted = jax.jit(step, in_shardings=(self.shardings, batch_shardings),
+                         out_shardings=(self.shardings, sharding_lib.replicated(self.mesh)),
+                         donate_argnums=(0,))
+
+        def run(state: state_lib.TrainState, batch_np: dict[str, np.ndarray]) -> tuple:
+            batch = sharding_lib.global_batch(batch_np, self.mesh, self.rules)
+            with sharding_lib.logical_context(self.mesh, self.rules):
+                return jitted(state, batch)
+
+        return run
+
+
+def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Trainer:
+    """Returns the Trainer for a resolved, validated config on `devices` (default: all)."""
+    mesh = sharding_lib.make_mesh(config, devices)
+    rules = config_lib.logical_rules(config)
+    model = make_model(config.model)
+    with sharding_lib.logical_context(mesh, rules):
+        boxed = state_lib.abstract_params(model, config)
+    tx, schedule = optim.make_optimizer(config, boxed)
+    abstract_state, shardings = state_lib.state_shardings(model, tx, config, mesh)
+    return Trainer(config, mesh, rules, model, tx, schedule, abstract_state, shardings)
