@@ -7,10 +7,13 @@ collects finished slots and refills them with pending tasks, so the work done is
 the iterations each task actually needs, and one compiled kernel (per objective, width and padded
 number of points) serves every fit. Points are padded (to 16·4^k) with zero weight.
 
-The line search is a batched backtracking (Armijo) search; curvature pairs with s·y ≤ 0 are
-skipped, so the inverse-Hessian approximation stays positive definite. A task stops when the
-relative decrease of f over an iteration is below ``ftol``, when max|grad| < ``gtol``, when the
-line search fails, or after ``maxiter`` iterations (then it is reported as not converged).
+Each step evaluates one trial point per slot: an accepted (Armijo) trial updates the L-BFGS
+history and gives a new direction; a rejected one shrinks the step by safeguarded quadratic
+interpolation, so slots never wait on each other's line searches. Curvature pairs with s·y ≤ 0
+are skipped, so the inverse-Hessian approximation stays positive definite. A task stops when the
+relative decrease of f at an accepted step is below ``ftol``, when max|grad| < ``gtol``, when the
+line search cannot decrease f any more (all three count as converged), or after ``maxiter``
+objective evaluations (reported as not converged).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class LbfgsResult(NamedTuple):
     x: np.ndarray  # (T, P) minimizers
     f: np.ndarray  # (T,) objective values at x (inf if the start was not finite)
     converged: np.ndarray  # (T,) bool: stopped by a tolerance (not by maxiter / failed search)
-    iterations: np.ndarray  # (T,) iterations used by each task
+    iterations: np.ndarray  # (T,) objective evaluations used by each task
 
 
 def _two_loop(g, s_hist, y_hist, rho, gamma):
@@ -169,7 +172,9 @@ def batched_lbfgs(fun: Objective, x0: np.ndarray, X: np.ndarray, t: np.ndarray,
     def pad_w(v):
         return np.concatenate([v, np.zeros(npad - n)])
 
-    ladder = (1024, 128, 16)
+    # pool widths: W = 256 while tasks are pending; the last few long-running tasks are compacted
+    # into a narrow pool (W = 32); small jobs start narrow
+    ladder = (256, 32) if npad >= 256 else (256,)
     W = width or next((v for v in reversed(ladder) if v >= min(T, ladder[0])), ladder[0])
     out_x = x0.copy()
     out_f = np.full(T, np.inf)
@@ -223,8 +228,7 @@ def batched_lbfgs(fun: Objective, x0: np.ndarray, X: np.ndarray, t: np.ndarray,
                         wj = jnp.asarray(w_h)
             active = np.nonzero(owner >= 0)[0]
             smaller = [v for v in ladder if v < W and len(active) <= v]
-            # narrowing costs a compilation per width: worth it only when evaluations are costly
-            if nxt >= T and smaller and width is None and npad >= 256:
+            if nxt >= T and smaller and width is None:
                 # compact the few remaining tasks into a narrower pool (less work per step)
                 W2 = smaller[0]
                 keep = np.concatenate([active, np.full(W2 - len(active), active[0] if len(active) else 0)])

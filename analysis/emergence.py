@@ -4,7 +4,9 @@
 log compute / params / steps and compares it with a flat (y = c) and a linear-in-log10 x model by
 BIC with a Gaussian likelihood, BIC = n·ln(RSS/n) + p·ln n (p = 1, 2, 4). A transition is declared
 only when the sigmoid's BIC is lower than both alternatives by at least `bic_margin` (default 2,
-"positive" evidence in Kass & Raftery's scale); otherwise the result says "no transition". An
+"positive" evidence in Kass & Raftery's scale) and at least `min_side_points` (3) measurements lie
+on each side of the midpoint x0 (a "step" fitted to the first or last points is noise or an edge
+effect); otherwise the result says "no transition" and why. An
 F-test p-value of sigmoid vs linear (nested: the linear model is a limit of the sigmoid) is also
 reported. The emergence point is x0 (in log10 units of x), i.e. x = 10^x0.
 
@@ -111,7 +113,8 @@ class EmergenceResult:
 
 
 def fit_emergence(x: Any, y: Any, *, bootstrap: int = 200, seed: int = 0, level: float = 0.95,
-                  bic_margin: float = 2.0, decline_rel_tol: float = 0.1) -> EmergenceResult:
+                  bic_margin: float = 2.0, decline_rel_tol: float = 0.1,
+                  min_side_points: int = 3) -> EmergenceResult:
     """Returns the sigmoid-vs-flat/linear analysis of y against x (x: FLOPs, params or steps)."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
@@ -123,12 +126,18 @@ def fit_emergence(x: Any, y: Any, *, bootstrap: int = 200, seed: int = 0, level:
     lx = np.log10(x)
     x0 = fit.params["x0"]
     in_range = bool(lx.min() <= x0 <= lx.max())
-    if better:
+    n_below, n_above = int(np.sum(lx < x0)), int(np.sum(lx > x0))
+    inside = min(n_below, n_above) >= min_side_points
+    if better and inside:
         verdict = "transition"
-    else:
+    elif not better:
         which = "flat" if bic["flat"] <= bic["linear"] else "linear"
         verdict = (f"no transition (sigmoid BIC {bic['sigmoid']:.1f} not below {which} BIC "
                    f"{bic[which]:.1f} by {bic_margin})")
+    else:
+        verdict = (f"no transition (midpoint has {n_below} points below and {n_above} above; "
+                   f"need {min_side_points} on each side)")
+    better = better and inside
     return EmergenceResult(
         fit=fit, comparison=cmp_, transition=bool(better), verdict=verdict, x0=x0,
         x0_ci=fit.ci.get("x0", (math.nan, math.nan)), x_emergence=10 ** x0, x0_in_range=in_range,

@@ -8,7 +8,8 @@ over runs (a resample redraws whole runs, since checkpoints of one run are corre
 Approach 2 (`approach2`, IsoFLOP): for each budget C, the minimum of ln(loss) over ln N — by an
 Akima spline (scipy.interpolate.Akima1DInterpolator) on a fine grid, or by a parabola — is N*(C);
 budgets whose minimum sits at an end of the grid are dropped; ln N* = ln k + a·ln C is fitted by
-least squares (as Porian et al. 2024). CIs: bootstrap over the kept budgets (pairs bootstrap).
+least squares (as Porian et al. 2024). CIs: bootstrap resampling the models within each budget
+(default) or the kept budgets themselves.
 """
 
 from __future__ import annotations
@@ -100,6 +101,45 @@ def group_budgets(C: Any, rel_tol: float = 0.02) -> np.ndarray:
     return labels
 
 
+def _budget_optimum(lnN: np.ndarray, lnL: np.ndarray, lnD: np.ndarray | None, c_b: float, method: str,
+                    grid_size: int, min_points: int):
+    """Returns (n_star, d_star, loss_star, reason, grid, curve) for one budget ("" reason = kept)."""
+    order = np.argsort(lnN, kind="stable")
+    lnN, lnL = lnN[order], lnL[order]
+    ux, inv = np.unique(lnN, return_inverse=True)  # average duplicate sizes
+    cnt = np.bincount(inv)
+    uy = np.bincount(inv, weights=lnL) / cnt
+    nan = math.nan
+    if len(ux) < min_points:
+        return nan, nan, nan, f"only {len(ux)} model sizes (< {min_points})", None, None
+    grid = np.linspace(ux[0], ux[-1], grid_size)
+    if method == "akima":
+        yy = Akima1DInterpolator(ux, uy)(grid)
+        i = int(np.nanargmin(yy))
+        at_end = i == 0 or i == len(grid) - 1
+        x_star, y_star = grid[i], yy[i]
+    elif method == "parabola":
+        # quadratic through the (up to) 5 sizes centred on the lowest measured loss
+        j = int(np.argmin(uy))
+        lo_i = max(0, min(j - 2, len(ux) - 5))
+        sel = slice(lo_i, lo_i + 5)
+        c2, c1, c0 = np.polyfit(ux[sel], uy[sel], 2)
+        yy = np.polyval([c2, c1, c0], grid)
+        x_star = -c1 / (2 * c2) if c2 > 0 else nan
+        at_end = not (c2 > 0 and ux[0] < x_star < ux[-1])
+        y_star = float(np.polyval([c2, c1, c0], x_star)) if not at_end else nan
+    else:
+        raise ValueError(f"method must be 'akima' or 'parabola', got {method!r}")
+    if at_end:
+        return nan, nan, nan, "minimum at an end of the sampled N range", grid, yy
+    if lnD is not None:
+        ud = np.bincount(inv, weights=lnD[order]) / cnt
+        d_star = float(np.exp(np.interp(x_star, ux, ud)))
+    else:
+        d_star = c_b / (6.0 * float(np.exp(x_star)))
+    return float(np.exp(x_star)), d_star, float(np.exp(y_star)), "", grid, yy
+
+
 def isoflop_optima(C: Any, N: Any, loss: Any, D: Any | None = None, *, method: str = "akima",
                    grid_size: int = 1000, rel_tol: float = 0.02, min_points: int = 3
                    ) -> tuple[pd.DataFrame, dict[float, tuple[np.ndarray, np.ndarray]]]:
@@ -107,60 +147,27 @@ def isoflop_optima(C: Any, N: Any, loss: Any, D: Any | None = None, *, method: s
 
     The curves dict maps each budget C to (N grid, interpolated loss) for plotting.
     method: "akima" (spline of ln loss vs ln N, argmin on a grid of grid_size points) or "parabola"
-    (least-squares quadratic of ln loss in ln N; its vertex, dropped if outside the sampled range).
+    (least-squares quadratic of ln loss in ln N through the 5 sizes centred on the lowest loss; its
+    vertex, dropped if outside the sampled range).
     D_star interpolates ln D linearly in ln N when D is given, else C/(6 N_star).
     """
+    if method not in ("akima", "parabola"):
+        raise ValueError(f"method must be 'akima' or 'parabola', got {method!r}")
     C = np.asarray(C, dtype=float)
-    N = np.asarray(N, dtype=float)
-    loss = np.asarray(loss, dtype=float)
-    Dv = None if D is None else np.asarray(D, dtype=float)
+    lnN = np.log(np.asarray(N, dtype=float))
+    lnL = np.log(np.asarray(loss, dtype=float))
+    lnD = None if D is None else np.log(np.asarray(D, dtype=float))
     labels = group_budgets(C, rel_tol)
     rows, curves = [], {}
     for lab in np.unique(labels):
         idx = np.nonzero(labels == lab)[0]
-        idx = idx[np.argsort(N[idx], kind="stable")]
         c_b = float(np.exp(np.mean(np.log(C[idx]))))
-        x, y = np.log(N[idx]), np.log(loss[idx])
-        # average duplicate N values
-        ux, inv = np.unique(x, return_inverse=True)
-        uy = np.bincount(inv, weights=y) / np.bincount(inv)
-        row = {"C": c_b, "n_points": len(ux), "N_star": math.nan, "D_star": math.nan,
-               "loss_star": math.nan, "kept": False, "reason": ""}
-        if len(ux) < min_points:
-            row["reason"] = f"only {len(ux)} model sizes (< {min_points})"
-            rows.append(row)
-            continue
-        grid = np.linspace(ux[0], ux[-1], grid_size)
-        if method == "akima":
-            yy = Akima1DInterpolator(ux, uy)(grid)
-            i = int(np.nanargmin(yy))
-            at_end = i == 0 or i == len(grid) - 1
-            x_star, y_star = grid[i], yy[i]
-        elif method == "parabola":
-            c2, c1, c0 = np.polyfit(ux, uy, 2)
-            yy = np.polyval([c2, c1, c0], grid)
-            if c2 <= 0:
-                at_end, x_star, y_star = True, math.nan, math.nan
-            else:
-                x_star = -c1 / (2 * c2)
-                at_end = not (ux[0] < x_star < ux[-1])
-                y_star = float(np.polyval([c2, c1, c0], x_star))
-        else:
-            raise ValueError(f"method must be 'akima' or 'parabola', got {method!r}")
-        curves[c_b] = (np.exp(grid), np.exp(yy))
-        if at_end:
-            row["reason"] = "minimum at an end of the sampled N range"
-            rows.append(row)
-            continue
-        n_star = float(np.exp(x_star))
-        if Dv is not None:
-            ld = np.log(Dv[idx])
-            ud = np.bincount(inv, weights=ld) / np.bincount(inv)
-            d_star = float(np.exp(np.interp(x_star, ux, ud)))
-        else:
-            d_star = c_b / (6.0 * n_star)
-        row.update(N_star=n_star, D_star=d_star, loss_star=float(np.exp(y_star)), kept=True)
-        rows.append(row)
+        n_s, d_s, l_s, reason, grid, yy = _budget_optimum(
+            lnN[idx], lnL[idx], None if lnD is None else lnD[idx], c_b, method, grid_size, min_points)
+        if grid is not None:
+            curves[c_b] = (np.exp(grid), np.exp(yy))
+        rows.append({"C": c_b, "n_points": len(np.unique(lnN[idx])), "N_star": n_s, "D_star": d_s,
+                     "loss_star": l_s, "kept": reason == "", "reason": reason})
     return pd.DataFrame(rows), curves
 
 
@@ -182,14 +189,52 @@ class IsoFlopResult:
 
 def approach2(C: Any, N: Any, loss: Any, D: Any | None = None, *, method: str = "akima",
               grid_size: int = 1000, bootstrap: int = 1000, seed: int = 0, level: float = 0.95,
-              rel_tol: float = 0.02) -> IsoFlopResult:
-    """Returns the IsoFLOP (approach 2) fit: N*(C) = k·C^a (params), D*(C) = k_D·C^b (tokens), with CIs."""
+              rel_tol: float = 0.02, ci_method: str = "points") -> IsoFlopResult:
+    """Returns the IsoFLOP (approach 2) fit: N*(C) = k·C^a (params), D*(C) = k_D·C^b (tokens), with CIs.
+
+    ci_method "points": each bootstrap replicate resamples the models within every budget (with
+    replacement), redoes the per-budget minima (dropping edge minima) and the line fit, so the CIs
+    include the uncertainty of each argmin; "budgets": pairs bootstrap over the kept (C, N*) optima.
+    """
     optima, curves = isoflop_optima(C, N, loss, D, method=method, grid_size=grid_size, rel_tol=rel_tol)
     kept = optima[optima["kept"]]
     if len(kept) < 2:
         raise ValueError(f"approach2: {len(kept)} budgets with an interior minimum; need at least 2")
-    nf = fit_loglog(kept["C"], kept["N_star"], bootstrap=bootstrap, seed=seed, level=level)
-    df = fit_loglog(kept["C"], kept["D_star"], bootstrap=bootstrap, seed=seed, level=level)
+    if ci_method not in ("points", "budgets"):
+        raise ValueError(f"ci_method must be 'points' or 'budgets', got {ci_method!r}")
+    boot_budgets = bootstrap if ci_method == "budgets" else 0
+    nf = fit_loglog(kept["C"], kept["N_star"], bootstrap=boot_budgets, seed=seed, level=level)
+    df = fit_loglog(kept["C"], kept["D_star"], bootstrap=boot_budgets, seed=seed, level=level)
+    if ci_method == "points" and bootstrap > 0:
+        Cv, Nv, Lv = (np.asarray(v, dtype=float) for v in (C, N, loss))
+        Dv = None if D is None else np.asarray(D, dtype=float)
+        labels = group_budgets(Cv, rel_tol)
+        groups = [np.nonzero(labels == lab)[0] for lab in np.unique(labels)]
+        cbs = [float(np.exp(np.mean(np.log(Cv[g])))) for g in groups]
+        lnN, lnL = np.log(Nv), np.log(Lv)
+        lnD = None if Dv is None else np.log(Dv)
+        rng = np.random.default_rng(seed)
+        sa, sb = [], []
+        for _ in range(bootstrap):
+            lc, ln_, ld_ = [], [], []
+            for g, c_b in zip(groups, cbs):
+                i = rng.choice(g, size=len(g), replace=True)
+                n_s, d_s, _, reason, _, _ = _budget_optimum(
+                    lnN[i], lnL[i], None if lnD is None else lnD[i], c_b, method, grid_size, 3)
+                if not reason:
+                    lc.append(math.log(c_b))
+                    ln_.append(math.log(n_s))
+                    ld_.append(math.log(d_s))
+            if len(lc) >= 2:
+                lc_a = np.array(lc)
+                sa.append(_wls(lc_a, np.array(ln_), np.ones(len(lc)))[0])
+                sb.append(_wls(lc_a, np.array(ld_), np.ones(len(lc)))[0])
+        lo, hi = 50 * (1 - level), 50 * (1 + level)
+        for fit, arr in ((nf, np.asarray(sa, dtype=float)), (df, np.asarray(sb, dtype=float))):
+            arr = arr[np.isfinite(arr)]
+            if len(arr):
+                fit.boot_a = arr
+                fit.ci_a = (float(np.percentile(arr, lo)), float(np.percentile(arr, hi)))
     return IsoFlopResult(optima=optima, n_fit=nf, d_fit=df, curves=curves, method=method)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 from typing import Any, Sequence
@@ -13,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from analysis.fit import FitResult  # noqa: E402
 
@@ -25,22 +27,39 @@ STYLE = {"font.size": 9, "axes.labelsize": 9, "axes.titlesize": 10, "legend.font
 CMAP = "viridis"
 
 
+def _styled(fn):
+    """Runs a plotting function inside the module's rc style (no global rcParams change)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context(STYLE):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 def _fig(ncols: int = 1, width: float = 4.2, height: float = 3.2):
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
-    for ax in axes[0]:
-        for k, v in STYLE.items():
-            if k == "axes.grid" and v:
-                ax.grid(True, alpha=STYLE["grid.alpha"], which="major")
-        ax.spines["top"].set_visible(False)
-        ax.spines["right"].set_visible(False)
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
     return fig, axes[0]
 
 
+def _tidy_log_axis(axis, lo: float, hi: float) -> None:
+    """Readable log-axis ticks: plain 1-2-5 labels within a short range, no crowded minor labels."""
+    if lo > 0 and hi / lo < 30:
+        subs = tuple(float(k) for k in range(1, 10)) if hi / lo < 3 else (1.0, 2.0, 5.0)
+        axis.set_major_locator(LogLocator(base=10, subs=subs))
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+@_styled
 def save_figure(fig: plt.Figure, stem: str | pathlib.Path) -> list[pathlib.Path]:
     """Returns the paths of the PNG and PDF written for fig at stem (closes the figure)."""
     stem = pathlib.Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
+    for ax in fig.axes:
+        if ax.get_xscale() == "log":
+            _tidy_log_axis(ax.xaxis, *sorted(ax.get_xlim()))
+        if ax.get_yscale() == "log":
+            _tidy_log_axis(ax.yaxis, *sorted(ax.get_ylim()))
     fig.tight_layout()
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for p in paths:
@@ -78,6 +97,7 @@ def _size_colorbar(fig, ax, norm, label: str = "parameters N") -> None:
     fig.colorbar(sm, ax=ax, label=label, pad=0.02)
 
 
+@_styled
 def plot_loss_vs_compute(curves: pd.DataFrame, frontier: pd.DataFrame | None = None,
                          power_fit: FitResult | None = None) -> plt.Figure:
     """Returns loss vs compute per run (colour = N), the lowest-loss frontier, and an optional L(C) fit.
@@ -110,6 +130,7 @@ def plot_loss_vs_compute(curves: pd.DataFrame, frontier: pd.DataFrame | None = N
     return fig
 
 
+@_styled
 def plot_isoflop(points: pd.DataFrame, result: Any) -> plt.Figure:
     """Returns IsoFLOP curves (loss vs N per budget, minima marked) and N*(C) with its fit and CI band.
 
@@ -161,6 +182,7 @@ def plot_isoflop(points: pd.DataFrame, result: Any) -> plt.Figure:
     return fig
 
 
+@_styled
 def plot_law_fit(fit: FitResult, size_col: int = 0) -> plt.Figure:
     """Returns measured vs fitted values (colour = first input) and target-space residuals of a law fit."""
     fig, (ax, ax2) = _fig(ncols=2, width=4.4, height=3.4)
@@ -203,6 +225,7 @@ def plot_law_fit(fit: FitResult, size_col: int = 0) -> plt.Figure:
     return fig
 
 
+@_styled
 def plot_emergence(curves: Sequence[tuple[str, np.ndarray, np.ndarray, Any]], xlabel: str,
                    ylabel: str = "exact match (fraction)") -> plt.Figure:
     """Returns metric vs x curves with sigmoid fits, CI bands and emergence points (x0).
@@ -230,6 +253,7 @@ def plot_emergence(curves: Sequence[tuple[str, np.ndarray, np.ndarray, Any]], xl
     return fig
 
 
+@_styled
 def plot_discrete_continuous(res: Any, label: str = "") -> plt.Figure:
     """Returns per-token cross-entropy with its power law, and measured vs predicted exact match p^ℓ."""
     fig, (ax, ax2) = _fig(ncols=2, width=4.2, height=3.2)
@@ -258,6 +282,7 @@ def plot_discrete_continuous(res: Any, label: str = "") -> plt.Figure:
     return fig
 
 
+@_styled
 def plot_subtasks(wide: pd.DataFrame, x_col: str = "D", learned: pd.DataFrame | None = None,
                   threshold: float = 0.9) -> plt.Figure:
     """Returns per-subtask metric curves vs x (colour = subtask index) and learned-subtask counts vs N."""
@@ -287,10 +312,11 @@ def plot_subtasks(wide: pd.DataFrame, x_col: str = "D", learned: pd.DataFrame | 
     return fig
 
 
+@_styled
 def plot_forest(table: pd.DataFrame) -> plt.Figure:
     """Returns a forest plot: each arm's difference from baseline per parameter, with CIs."""
     params = list(pd.unique(table["param"]))
-    fig, axes = _fig(ncols=len(params), width=2.4, height=0.5 + 0.35 * table["arm"].nunique())
+    fig, axes = _fig(ncols=len(params), width=2.4, height=max(2.2, 1.2 + 0.35 * table["arm"].nunique()))
     arms = list(pd.unique(table["arm"]))
     for ax, p in zip(axes, params):
         sub = table[table["param"] == p].set_index("arm").reindex(arms)

@@ -175,7 +175,7 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
     iso = None
     if len(fin) >= 6:
         try:
-            iso = approach2(fin["C"], fin["N"], fin["value"], fin["D"], bootstrap=max(bootstrap, 100),
+            iso = approach2(fin["C"], fin["N"], fin["value"], fin["D"], bootstrap=bootstrap,
                             seed=seed, rel_tol=0.05)
         except ValueError as e:
             R.skip("IsoFLOP", str(e))
@@ -251,7 +251,11 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
         if len(lp) < 4:
             continue
         j = lp.merge(em[["run_id", "value"]], on="run_id", suffixes=("_lp", "_em"))
-        ell, how = _answer_len(runs, j)
+        lengths = final_values(baseline_only(df), f"{task}/answer_tokens")
+        if len(lengths):
+            ell, how = float(np.median(lengths["value"])), f"measured {task}/answer_tokens"
+        else:
+            ell, how = _answer_len(runs, j)
         res = discrete_vs_continuous(j["N"], j["value_lp"], j["value_em"], ell, bootstrap=bootstrap, seed=seed)
         R.p(f"{task}: power law on answer cross-entropy; predicted exact match p^ℓ with ℓ = {ell:g} ({how}); "
             f"RMS error vs measured exact match {res.rmse_em:.3f}.")

@@ -4,8 +4,10 @@ Metrics (one row per (step, metric)):
     val/loss              mean next-token cross-entropy on the held-out split, nats/token
     val/token_accuracy    fraction of held-out tokens predicted exactly (argmax)
     <task>/exact_match    fraction of task examples whose whole answer span is argmax-correct
-    <task>/answer_logprob mean over examples of the summed log-probability of the answer, nats
-    <task>/answer_token_logprob  mean log-probability per answer token, nats/token
+    <task>/answer_logprob mean log-probability per answer token, nats/token (the continuous
+                          metric of Schaeffer et al. 2023)
+    <task>/answer_seq_logprob  mean over examples of the summed log-probability of the answer, nats
+    <task>/answer_tokens  mean answer length ℓ, tokens (exact match ≈ exp(ℓ · answer_logprob))
     <task>/token_accuracy fraction of answer tokens predicted exactly
     <task>/subtask_<i>/exact_match  the same per subtask (multitask data such as sparse parity)
 Every row also carries step, tokens, flops, n_params and n_params_nonembed, so a row is
@@ -110,8 +112,9 @@ class Evaluator:
             keep = ntok > 0
             t = self.task
             result[f"{t}/exact_match"] = float(np.mean(exact[keep]))
-            result[f"{t}/answer_logprob"] = float(np.mean(lp[keep]))
-            result[f"{t}/answer_token_logprob"] = float(np.sum(lp[keep]) / np.sum(ntok[keep]))
+            result[f"{t}/answer_logprob"] = float(np.sum(lp[keep]) / np.sum(ntok[keep]))
+            result[f"{t}/answer_seq_logprob"] = float(np.mean(lp[keep]))
+            result[f"{t}/answer_tokens"] = float(np.mean(ntok[keep]))
             result[f"{t}/token_accuracy"] = float(np.sum(corr[keep]) / np.sum(ntok[keep]))
             if sub:
                 sub_ids = np.concatenate(sub)

@@ -109,7 +109,9 @@ def _print(result: dict, label: str | None, out) -> None:
     if result["law"] == "isoflop":
         for key, name in (("N_opt", "N*(C) = k*C^a"), ("D_opt", "D*(C) = k*C^b")):
             r = result[key]
-            print(f"{head}{name}: exponent {_fmt(r['a'])} [{_fmt(r['ci_a'][0])}, {_fmt(r['ci_a'][1])}], "
+            ci = (f" [{_fmt(r['ci_a'][0])}, {_fmt(r['ci_a'][1])}]" if all(map(math.isfinite, r["ci_a"]))
+                  else "")
+            print(f"{head}{name}: exponent {_fmt(r['a'])}{ci}, "
                   f"k {_fmt(r['k'])}, R^2 {_fmt(r['r2'])}, {r['n']} budgets", file=out)
         print(f"{head}budgets kept {result['budgets_kept']}/{result['budgets_total']}", file=out)
         return

@@ -1,0 +1,84 @@
+"""The report (every figure on a synthetic sweep; skipped sections) and the fit/analyze CLIs."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import laws
+from analysis.report import build_report
+from analysis.synthetic import make_sweep
+from scaling.cli import analyze as analyze_cli
+from scaling.cli import fit as fit_cli
+
+FIGURES = ["loss_vs_compute", "isoflop", "chinchilla_fit", "emergence", "continuous_addition", "subtasks",
+           "ablation_forest"]
+
+
+def test_report_builds_every_figure(tmp_path):
+    root = make_sweep(tmp_path / "sweep", sizes=(2.5e5, 5e5, 1e6, 2e6, 4e6, 8e6), budgets=(1e14, 1.6e15))
+    md = build_report([root], tmp_path / "report", bootstrap=10)
+    text = md.read_text()
+    for name in FIGURES:
+        for ext in ("png", "pdf"):
+            f = tmp_path / "report" / "figures" / f"{name}.{ext}"
+            assert f.is_file() and f.stat().st_size > 1000, f
+        assert f"figures/{name}.png" in text
+    assert "None: every section had data." in text
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert html.count("<img") == len(FIGURES) and "<table" in html
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["skipped"] == [] and sorted(summary["figures"]) == sorted(FIGURES)
+    # the synthetic sweep follows L(N, D) with Hoffmann's exponents: approach 2 near 0.45
+    assert summary["approach2"]["N_opt"]["a"] == pytest.approx(0.4516, abs=0.1)
+
+
+def test_report_skips_sections_without_data(tmp_path):
+    root = make_sweep(tmp_path / "sweep", sizes=(1e6, 2e6), budgets=(1e14,), arms=("only",),
+                      arm_scale=(1.0,), tasks=False)
+    md = build_report(root, tmp_path / "rep", bootstrap=0)
+    text = md.read_text()
+    assert "## Skipped sections" in text
+    for section in ("IsoFLOP", "L(N, D) fit", "Emergence (discrete)", "Per-subtask curves", "Ablation"):
+        assert f"| {section}" in text, section
+    assert (tmp_path / "rep" / "figures" / "loss_vs_compute.png").is_file()
+    assert not (tmp_path / "rep" / "figures" / "isoflop.png").exists()
+
+
+def test_cli_fit_power_law_and_json(tmp_path, capsys):
+    N = np.geomspace(1e6, 1e10, 25)
+    pd.DataFrame({"params": N, "val": laws.power_law(N, 1.8, 300.0, 0.3)}).to_csv(tmp_path / "a.csv", index=False)
+    out = tmp_path / "fit.json"
+    rc = fit_cli.main(["scaling fit", str(tmp_path / "a.csv"), "--law", "power-n", "--columns",
+                       "N=params,loss=val", "--bootstrap", "20", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "alpha" in printed and "95% CI" in printed
+    res = json.loads(out.read_text())["all"]
+    assert res["params"]["alpha"] == pytest.approx(0.3, rel=1e-3)  # noiseless data
+
+
+def test_cli_fit_isoflop_groups_and_errors(tmp_path, reference_dir, capsys):
+    src = reference_dir / "porian" / "porian_isoflop_points.csv"
+    rc = fit_cli.main(["scaling fit", str(src), "--law", "isoflop", "--columns", "C=flops,N=n,loss=loss,D=tokens",
+                       "--query", "config=rw|tuned|short|const|standard|val", "--query", "source=summary_df",
+                       "--bootstrap", "0"])
+    assert rc == 0
+    assert "exponent 0.49" in capsys.readouterr().out  # README: 0.497 ± 0.005
+    assert fit_cli.main(["scaling fit", str(src), "--law", "chinchilla", "--columns", "N=nope"]) == 2
+    assert "not in the CSV" in capsys.readouterr().err
+
+
+def test_cli_help_and_analyze(tmp_path, capsys):
+    for mod in (fit_cli, analyze_cli):
+        with pytest.raises(SystemExit) as e:
+            mod.main(["scaling x", "--help"])
+        assert e.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "chinchilla" in help_text and "REPORT_DIR" in help_text
+    root = make_sweep(tmp_path / "sw", sizes=(1e6, 2e6), budgets=(1e14,), arms=("a",), arm_scale=(1.0,),
+                      tasks=False)
+    assert analyze_cli.main(["scaling analyze", str(root), "--out", str(tmp_path / "r"), "--bootstrap", "0"]) == 0
+    assert (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / "report.html").is_file()
+    assert analyze_cli.main(["scaling analyze", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")]) == 2

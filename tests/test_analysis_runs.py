@@ -1,0 +1,87 @@
+"""Loading run directories: good rows kept, corrupt/missing files warned about and skipped."""
+
+import json
+import logging
+
+import numpy as np
+
+from analysis.runs import final_values, find_run_dirs, load_runs, run_table
+from analysis.synthetic import make_sweep, write_run
+
+
+def _root(tmp_path):
+    return make_sweep(tmp_path / "sweep", sizes=(1e6, 2e6), budgets=(1e14,), arms=("base",),
+                      arm_scale=(1.0,), tasks=False)
+
+
+def test_load_sweep_rows_and_columns(tmp_path):
+    root = _root(tmp_path)
+    df = load_runs(root)
+    assert df["run_id"].nunique() == 2
+    for col in ("run_id", "step", "metric", "value", "N", "N_nonembed", "D", "C", "model.n_params_target",
+                "optim.schedule", "status", "source"):
+        assert col in df.columns
+    tr = df[df["metric"] == "train/loss"]
+    assert len(tr) > 10 and (tr["source"] == "train").all()
+    # C = 6 N D in the synthetic logs; N comes from run.json
+    np.testing.assert_allclose(tr["C"], 6 * tr["N"] * tr["D"], rtol=1e-12)
+    ev = df[df["metric"] == "val/loss"]
+    assert (ev["source"] == "eval").all() and len(ev) >= 2
+    assert set(df["metric"]) >= {"train/loss", "train/lr", "train/grad_norm", "val/loss"}
+    fin = final_values(df, "val/loss")
+    assert len(fin) == 2 and (fin.groupby("run_id")["step"].max() == fin.set_index("run_id")["step"]).all()
+    rt = run_table(root)
+    assert len(rt) == 2 and set(rt["status"]) == {"completed"}
+
+
+def test_corrupt_files_warn_and_keep_good_rows(tmp_path, caplog):
+    root = _root(tmp_path)
+    runs = sorted(p for p in root.iterdir() if p.is_dir())
+    good, bad = runs[0], runs[1]
+    n_good_metrics = len((good / "metrics.jsonl").read_text().splitlines())
+    # bad run: a garbage line in the middle, a truncated final line, no config.json, corrupt status
+    lines = (bad / "metrics.jsonl").read_text().splitlines()
+    lines.insert(3, "{not json")
+    (bad / "metrics.jsonl").write_text("\n".join(lines) + "\n" + '{"step": 99999, "loss": 1.')
+    (bad / "config.json").unlink()
+    (bad / "status.json").write_text("{")
+    # an extra run listed in the manifest with no directory, and one with an unreadable run.json
+    man = json.loads((root / "manifest.json").read_text())
+    man["runs"].append({"id": "ghost", "name": "ghost", "dir": "ghost", "axes": {}, "status": "pending"})
+    (root / "manifest.json").write_text(json.dumps(man))
+    odd = root / "odd"
+    write_run(odd, run_id="odd", N=3e6, D=1e7, axes={"optim.schedule": "base"}, tasks=False)
+    (odd / "run.json").write_text('{"version": 1, "id": ')
+    with caplog.at_level(logging.WARNING, logger="analysis.runs"):
+        df = load_runs(root)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("metrics.jsonl" in m and "line 4" in m and "bad JSON" in m for m in msgs)
+    assert any("truncated final line" in m for m in msgs)
+    assert any(str(bad / "config.json") in m and "missing" in m for m in msgs)
+    assert any("status.json" in m and "unreadable JSON" in m for m in msgs)
+    assert any("ghost" in m for m in msgs)
+    assert any("run.json" in m and "unreadable JSON" in m for m in msgs)
+    # all good rows kept: the good run fully, the bad run minus its two broken lines
+    g = df[(df["run_dir"] == str(good)) & (df["source"] == "train")]
+    assert g["step"].nunique() == n_good_metrics
+    b = df[(df["run_dir"] == str(bad)) & (df["source"] == "train")]
+    assert b["step"].nunique() == len(lines) - 1 and 99999 not in set(b["step"])
+    # the run with a corrupt run.json is still loaded (id from its directory, N from eval.jsonl)
+    o = df[df["run_id"] == "odd"]
+    assert len(o) > 0 and np.isfinite(o[o["source"] == "eval"]["N"]).all()
+
+
+def test_run_dir_root_and_missing_path(tmp_path, caplog):
+    d = tmp_path / "single"
+    write_run(d, run_id="one", N=1e6, D=1e7, axes={}, tasks=True)
+    assert [p for p, _ in find_run_dirs(d)] == [d]
+    df = load_runs([d])
+    assert set(df["run_id"]) == {"one"}
+    assert any(m.startswith("parity/subtask_") for m in df["metric"].unique())
+    with caplog.at_level(logging.WARNING, logger="analysis.runs"):
+        empty = load_runs(tmp_path / "nope")
+    assert empty.empty and any("does not exist" in r.getMessage() for r in caplog.records)
+    # a directory without a manifest is scanned for run directories
+    (tmp_path / "loose" / "a").mkdir(parents=True)
+    write_run(tmp_path / "loose" / "a" / "r1", run_id="r1", N=1e6, D=1e7, axes={}, tasks=False)
+    assert set(load_runs(tmp_path / "loose")["run_id"]) == {"r1"}
