@@ -25,18 +25,25 @@ def test_cross_entropy_matches_manual_computation():
     np.testing.assert_allclose(s["weight"], 4.0)
 
 
+BASE = {"optim.name": "sgd", "optim.lr": 0.5, "optim.b1": 0.0, "train.batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def full_batch_step():
+    batch = helpers.random_batch(helpers.tiny_lm_config(**BASE))
+    batch["weights"][:3, 5:] = 0.0
+    state, metrics = helpers.one_step(helpers.tiny_lm_config(**BASE), batch, jax.devices()[:1])
+    return batch, jax.device_get(state.params), metrics
+
+
 @pytest.mark.parametrize("micro", [2, 4])
-def test_gradient_accumulation_equals_full_batch(micro):
+def test_gradient_accumulation_equals_full_batch(micro, full_batch_step):
     # weights with zeros make the per-microbatch token counts unequal: the update must still be the
     # full-batch token-mean; tolerance is float32 summation order (SGD, so no Adam amplification)
-    base = {"optim.name": "sgd", "optim.lr": 0.5, "optim.b1": 0.0, "train.batch_size": 8}
-    batch = helpers.random_batch(helpers.tiny_lm_config(**base))
-    batch["weights"][:3, 5:] = 0.0
-    dev = jax.devices()[:1]
-    ref_state, ref_m = helpers.one_step(helpers.tiny_lm_config(**base), batch, dev)
-    state, m = helpers.one_step(helpers.tiny_lm_config(**base, **{"train.microbatches": micro}),
-                                batch, dev)
+    batch, ref_params, ref_m = full_batch_step
+    state, m = helpers.one_step(helpers.tiny_lm_config(**BASE, **{"train.microbatches": micro}),
+                                batch, jax.devices()[:1])
     np.testing.assert_allclose(m["loss"], ref_m["loss"], rtol=1e-6)
     np.testing.assert_allclose(m["weight"], ref_m["weight"])
-    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
