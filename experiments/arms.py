@@ -73,8 +73,10 @@ def analyze(df: pd.DataFrame, arms: Sequence[Arm], base: Any, out_dir: pathlib.P
     if len(fin):
         fin = fin.assign(arm=label_runs(fin, arms, base).to_numpy(), loss=fin["value"])
         fin = fin[fin["arm"].notna()]
-    out["runs"] = [{"run": r.run_name, "arm": r.arm, x_col: float(getattr(r, x_col)),
-                    "val_loss": float(r.value)} for r in fin.itertuples()] if len(fin) else []
+    out["runs"] = sorted(
+        ({"run": r.run_name, "arm": r.arm, x_col: float(getattr(r, x_col)),
+          "val_loss": float(r.value)} for r in fin.itertuples()),
+        key=lambda q: (names.index(q["arm"]), q[x_col])) if len(fin) else []
     em = common.curves(df, f"{task}/exact_match", "eval") if len(df) else pd.DataFrame()
     if len(em):
         em = em.assign(arm=label_runs(em, arms, base).to_numpy())
@@ -95,56 +97,62 @@ def analyze(df: pd.DataFrame, arms: Sequence[Arm], base: Any, out_dir: pathlib.P
         out["table"] = tab.to_dict(orient="records")
 
     # 1. final loss vs x per arm, with each arm's fitted law
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for i, name in enumerate(names):
-        g = fin[fin["arm"] == name].sort_values(x_col) if len(fin) else fin
-        if not len(g):
-            continue
-        ax.plot(g[x_col], g["loss"], "o", color=f"C{i}", ms=4, label=name)
-        if tab is not None:
-            p = {r["param"]: r["estimate"] for r in out["table"] if r["arm"] == name}
-            xg = np.geomspace(g[x_col].min(), g[x_col].max(), 100)
-            lw = get_law(law)
-            if all(k in p for k in lw.param_names):
-                ax.plot(xg, lw.predict(p, xg[:, None]), "-", color=f"C{i}", lw=1)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("final validation loss (nats/byte)")
-    ax.set_title(f"{title}: loss per arm (lines: fitted {law})", fontsize=9)
-    ax.legend(frameon=False, fontsize=7)
-    figures[f"{prefix}_loss"] = common.save_figure(fig, out_dir, f"{prefix}_loss")
+    def _draw1() -> Any:
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        for i, name in enumerate(names):
+            g = fin[fin["arm"] == name].sort_values(x_col) if len(fin) else fin
+            if not len(g):
+                continue
+            ax.plot(g[x_col], g["loss"], "o", color=f"C{i}", ms=4, label=name)
+            if tab is not None:
+                p = {r["param"]: r["estimate"] for r in out["table"] if r["arm"] == name}
+                xg = np.geomspace(g[x_col].min(), g[x_col].max(), 100)
+                lw = get_law(law)
+                if all(k in p for k in lw.param_names):
+                    ax.plot(xg, lw.predict(p, xg[:, None]), "-", color=f"C{i}", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("final validation loss (nats/byte)")
+        ax.set_title(f"{title}: loss per arm (lines: fitted {law})", fontsize=9)
+        common.legend(ax)
+        return fig
+
+    figures[f"{prefix}_loss"] = common.figure(out_dir, f"{prefix}_loss", _draw1, notes)
 
     # 2. forest plot of the differences from baseline
-    if tab is not None and (tab["arm"] != "baseline").any():
-        fig = plot_forest(tab[tab["arm"] != "baseline"])
-    else:
+    def _draw2() -> Any:
+        if tab is not None and (tab["arm"] != "baseline").any():
+            return plot_forest(tab[tab["arm"] != "baseline"])
         fig, ax = plt.subplots(figsize=(4.0, 2.0))
         ax.text(0.5, 0.5, "not fitted (too few runs per arm)", ha="center", va="center")
         ax.set_axis_off()
-    figures[f"{prefix}_forest"] = common.save_figure(fig, out_dir, f"{prefix}_forest")
+        return fig
+
+    figures[f"{prefix}_forest"] = common.figure(out_dir, f"{prefix}_forest", _draw2, notes)
 
     # 3. emergence per arm
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    em_rows = {}
-    for i, name in enumerate(names):
-        g = em[em["arm"] == name] if len(em) else em
-        if not len(g):
-            continue
-        ax.plot(g["C"], g["value"], ".", color=f"C{i}", ms=3, alpha=0.6, label=name)
-        if tab is not None:
-            r = [q for q in out["table"] if q["arm"] == name and q["param"] == "x0"]
-            if r:
-                em_rows[name] = r[0]
-                if math.isfinite(r[0]["estimate"]) and g["C"].min() <= 10 ** r[0]["estimate"] <= g["C"].max():
-                    ax.axvline(10 ** r[0]["estimate"], color=f"C{i}", ls=":", lw=1)
-    ax.axhline(0.1, color="0.5", ls="--", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("training compute C (FLOPs)")
-    ax.set_ylabel(f"{task} exact match")
-    ax.set_title(f"{title}: task exact match per arm (dotted: sigmoid x0)", fontsize=9)
-    ax.legend(frameon=False, fontsize=7)
-    figures[f"{prefix}_emergence"] = common.save_figure(fig, out_dir, f"{prefix}_emergence")
+    def _draw3() -> Any:
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        for i, name in enumerate(names):
+            g = em[em["arm"] == name] if len(em) else em
+            if not len(g):
+                continue
+            ax.plot(g["C"], g["value"], ".", color=f"C{i}", ms=3, alpha=0.6, label=name)
+            if tab is not None:
+                r = [q for q in out["table"] if q["arm"] == name and q["param"] == "x0"]
+                if r:
+                    if math.isfinite(r[0]["estimate"]) and g["C"].min() <= 10 ** r[0]["estimate"] <= g["C"].max():
+                        ax.axvline(10 ** r[0]["estimate"], color=f"C{i}", ls=":", lw=1)
+        ax.axhline(0.1, color="0.5", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training compute C (FLOPs)")
+        ax.set_ylabel(f"{task} exact match")
+        ax.set_title(f"{title}: task exact match per arm (dotted: sigmoid x0)", fontsize=9)
+        common.legend(ax)
+        return fig
+
+    figures[f"{prefix}_emergence"] = common.figure(out_dir, f"{prefix}_emergence", _draw3, notes)
     out["figures"] = figures
     return out
 

@@ -32,7 +32,7 @@ EXPECTED_OUTCOME = (
     "substitution and span masking corrupt inputs (a regularizer); random crops add new window "
     "offsets (closest to fresh data); pair shuffling touches only the recall rows, which are never "
     "repeated, so it should change nothing.")
-EXPECTED_RUNTIME = {"tiny": "~40 s", "small": "~8 min (40 runs)", "medium": "~1-2 GPU-hours",
+EXPECTED_RUNTIME = {"tiny": "~15 s", "small": "~5 min (40 runs)", "medium": "~1-2 GPU-hours",
                     "large": "GPU/TPU cluster"}
 FIGURES = ("aug_loss", "aug_forest", "aug_emergence")
 

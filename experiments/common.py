@@ -102,7 +102,7 @@ def lm_base(scale: str, data_dir: str = "", tfds_name: str = "") -> ml_collectio
 
 
 def add_recall_task(c: ml_collections.ConfigDict, scale: str, mix_rate: float) -> None:
-    """Mixes in-context associative recall into the text stream (data.source='mixture'), in place.
+    """Returns None; mixes in-context associative recall into the text stream, in place.
 
     Two key->value pairs then a query ("a:3 q:7 ?q:" -> "7\\n"); scored at every checkpoint as
     exact match over held-out examples (chance after learning the format: 1/10; subtask = the
@@ -248,8 +248,8 @@ def evaluate_missing(sweep_root: pathlib.Path, progress: bool = False) -> int:
 
 def run_experiment(module: Any, root: str | os.PathLike, scale: str = DEFAULT_SCALE, *,
                    backend: str = "local", workers: int = 0, address: str | None = None,
-                   data_dir: str = "", tfds_name: str = "", bootstrap: int | None = None, analyze_only: bool = False,
-                   progress: bool = True) -> dict[str, Any]:
+                   data_dir: str = "", tfds_name: str = "", bootstrap: int | None = None,
+                   analyze_only: bool = False, progress: bool = True) -> dict[str, Any]:
     """Trains, evaluates and analyses one experiment in `root`; returns {'status', 'timings', ...}.
 
     status is 'completed' (report written), 'interrupted' (SIGINT/SIGTERM during training: run the
@@ -277,7 +277,7 @@ def run_experiment(module: Any, root: str | os.PathLike, scale: str = DEFAULT_SC
 
     def record(final: str) -> None:
         entry = {"started": t0, "status": final, "wall_s": time.time() - t0, "timings": timings,
-                 "workers": workers, "backend": backend}
+                 "workers": workers, "backend": backend, "analyze_only": analyze_only}
         write_json(root / STATE_FILE, {
             "experiment": module.NAME, "scale": scale, "status": final,
             "sweeps": sorted(sweeps), "invocations": invocations + [entry],
@@ -412,6 +412,34 @@ def save_figure(fig: Any, out_dir: pathlib.Path, stem: str) -> str:
     return str(paths[0].relative_to(out_dir))
 
 
+def legend(ax: Any) -> None:
+    """Draws the axes' legend when something on it has a label (returns None)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(frameon=False, fontsize=7)
+
+
+def figure(out_dir: pathlib.Path, stem: str, draw: Callable[[], Any], notes: list[str]) -> str:
+    """Saves the figure `draw()` returns as <stem>.png/.pdf; returns the PNG path (relative).
+
+    If drawing or saving fails (e.g. no data on a log axis because runs failed), a placeholder
+    figure naming the error is saved instead and the error is noted, so a report always has its
+    figures.
+    """
+    import matplotlib.pyplot as plt
+
+    try:
+        return save_figure(draw(), out_dir, stem)
+    except Exception as err:  # noqa: BLE001 - a figure never takes the report down
+        plt.close("all")
+        notes.append(f"figure {stem}: not drawn ({type(err).__name__}: {err})")
+        log.warning("figure %s: not drawn (%s)", stem, err)
+        fig, ax = plt.subplots(figsize=(4.0, 2.0))
+        ax.text(0.5, 0.5, f"{stem}: no data to draw\n({type(err).__name__})", ha="center",
+                va="center", fontsize=8)
+        ax.set_axis_off()
+        return save_figure(fig, out_dir, stem)
+
+
 def generic_report(roots: Sequence[pathlib.Path], out_dir: pathlib.Path, bootstrap: int,
                    title: str, notes: list[str]) -> dict[str, Any]:
     """Runs analysis.report.build_report into out_dir; returns its summary.json (or {} on failure)."""
@@ -419,7 +447,10 @@ def generic_report(roots: Sequence[pathlib.Path], out_dir: pathlib.Path, bootstr
 
     roots = [r for r in roots if pathlib.Path(r).exists()]
     try:
-        build_report(roots, out_dir, bootstrap=bootstrap, title=title)
+        # arm_axis="seed" (one value in every sweep here): the experiments analyse their own arms;
+        # left to itself, build_report would take an axis such as N_target for ablation arms and
+        # keep only the first "arm" in the scaling sections.
+        build_report(roots, out_dir, bootstrap=bootstrap, title=title, arm_axis="seed")
     except Exception as err:  # noqa: BLE001 - the experiment's own report still gets written
         notes.append(f"generic report failed: {type(err).__name__}: {err}")
         log.exception("analysis.report.build_report failed")

@@ -33,7 +33,7 @@ EXPECTED_OUTCOME = (
     "smaller training fractions (below roughly 0.3 it does not arrive within the budget) and "
     "weight decay moves it: too little decay delays it, enough decay speeds it up (Power et al., "
     "Fig. 1 and 2).")
-EXPECTED_RUNTIME = {"tiny": "~30 s", "small": "~8 min (9 runs x 6,000 steps)",
+EXPECTED_RUNTIME = {"tiny": "~15 s", "small": "~8 min (9 runs x 6,000 steps)",
                     "medium": "~30 min on CPU, minutes on a GPU",
                     "large": "~1 GPU-hour (Transformer, 16 runs x 50,000 steps)"}
 FIGURES = ("grokking_curves", "grokking_onset")
@@ -149,7 +149,7 @@ def analyze_runs(root: pathlib.Path, bootstrap: int, notes: list[str]) -> list[d
     return rows
 
 
-def _plot_curves(root: pathlib.Path, rows: list[dict[str, Any]], out_dir: pathlib.Path) -> str:
+def _plot_curves(root: pathlib.Path, rows: list[dict[str, Any]]) -> Any:
     import matplotlib.pyplot as plt
 
     df = common.load(root / "grid")
@@ -173,12 +173,12 @@ def _plot_curves(root: pathlib.Path, rows: list[dict[str, Any]], out_dir: pathli
         ax.set_xlabel("optimizer step")
     for row_axes in axes:
         row_axes[0].set_ylabel("accuracy")
-    axes[0][0].legend(frameon=False, fontsize=7)
+    common.legend(axes[0][0])
     fig.suptitle("Grokking: train vs validation accuracy (dotted: sigmoid onset)", fontsize=9)
-    return common.save_figure(fig, out_dir, "grokking_curves")
+    return fig
 
 
-def _plot_onset(rows: list[dict[str, Any]], out_dir: pathlib.Path) -> str:
+def _plot_onset(rows: list[dict[str, Any]]) -> Any:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.4, 3.2))
@@ -201,8 +201,8 @@ def _plot_onset(rows: list[dict[str, Any]], out_dir: pathlib.Path) -> str:
     ax.set_ylabel("step")
     ax.set_title("Onset vs train fraction (x: sigmoid midpoint with CI;\n"
                  "open triangle: not reached within the run)", fontsize=8)
-    ax.legend(frameon=False, fontsize=7)
-    return common.save_figure(fig, out_dir, "grokking_onset")
+    common.legend(ax)
+    return fig
 
 
 def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: int) -> dict[str, Any]:
@@ -210,9 +210,12 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
     notes: list[str] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = analyze_runs(root, bootstrap, notes)
-    figures = {"grokking_curves": _plot_curves(root, rows, out_dir),
-               "grokking_onset": _plot_onset(rows, out_dir)}
-    common.generic_report([root / "grid"], out_dir, bootstrap, "Grokking: generic report", notes)
+    figures = {"grokking_curves": common.figure(out_dir, "grokking_curves",
+                                                lambda: _plot_curves(root, rows), notes),
+               "grokking_onset": common.figure(out_dir, "grokking_onset",
+                                               lambda: _plot_onset(rows), notes)}
+    common.generic_report([root / "grid"], out_dir, min(bootstrap, 20), "Grokking: generic report",
+                          notes)
     s = settings(scale)
     jumped = [r for r in rows if r["delayed_jump"]]
     table_rows = [{"train fraction": r["train_fraction"], "weight decay": r["weight_decay"],

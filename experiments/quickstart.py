@@ -1,6 +1,6 @@
 """The README's main job: an IsoFLOP grid of byte-level LMs on the offline stdlib corpus.
 
-Transformers of 4 sizes (non-embedding N from 25k to 200k on the `small` scale) are each trained at
+Transformers of 4 sizes (non-embedding N from 12.5k to 100k on the `small` scale) are each trained at
 3 compute budgets (steps = budget / FLOPs per step), on the Python-stdlib corpus with in-context
 associative recall mixed into the stream (data.source='mixture'); validation loss and recall exact
 match are scored at every checkpoint. The analysis fits L(N, D) = E + A/N^α + B/D^β (Hoffmann et
@@ -35,7 +35,7 @@ EXPECTED_OUTCOME = (
     "parameter at their scale; at a few hundred thousand parameters and a byte vocabulary the "
     "optimum need not sit at 20. Recall exact match starts at 0 (before the answer format is "
     "learned), sits near chance (0.1) and rises with compute once in-context lookup is learned.")
-EXPECTED_RUNTIME = {"tiny": "~40 s", "small": "~8-12 min on 2 CPU cores (12 runs)",
+EXPECTED_RUNTIME = {"tiny": "~30 s", "small": "~7 min on 2 CPU cores (12 runs)",
                     "medium": "~10 min on one GPU", "large": "GPU/TPU cluster (hours)"}
 FIGURES = ("qs_loss_vs_compute", "qs_isoflop", "qs_compute_optimal", "qs_emergence")
 
@@ -47,7 +47,7 @@ def settings(scale: str) -> dict[str, Any]:
     return common.pick(
         scale,
         tiny=dict(sizes=(3.4e3, 6.7e3), flops=(2e8, 5e8), mix=0.3),
-        small=dict(sizes=(25e3, 50e3, 100e3, 200e3), flops=(1e11, 3e11, 1e12), mix=0.3),
+        small=dict(sizes=(12.5e3, 25e3, 50e3, 100e3), flops=(1e11, 3e11, 1e12), mix=0.3),
         medium=dict(sizes=(0.5e6, 1e6, 2e6, 4e6), flops=(3e12, 1e13, 3e13), mix=0.2),
         large=dict(sizes=(10e6, 20e6, 40e6, 80e6, 160e6), flops=(1e17, 3e17, 1e18), mix=0.1),
     )
@@ -98,40 +98,51 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
                             "budget": r.budget, "val_loss": r.value} for r in fin.itertuples()]
 
     # 1. loss vs compute over all checkpoints, colour = N
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
-    if val is not None and len(val):
-        v = val[val["C"] > 0]
-        norm = LogNorm(vmin=v["N_nonembed"].min(), vmax=max(v["N_nonembed"].max(), v["N_nonembed"].min() * 1.01))
-        for run_id, g in v.groupby("run_id"):
-            ax.plot(g["C"], g["value"], "-", lw=1, color=plt.get_cmap("viridis")(norm(g["N_nonembed"].iloc[0])))
-        sm = plt.cm.ScalarMappable(norm=norm, cmap="viridis")
-        fig.colorbar(sm, ax=ax, label="non-embedding parameters N")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("training compute C (FLOPs)")
-    ax.set_ylabel("validation loss (nats/byte)")
-    ax.set_title("Loss vs compute (every checkpoint)", fontsize=9)
-    figures["qs_loss_vs_compute"] = common.save_figure(fig, out_dir, "qs_loss_vs_compute")
+    def _draw1() -> Any:
+        fig, ax = plt.subplots(figsize=(5.0, 3.6))
+        if val is not None and len(val):
+            v = val[val["C"] > 0]
+            norm = LogNorm(vmin=v["N_nonembed"].min(), vmax=max(v["N_nonembed"].max(), v["N_nonembed"].min() * 1.01))
+            for run_id, g in v.groupby("run_id"):
+                ax.plot(g["C"], g["value"], "-", lw=1, color=plt.get_cmap("viridis")(norm(g["N_nonembed"].iloc[0])))
+            sm = plt.cm.ScalarMappable(norm=norm, cmap="viridis")
+            fig.colorbar(sm, ax=ax, label="non-embedding parameters N")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training compute C (FLOPs)")
+        ax.set_ylabel("validation loss (nats/byte)")
+        ax.set_title("Loss vs compute (every checkpoint)", fontsize=9)
+        return fig
+
+    figures["qs_loss_vs_compute"] = common.figure(out_dir, "qs_loss_vs_compute", _draw1, notes)
 
     # 2. IsoFLOP profiles: final loss vs N per budget; the measured minimum per budget
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
-    best = []
+    best: list[dict[str, Any]] = []
     if fin is not None and len(fin):
-        for i, (b, g) in enumerate(sorted(fin.groupby("budget"), key=lambda t: t[0])):
-            g = g.sort_values("N_nonembed")
-            ax.plot(g["N_nonembed"], g["value"], "o-", color=f"C{i}", ms=4, label=f"C = {b:.1e}")
+        for b, g in sorted(fin.groupby("budget"), key=lambda t: t[0]):
             j = g["value"].idxmin()
             best.append({"budget": float(b), "N_best": float(g.loc[j, "N_nonembed"]),
                          "D_best": float(g.loc[j, "D"]), "loss_best": float(g.loc[j, "value"]),
-                         "interior": bool(g.loc[j, "N_nonembed"] not in (g["N_nonembed"].min(), g["N_nonembed"].max()))})
-            ax.plot([g.loc[j, "N_nonembed"]], [g.loc[j, "value"]], "*", color=f"C{i}", ms=11)
-        ax.legend(frameon=False, fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("non-embedding parameters N")
-    ax.set_ylabel("final validation loss (nats/byte)")
-    ax.set_title("IsoFLOP profiles (star: lowest loss per budget)", fontsize=9)
-    figures["qs_isoflop"] = common.save_figure(fig, out_dir, "qs_isoflop")
+                         "interior": bool(g["N_nonembed"].min() < g.loc[j, "N_nonembed"]
+                                          < g["N_nonembed"].max())})
     summary["isoflop_minima"] = best
+
+    def _draw2() -> Any:
+        fig, ax = plt.subplots(figsize=(5.0, 3.6))
+        if fin is not None and len(fin):
+            for i, (b, g) in enumerate(sorted(fin.groupby("budget"), key=lambda t: t[0])):
+                g = g.sort_values("N_nonembed")
+                ax.plot(g["N_nonembed"], g["value"], "o-", color=f"C{i}", ms=4, label=f"C = {b:.1e}")
+                j = g["value"].idxmin()
+                ax.plot([g.loc[j, "N_nonembed"]], [g.loc[j, "value"]], "*", color=f"C{i}", ms=11)
+            common.legend(ax)
+        ax.set_xscale("log")
+        ax.set_xlabel("non-embedding parameters N")
+        ax.set_ylabel("final validation loss (nats/byte)")
+        ax.set_title("IsoFLOP profiles (star: lowest loss per budget)", fontsize=9)
+        return fig
+
+    figures["qs_isoflop"] = common.figure(out_dir, "qs_isoflop", _draw2, notes)
 
     # 3. Chinchilla fit (approach 3) and the compute-optimal frontier with CIs
     chin, co = None, None
@@ -140,65 +151,78 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
                                                          bootstrap=bootstrap), "Chinchilla fit", notes)
     else:
         notes.append("Chinchilla fit: needs >= 6 runs with distinct N and D")
-    fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.4))
     if chin is not None:
-        cs = np.geomspace(fin["C"].min() / 3, fin["C"].max() * 30, 30)
-        co = compute_optimal_ci(chin, cs)
-        axes[0].plot(co["C"], co["N_opt"], "C0-", label="N_opt(C) from the fit")
-        axes[1].plot(co["C"], co["tokens_per_param"], "C1-", label="D_opt / N_opt")
-        if "N_opt_low" in co:
-            axes[0].fill_between(co["C"], co["N_opt_low"], co["N_opt_high"], color="C0", alpha=0.2, lw=0)
-            axes[1].fill_between(co["C"], co["D_opt_low"] / co["N_opt_high"],
-                                 co["D_opt_high"] / co["N_opt_low"], color="C1", alpha=0.15, lw=0,
-                                 label="band from the N, D CIs (conservative)")
         p = chin.params
         summary["chinchilla"] = {"params": p, "ci": {k: list(v) for k, v in chin.ci.items()},
                                  "rms_ln_residual": chin.rms, "n_points": chin.n_points,
                                  "a": p["beta"] / (p["alpha"] + p["beta"]),
                                  "b": p["alpha"] / (p["alpha"] + p["beta"])}
-        at = compute_optimal_ci(chin, sorted({float(b) for b in fin["budget"] if math.isfinite(b)}))
+        a_ci = _allocation_ci(chin)
+        summary["chinchilla"]["a_ci"] = a_ci
+        flops_fit = _flops_per_token_fit(fin)
+        summary["flops_per_token_fit"] = {"coef": flops_fit[0], "exponent": flops_fit[1]}
+        co = frontier(chin, np.geomspace(fin["C"].min() / 3, fin["C"].max() * 30, 30), flops_fit)
+        at = frontier(chin, sorted({float(b) for b in fin["budget"] if math.isfinite(b)}), flops_fit)
         summary["compute_optimal"] = at.to_dict(orient="records")
-    for b in best:
-        axes[0].plot([b["budget"]], [b["N_best"]], "k*", ms=9)
-        axes[1].plot([b["budget"]], [b["D_best"] / b["N_best"]], "k*", ms=9)
-    axes[0].plot([], [], "k*", label="lowest-loss run per budget")
-    for ax in axes:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("training compute C (FLOPs)")
-        ax.legend(frameon=False, fontsize=7)
-    axes[0].set_ylabel("compute-optimal N (parameters)")
-    axes[1].set_ylabel("tokens per parameter")
-    fig.suptitle("Compute-optimal frontier (shaded: bootstrap 95% CI)", fontsize=9)
-    figures["qs_compute_optimal"] = common.save_figure(fig, out_dir, "qs_compute_optimal")
+        summary["compute_optimal_6ND"] = compute_optimal_ci(
+            chin, sorted({float(b) for b in fin["budget"] if math.isfinite(b)})).to_dict(orient="records")
+
+    def _draw3() -> Any:
+        fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.4))
+        if co is not None:
+            axes[0].plot(co["C"], co["N_opt"], "C0-", label="N_opt(C) from the fit")
+            axes[1].plot(co["C"], co["tokens_per_param"], "C1-", label="D_opt / N_opt")
+            axes[0].fill_between(co["C"], co["N_opt_low"], co["N_opt_high"], color="C0", alpha=0.2, lw=0)
+            axes[1].fill_between(co["C"], co["tpp_low"], co["tpp_high"], color="C1", alpha=0.2, lw=0)
+        for b in best:
+            axes[0].plot([b["budget"]], [b["N_best"]], "k*", ms=9)
+            axes[1].plot([b["budget"]], [b["D_best"] / b["N_best"]], "k*", ms=9)
+        axes[0].plot([], [], "k*", label="lowest-loss run per budget")
+        for ax in axes:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("training compute C (FLOPs, measured accounting)")
+            common.legend(ax)
+        axes[0].set_ylabel("compute-optimal N (parameters)")
+        axes[1].set_ylabel("tokens per parameter")
+        fig.suptitle("Compute-optimal frontier of the L(N, D) fit, C = D x FLOPs/token(N) "
+                     "(shaded: bootstrap 95% CI)", fontsize=9)
+        return fig
+
+    figures["qs_compute_optimal"] = common.figure(out_dir, "qs_compute_optimal", _draw3, notes)
 
     # 4. emergence of recall: exact match vs compute over every checkpoint of every run
     em = common.curves(df, f"{TASK}/exact_match", "eval") if len(df) else None
-    fig, ax = plt.subplots(figsize=(5.0, 3.6))
+    e = em[em["C"] > 0] if em is not None and len(em) else None
     emerg = None
-    if em is not None and len(em):
-        e = em[em["C"] > 0]
-        norm = LogNorm(vmin=e["N_nonembed"].min(), vmax=max(e["N_nonembed"].max(), e["N_nonembed"].min() * 1.01))
-        ax.scatter(e["C"], e["value"], c=e["N_nonembed"], norm=norm, cmap="viridis", s=8)
-        if len(e) >= 6 and e["value"].max() > e["value"].min():
-            emerg = common.fit_or_none(lambda: fit_emergence(e["C"], e["value"], bootstrap=bootstrap),
-                                       "emergence sigmoid", notes)
-        if emerg is not None:
-            cg = np.geomspace(e["C"].min(), e["C"].max(), 200)
-            ax.plot(cg, emerg.fit.predict(cg[:, None]), "k-", lw=1,
-                    label="sigmoid fit" + ("" if emerg.transition else " (no transition by BIC)"))
-            if emerg.transition and emerg.x0_in_range:
-                ax.axvline(emerg.x_emergence, color="k", ls=":", lw=1)
-            summary["emergence"] = {"verdict": emerg.verdict, "transition": emerg.transition,
-                                    "x0_log10_flops": emerg.x0, "x0_ci": list(emerg.x0_ci),
-                                    "final_max_exact_match": float(e.groupby("run_id").tail(1)["value"].max())}
-            ax.legend(frameon=False, fontsize=7)
-    ax.axhline(0.1, color="0.5", ls="--", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("training compute C (FLOPs)")
-    ax.set_ylabel("recall exact match (fraction)")
-    ax.set_title("Associative recall vs compute (dashed: chance 1/10)", fontsize=9)
-    figures["qs_emergence"] = common.save_figure(fig, out_dir, "qs_emergence")
+    if e is not None and len(e) >= 6 and e["value"].max() > e["value"].min():
+        emerg = common.fit_or_none(lambda: fit_emergence(e["C"], e["value"], bootstrap=bootstrap),
+                                   "emergence sigmoid", notes)
+    if emerg is not None:
+        summary["emergence"] = {"verdict": emerg.verdict, "transition": emerg.transition,
+                                "x0_log10_flops": emerg.x0, "x0_ci": list(emerg.x0_ci),
+                                "final_max_exact_match": float(e.groupby("run_id").tail(1)["value"].max())}
+
+    def _draw4() -> Any:
+        fig, ax = plt.subplots(figsize=(5.0, 3.6))
+        if e is not None and len(e):
+            norm = LogNorm(vmin=e["N_nonembed"].min(), vmax=max(e["N_nonembed"].max(), e["N_nonembed"].min() * 1.01))
+            ax.scatter(e["C"], e["value"], c=e["N_nonembed"], norm=norm, cmap="viridis", s=8)
+            if emerg is not None:
+                cg = np.geomspace(e["C"].min(), e["C"].max(), 200)
+                ax.plot(cg, emerg.fit.predict(cg[:, None]), "k-", lw=1,
+                        label="sigmoid fit" + ("" if emerg.transition else " (no transition by BIC)"))
+                if emerg.transition and emerg.x0_in_range:
+                    ax.axvline(emerg.x_emergence, color="k", ls=":", lw=1)
+                common.legend(ax)
+        ax.axhline(0.1, color="0.5", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("training compute C (FLOPs)")
+        ax.set_ylabel("recall exact match (fraction)")
+        ax.set_title("Associative recall vs compute (dashed: chance 1/10)", fontsize=9)
+        return fig
+
+    figures["qs_emergence"] = common.figure(out_dir, "qs_emergence", _draw4, notes)
 
     generic = common.generic_report([sweep_root], out_dir, bootstrap, "Quickstart: IsoFLOP grid", notes)
     if "approach2" in generic:
@@ -214,11 +238,19 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
                      common.table([{"param": k, "estimate [95% CI]": common.fmt_ci(v, c["ci"].get(k))}
                                    for k, v in c["params"].items()]), "",
                      f"Allocation exponents: N_opt ∝ C^{c['a']:.3f}, D_opt ∝ C^{c['b']:.3f}.", "",
-                     "Compute-optimal allocation at the grid's budgets:", "",
-                     common.table([{"C": r["C"], "N_opt": r["N_opt"],
-                                    "N_opt CI": f"[{r.get('N_opt_low', math.nan):.3g}, {r.get('N_opt_high', math.nan):.3g}]",
-                                    "D_opt": r["D_opt"], "tokens/param": r["tokens_per_param"]}
-                                   for r in summary["compute_optimal"]]), ""]
+                     f"(95% CI of a: [{c['a_ci'][0]:.3g}, {c['a_ci'][1]:.3g}].)", "",
+                     "Compute-optimal allocation at the grid's budgets, from the fit, with C = D x "
+                     "FLOPs per token of the model family (fitted to the runs: "
+                     f"{summary['flops_per_token_fit']['coef']:.3g} x N^{summary['flops_per_token_fit']['exponent']:.3f}"
+                     " FLOPs/token; unembedding and attention make it far more than 6N at these "
+                     "sizes); 95% bootstrap CIs:", "",
+                     common.table([{"C": r["C"], "N_opt [95% CI]": common.fmt_ci(r["N_opt"], [r["N_opt_low"], r["N_opt_high"]]),
+                                    "D_opt": r["D_opt"],
+                                    "tokens/param [95% CI]": common.fmt_ci(r["tokens_per_param"], [r["tpp_low"], r["tpp_high"]])}
+                                   for r in summary["compute_optimal"]]), "",
+                     "With Chinchilla's C = 6ND convention instead: tokens per parameter "
+                     + ", ".join(f"{r['tokens_per_param']:.3g} at C = {r['C']:.0e}"
+                                 for r in summary["compute_optimal_6ND"]) + ".", ""]
     if best:
         sections += ["Lowest-loss run per budget (IsoFLOP minimum on the grid):", "",
                      common.table(best), ""]
@@ -237,3 +269,65 @@ def _budgets(df) -> dict[str, float]:
     if df is None or not len(df) or "C_budget" not in df.columns:
         return {}
     return df.groupby("run_id")["C_budget"].first().astype(float).to_dict()
+
+
+def _flops_per_token_fit(fin) -> tuple[float, float]:
+    """Returns (k, b) of FLOPs per token ≈ k·N^b fitted to the runs (C / D against N)."""
+    n = fin["N_nonembed"].to_numpy(float)
+    f = (fin["C"] / fin["D"]).to_numpy(float)
+    ok = np.isfinite(n) & np.isfinite(f) & (n > 0) & (f > 0)
+    if len(np.unique(n[ok])) < 2:
+        return float(np.median(f[ok] / n[ok])), 1.0
+    b, lnk = np.polyfit(np.log(n[ok]), np.log(f[ok]), 1)
+    return float(np.exp(lnk)), float(b)
+
+
+def _optimum(params: np.ndarray, C: float, flops_fit: tuple[float, float],
+             n_grid: np.ndarray) -> tuple[float, float]:
+    """Returns (N_opt, D_opt) minimizing E + A/N^α + B/D^β subject to D·FLOPs/token(N) = C."""
+    E, A, B, al, be = params
+    d = C / (flops_fit[0] * n_grid ** flops_fit[1])
+    with np.errstate(all="ignore"):
+        loss = E + A * n_grid ** -al + B * d ** -be
+    if not np.any(np.isfinite(loss)):
+        return math.nan, math.nan
+    i = int(np.nanargmin(loss))
+    return float(n_grid[i]), float(d[i])
+
+
+def frontier(fit: Any, budgets: Any, flops_fit: tuple[float, float]):
+    """Returns N_opt (params), D_opt (tokens), D/N at each budget C (FLOPs) with bootstrap 95% CIs.
+
+    The budget constraint uses the measured FLOPs per token of the model family (k·N^b fitted to
+    the runs) rather than 6N; the optimum is found on a fine log grid of N.
+    """
+    import pandas as pd
+
+    n_grid = np.geomspace(1e2, 1e10, 4000)
+    names = ("E", "A", "B", "alpha", "beta")
+    best = np.array([fit.params[k] for k in names])
+    boot = fit.boot if fit.boot is not None else np.empty((0, 5))
+    rows = []
+    for C in np.atleast_1d(np.asarray(budgets, float)):
+        n, d = _optimum(best, C, flops_fit, n_grid)
+        samples = np.array([_optimum(b, C, flops_fit, n_grid) for b in boot if np.all(np.isfinite(b))])
+        row = {"C": float(C), "N_opt": n, "D_opt": d, "tokens_per_param": d / n}
+        if len(samples):
+            tpp = samples[:, 1] / samples[:, 0]
+            row.update(N_opt_low=float(np.nanpercentile(samples[:, 0], 2.5)),
+                       N_opt_high=float(np.nanpercentile(samples[:, 0], 97.5)),
+                       tpp_low=float(np.nanpercentile(tpp, 2.5)),
+                       tpp_high=float(np.nanpercentile(tpp, 97.5)))
+        else:
+            row.update(N_opt_low=math.nan, N_opt_high=math.nan, tpp_low=math.nan, tpp_high=math.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _allocation_ci(fit: Any) -> list[float]:
+    """Returns the 95% bootstrap CI of a = β/(α+β) (N_opt ∝ C^a under C ∝ N·D)."""
+    if fit.boot is None or not len(fit.boot):
+        return [math.nan, math.nan]
+    b = fit.boot[np.all(np.isfinite(fit.boot), axis=1)]
+    a = b[:, 4] / (b[:, 3] + b[:, 4])
+    return [float(np.percentile(a, 2.5)), float(np.percentile(a, 97.5))]

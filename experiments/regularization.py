@@ -32,7 +32,7 @@ EXPECTED_OUTCOME = (
     "dropout by slowing learning), weight decay should be neutral to slightly helpful, and a "
     "small z-loss neutral. Differences in α and E are expected to be small relative to their CIs "
     "at this scale; emergence points move with whatever moves the loss.")
-EXPECTED_RUNTIME = {"tiny": "~40 s", "small": "~8 min (25 runs)", "medium": "~1 GPU-hour",
+EXPECTED_RUNTIME = {"tiny": "~15 s", "small": "~9-10 min (25 runs)", "medium": "~1 GPU-hour",
                     "large": "GPU/TPU cluster"}
 FIGURES = ("reg_loss", "reg_forest", "reg_emergence")
 
