@@ -151,7 +151,7 @@ def default_config() -> ml_collections.ConfigDict:
     t.z_loss = 0.0
     t.label_smoothing = 0.0
     t.log_every = 10
-    t.eval_every = 0  # 0: evaluate only at checkpoint steps when eval_at_checkpoints
+    t.eval_every = 0  # >0: also evaluate every `eval_every` steps and at the end (0: off)
     t.eval_at_checkpoints = False
     t.peak_flops = 0.0  # per device, FLOP/s; 0: the measured matmul peak of this backend
     t.progress = True

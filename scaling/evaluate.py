@@ -198,7 +198,7 @@ def replace_rows(path: pathlib.Path, rows: Iterable[dict[str, Any]], steps: set[
 
 def make_inline_evaluator(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                           mesh: jax.sharding.Mesh, model: Any) -> Callable | None:
-    """Returns an evaluator for the training loop if `train.eval_at_checkpoints`, else None."""
-    if not config.train.eval_at_checkpoints:
+    """Returns an evaluator for the loop if `train.eval_at_checkpoints` or `train.eval_every`."""
+    if not (config.train.eval_at_checkpoints or config.train.eval_every > 0):
         return None
     return Evaluator(config, workdir, mesh, model)

@@ -22,6 +22,7 @@ def finished_run(tmp_path_factory, stdlib_tiny_data_dir):
     c.train.num_steps = 60
     c.train.log_every = 5
     c.train.eval_at_checkpoints = True
+    c.train.eval_every = 25
     c.train.progress = False
     c.checkpoint.log_max = 32
     c.checkpoint.every = 0
@@ -62,5 +63,7 @@ def test_inline_evaluation_at_every_checkpoint(finished_run):
     workdir, _ = finished_run
     rows = [json.loads(line) for line in (workdir / "eval.jsonl").read_text().splitlines()]
     val = {r["step"]: r["value"] for r in rows if r["metric"] == "val/loss"}
-    assert sorted(val) == [1, 2, 4, 8, 16, 32, 60]
+    # checkpoint steps plus every 25 steps (train.eval_every), each once
+    assert sorted(val) == [1, 2, 4, 8, 16, 25, 32, 50, 60]
+    assert len([r for r in rows if r["metric"] == "val/loss"]) == len(val)
     assert val[60] < val[1] - 1.0

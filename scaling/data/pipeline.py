@@ -372,7 +372,7 @@ class _TextBatcher:
         if self.aug.random_crop:
             windows, max_off = self.packed.windows(unique)
             keys = aug.row_keys(self.seed, rows_g, 0xC209)
-            rows = np.asarray(aug.crop_rows(keys, windows, max_off, length=self.seq_len + 1))
+            rows = np.array(aug.crop_rows(keys, windows, max_off, length=self.seq_len + 1))
         else:
             rows = self.packed.rows(unique)
         weights = np.ones((self.bp, self.seq_len), dtype=np.float32)

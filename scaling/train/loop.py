@@ -186,6 +186,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
         tokens_per_step = run["tokens_per_step"]
         flops_per_step = run["flops_per_token"] * tokens_per_step
         end_step = num_steps if stop_after is None else min(num_steps, stop_after)
+        every = config.train.eval_every
+
+        def should_eval(s: int) -> bool:
+            return ((config.train.eval_at_checkpoints and s in save_at)
+                    or (every > 0 and (s % every == 0 or s == num_steps)))
+
         last_metrics: dict[str, float] = {}
         step = start_step
         status = "running"
@@ -223,11 +229,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                 bar.update(1)
                 if step in save_at or preemption.requested:
                     checkpointer.save(step, state, data_iter.get_state(), config)
-                    if evaluator is not None and step in save_at:
-                        checkpointer.wait()
-                        rows = evaluator(state.params, step, run)
-                        if eval_file is not None:
-                            eval_file.write_many(rows)
+                if evaluator is not None and should_eval(step):
+                    rows = evaluator(state.params, step, run)
+                    if eval_file is not None:
+                        eval_file.write_many(rows)
                 if preemption.requested:
                     status = "interrupted"
                     log.warning("SIGTERM: saved a checkpoint at step %d; exiting", step)
