@@ -1,12 +1,15 @@
 """Train-step throughput: tokens/s, model FLOP/s and MFU against the matmul peak measured now.
 
-Usage: python benchmarks/train_throughput.py [--sizes tiny,small,medium] [--steps 10] [--dtype float32]
+Usage: python benchmarks/train_throughput.py [--sizes tiny,small,medium] [--steps 10]
+       [--dtype float32|bfloat16] [--attention einsum|xla|cudnn]
 
 For each model size it compiles the real sharded train step (all local devices on the `data` axis),
 times `--steps` steps on synthetic tokens after a warm-up, and prints tokens/s, model FLOP/s
 (analytic training FLOPs per token × tokens/s) and MFU = model FLOP/s / peak. The peak is the best
-n×n matmul FLOP/s measured in this same process (published bf16 peak on known accelerators), so the
-ratio is meaningful on a noisy shared machine.
+n×n matmul FLOP/s in the benchmark's dtype measured in this same process (n = 1024 on CPU, 8192 on
+accelerators), so the ratio is meaningful on a noisy shared machine; on accelerators MFU against the
+published dense bf16 peak is printed as well. Model FLOPs count the attention math whichever
+`--attention` implementation computes it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ SIZES = {  # name: (n_layers, d_model, n_heads, seq_len, batch)
 }
 
 
-def make_config(name: str, dtype: str) -> config_lib.ml_collections.ConfigDict:
+def make_config(name: str, dtype: str,
+                attention: str = "einsum") -> config_lib.ml_collections.ConfigDict:
     """Returns the config of a standard benchmark size (byte vocab 320)."""
     n_layers, d_model, n_heads, seq_len, batch = SIZES[name]
     c = config_lib.default_config()
@@ -38,13 +42,15 @@ def make_config(name: str, dtype: str) -> config_lib.ml_collections.ConfigDict:
     c.model.n_layers, c.model.d_model, c.model.n_heads = n_layers, d_model, n_heads
     c.model.max_seq_len = c.data.seq_len = seq_len
     c.model.dtype = dtype
+    c.model.attention_impl = attention
     c.train.batch_size = batch
     c.train.num_steps = 1000
     return c
 
 
-def bench(config: config_lib.ml_collections.ConfigDict, steps: int, peak: float) -> dict:
-    """Returns measured tokens/s, model FLOP/s and MFU for one config."""
+def bench(config: config_lib.ml_collections.ConfigDict, steps: int,
+          peaks: dict[str, float]) -> dict:
+    """Returns measured tokens/s, model FLOP/s and MFU against each of `peaks` for one config."""
     config_lib.validate(config, jax.device_count())
     trainer = setup_lib.build(config)
     rng = np.random.default_rng(0)
@@ -65,7 +71,7 @@ def bench(config: config_lib.ml_collections.ConfigDict, steps: int, peak: float)
     model_flops = tokens_per_s * flops_per_token
     n = accounting.param_counts(config.model)["non_embedding"]
     return {"N": n, "tokens_per_s": tokens_per_s, "model_flops_per_s": model_flops,
-            "mfu": model_flops / peak}
+            "mfu": {name: model_flops / peak for name, peak in peaks.items()}}
 
 
 def main() -> None:
@@ -75,16 +81,24 @@ def main() -> None:
     parser.add_argument("--sizes", default="tiny,small,medium")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--attention", default="einsum", choices=["einsum", "xla", "cudnn"],
+                        help="model.attention_impl")
     args = parser.parse_args()
-    per_device, source = perf.peak_flops_per_device(0.0, args.dtype)
-    peak = perf.total_peak_flops(per_device)
-    print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; "
-          f"peak {peak:.3g} FLOP/s ({source})")
-    print(f"{'size':>8} {'N':>10} {'tokens/s':>12} {'model FLOP/s':>14} {'MFU':>7}")
+    device = jax.local_devices()[0]
+    n = perf.matmul_size(device)
+    peaks = {"measured": perf.total_peak_flops(perf.measure_matmul_peak(n, args.dtype))}
+    print(f"devices: {jax.device_count()} x {device.device_kind}; attention {args.attention}; "
+          f"peak {peaks['measured']:.3g} FLOP/s (measured {args.dtype} {n}³ matmul)")
+    if device.platform != "cpu" and device.device_kind in perf.KNOWN_PEAKS:
+        peaks["published"] = perf.total_peak_flops(perf.KNOWN_PEAKS[device.device_kind])
+        print(f"published dense bf16 peak {peaks['published']:.3g} FLOP/s")
+    print(f"{'size':>8} {'N':>10} {'tokens/s':>12} {'model FLOP/s':>14} "
+          + " ".join(f"{'MFU ' + name:>14}" for name in peaks))
     for name in args.sizes.split(","):
-        r = bench(make_config(name, args.dtype), args.steps, peak)
+        r = bench(make_config(name, args.dtype, args.attention), args.steps, peaks)
         print(f"{name:>8} {r['N']:>10.3g} {r['tokens_per_s']:>12.4g} "
-              f"{r['model_flops_per_s']:>14.4g} {r['mfu']:>7.1%}")
+              f"{r['model_flops_per_s']:>14.4g} "
+              + " ".join(f"{r['mfu'][p]:>14.1%}" for p in peaks))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "model.remat": ("none", "full", "dots", "dots_no_batch"),
     "model.parameterization": ("standard", "mup"),
     "model.mlp_activation": ("gelu", "relu"),
+    "model.attention_impl": ("einsum", "xla", "cudnn"),
     "optim.name": ("adamw", "adafactor", "lion", "sgd"),
     "optim.schedule": ("cosine", "linear", "constant", "wsd"),
     "optim.wsd_decay_shape": ("linear", "cosine", "sqrt"),
@@ -94,6 +95,10 @@ def default_config() -> ml_collections.ConfigDict:
     m.tie_embeddings = True
     m.embed_dropout = 0.0
     m.attn_dropout = 0.0
+    # einsum: explicit softmax(QKᵀ)V (supports attn_dropout); xla | cudnn: fused
+    # jax.nn.dot_product_attention without attention dropout (cudnn: GPU only, bfloat16/float16,
+    # head_dim a multiple of 8 and <= 256, even data.seq_len)
+    m.attention_impl = "einsum"
     m.resid_dropout = 0.0
     m.dtype = "float32"  # compute dtype
     m.param_dtype = "float32"
@@ -268,6 +273,30 @@ def _positive(config: ml_collections.ConfigDict, fields: Iterable[str]) -> None:
         _check(isinstance(v, (int, float)) and v > 0, f, v, "must be positive")
 
 
+# cuDNN fused (flash) attention: half-precision inputs, a head dim that is a multiple of 8 and at
+# most 256 on Hopper or later, 128 before (that per-GPU bound is checked where the model is built).
+CUDNN_ATTENTION_DTYPES = ("bfloat16", "float16")
+CUDNN_MAX_HEAD_DIM = 256
+CUDNN_MAX_HEAD_DIM_PRE_HOPPER = 128
+
+
+def _check_attention_impl(m: ml_collections.ConfigDict, seq_len: int) -> None:
+    if m.attention_impl == "einsum":
+        return
+    _check(m.attn_dropout == 0, "model.attn_dropout", m.attn_dropout,
+           f"model.attention_impl={m.attention_impl!r} (fused) has no attention dropout; "
+           "use 'einsum' or set it to 0")
+    if m.attention_impl == "cudnn":
+        _check(m.dtype in CUDNN_ATTENTION_DTYPES, "model.dtype", m.dtype,
+               f"model.attention_impl='cudnn' needs one of {list(CUDNN_ATTENTION_DTYPES)}")
+        k = head_dim(m)
+        _check(k % 8 == 0 and k <= CUDNN_MAX_HEAD_DIM, "model.head_dim", k,
+               f"model.attention_impl='cudnn' needs a multiple of 8 that is "
+               f"<= {CUDNN_MAX_HEAD_DIM} (<= {CUDNN_MAX_HEAD_DIM_PRE_HOPPER} before Hopper)")
+        _check(seq_len % 2 == 0, "data.seq_len", seq_len,
+               "model.attention_impl='cudnn' needs an even length (cuDNN's backward pass)")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Raises ConfigError (naming the field and value) if `config` cannot run on `num_devices`."""
     for field, allowed in ENUMS.items():
@@ -314,6 +343,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             _check(head_dim(m) % 2 == 0, "model.head_dim", head_dim(m), "rope needs an even head_dim")
         if m.parameterization == "mup":
             _positive(config, ["model.mup_base_width"])
+        _check_attention_impl(m, d.seq_len)
     else:
         _positive(config, ["model.mlp_width", "model.mlp_depth"])
 

@@ -20,10 +20,18 @@ KNOWN_PEAKS = {
 }
 
 
-def measure_matmul_peak(n: int = 1024, dtype: str = "float32", repeats: int = 5,
+def matmul_size(device: jax.Device) -> int:
+    """Returns the matmul size n that reaches `device`'s peak: 1024 on CPU, 8192 otherwise."""
+    return 1024 if device.platform == "cpu" else 8192
+
+
+def measure_matmul_peak(n: int | None = None, dtype: str = "float32", repeats: int = 5,
                         device: jax.Device | None = None) -> float:
-    """Returns the best measured FLOP/s of an n×n×n matmul on one device (2n³ FLOPs per call)."""
+    """Returns the best measured FLOP/s of an n×n×n matmul on one device (2n³ FLOPs per call).
+
+    `n` defaults to `matmul_size(device)`: a 1024³ matmul is too small to saturate a GPU."""
     device = device or jax.local_devices()[0]
+    n = n or matmul_size(device)
     key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
     a = jax.device_put(jax.random.normal(key_a, (n, n), dtype), device)
     b = jax.device_put(jax.random.normal(key_b, (n, n), dtype), device)

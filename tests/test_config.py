@@ -81,3 +81,71 @@ def test_train_steps_from_token_budget():
     c.data.epochs = 2
     c.train.batch_size, c.data.seq_len = 8, 128
     assert config_lib.train_steps(c) == -(-20_000 // 1024)
+
+
+@pytest.mark.parametrize("overrides,fragments", [
+    ({"model.attention_impl": "flash"}, ["model.attention_impl='flash'"]),
+    ({"model.attention_impl": "xla", "model.attn_dropout": 0.1},
+     ["model.attn_dropout=0.1", "model.attention_impl='xla'"]),
+    ({"model.attention_impl": "cudnn", "model.dtype": "bfloat16", "model.attn_dropout": 0.1},
+     ["model.attn_dropout=0.1", "model.attention_impl='cudnn'"]),
+    ({"model.attention_impl": "cudnn"}, ["model.dtype='float32'", "model.attention_impl"]),
+    ({"model.attention_impl": "cudnn", "model.dtype": "bfloat16", "model.d_model": 48},
+     ["model.head_dim=12", "multiple of 8"]),
+    ({"model.attention_impl": "cudnn", "model.dtype": "float16", "model.head_dim": 264},
+     ["model.head_dim=264", "<= 256"]),
+    ({"model.attention_impl": "cudnn", "model.dtype": "bfloat16", "data.seq_len": 127},
+     ["data.seq_len=127", "model.attention_impl='cudnn'"]),
+])
+def test_bad_attention_impl_names_field(overrides, fragments):
+    c = config_lib.default_config()
+    for field, value in overrides.items():
+        _set(c, field, value)
+    with pytest.raises(config_lib.ConfigError) as info:
+        config_lib.validate(c, 1)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"model.attention_impl": "einsum", "model.attn_dropout": 0.1},
+    {"model.attention_impl": "xla"},
+    {"model.attention_impl": "cudnn", "model.dtype": "bfloat16"},
+    {"model.attention_impl": "cudnn", "model.dtype": "float16", "model.head_dim": 256},
+])
+def test_good_attention_impl_is_valid(overrides):
+    c = config_lib.default_config()
+    for field, value in overrides.items():
+        _set(c, field, value)
+    config_lib.validate(c, 1)
+
+
+def test_cudnn_attention_needs_a_gpu_at_build():
+    import jax
+
+    from scaling.train import setup as setup_lib
+    from tests import helpers
+
+    c = helpers.tiny_lm_config(**{"model.attention_impl": "cudnn", "model.dtype": "bfloat16"})
+    config_lib.validate(c, 1)  # valid as a config: only the devices are wrong
+    assert jax.devices()[0].platform == "cpu"
+    with pytest.raises(config_lib.ConfigError, match="config.model.attention_impl='cudnn'.*GPU"):
+        setup_lib.build(c, jax.devices()[:1])
+
+
+def test_cudnn_head_dim_bound_depends_on_gpu_generation():
+    from types import SimpleNamespace
+
+    from scaling.train import setup as setup_lib
+
+    def gpu(capability):
+        return SimpleNamespace(platform="gpu", compute_capability=capability,
+                               device_kind="a GPU")
+
+    c = config_lib.default_config()
+    c.model.attention_impl, c.model.dtype, c.model.head_dim = "cudnn", "bfloat16", 256
+    setup_lib.check_platform(c, [gpu("9.0")])  # Hopper: up to 256
+    with pytest.raises(config_lib.ConfigError, match="config.model.head_dim=256"):
+        setup_lib.check_platform(c, [gpu("8.0")])  # Ampere: up to 128
+    c.model.head_dim = 128
+    setup_lib.check_platform(c, [gpu("8.0")])

@@ -269,3 +269,43 @@ def test_under_mesh_and_rules_matches_unconstrained(base: Base) -> None:
     # Sharding changes only the reduction order of the partial sums (float32).
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(mlp_out), np.asarray(mlp_ref), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_kv_heads,positions", [
+    (0, "rope"), (2, "rope"), (0, "learned"), (1, "learned")])
+def test_xla_attention_matches_einsum(n_kv_heads: int, positions: str) -> None:
+    """jax.nn.dot_product_attention (implementation='xla') computes the einsum path's function."""
+    # muP at half the base width (d_model 32, base 64): the attention scale sqrt(16)/8 differs from
+    # the default 1/sqrt(head_dim=8), which moves the logits by ~1e-2, far above the tolerance.
+    cfgs = {impl: transformer_cfg(n_kv_heads=n_kv_heads, positions=positions, attention_impl=impl,
+                                  parameterization="mup", mup_base_width=64)
+            for impl in ("einsum", "xla")}
+    x = tokens()
+    params = nn.unbox(fast_jit(make_model(cfgs["einsum"]).init)(jax.random.key(0), x))["params"]
+
+    @fast_jit
+    def outputs(p: Any) -> dict[str, tuple[jax.Array, Any]]:
+        out = {}
+        for impl, cfg in cfgs.items():
+            model = make_model(cfg)
+
+            def loss(p: Any, model: nn.Module = model) -> jax.Array:
+                logits = model.apply({"params": p}, x[:, :-1])
+                return optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:]).mean()
+
+            out[impl] = (model.apply({"params": p}, x), jax.grad(loss)(p))
+        return out
+
+    got = outputs(params)
+    (ref_logits, ref_grads), (logits, grads) = got["einsum"], got["xla"]
+    # The same float32 arithmetic up to the mask value and reduction order.
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), rtol=1e-5, atol=1e-6)
+    assert jax.tree.structure(grads) == jax.tree.structure(ref_grads)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-5, atol=1e-6)
+
+
+def test_fused_attention_has_no_dropout() -> None:
+    cfg = transformer_cfg(attention_impl="xla", attn_dropout=0.1)
+    with pytest.raises(ValueError, match="attention_impl='xla'"):
+        jax.eval_shape(make_model(cfg).init, jax.random.key(0), tokens())

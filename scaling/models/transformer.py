@@ -80,7 +80,7 @@ def rope(x_BTNK: jax.Array, theta: float) -> jax.Array:
 
 
 class Attention(nn.Module):
-    """Causal multi-head attention with grouped-query key/value heads."""
+    """Causal multi-head attention with grouped-query key/value heads (einsum or fused kernel)."""
 
     cfg: ml_collections.ConfigDict
     deterministic: bool = True
@@ -109,17 +109,30 @@ class Attention(nn.Module):
         k_BTGK = constrain(k_BTGK, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
         v_BTGK = constrain(v_BTGK, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
 
-        b, t = x_BTD.shape[:2]
-        q_BTGRK = q_BTHK.reshape(b, t, g, r, k)
-        s_BGRTS = jnp.einsum("BTGRK,BSGK->BGRTS", q_BTGRK, k_BTGK).astype(jnp.float32)
-        s_BGRTS = s_BGRTS * mup.attention_scale(cfg)
-        causal_TS = jnp.tril(jnp.ones((t, t), dtype=bool))
-        s_BGRTS = jnp.where(causal_TS, s_BGRTS, jnp.finfo(jnp.float32).min)
-        p_BGRTS = jax.nn.softmax(s_BGRTS, axis=-1)
-        p_BGRTS = nn.Dropout(cfg.attn_dropout)(p_BGRTS, deterministic=self.deterministic)
-        o_BTGRK = jnp.einsum("BGRTS,BSGK->BTGRK", p_BGRTS.astype(dtype), v_BTGK)
-        o_BTHK = constrain(o_BTGRK.reshape(b, t, h, k),
-                           ("act_batch", "act_length", "act_heads", "act_head_dim"))
+        if cfg.attention_impl == "einsum":
+            b, t = x_BTD.shape[:2]
+            q_BTGRK = q_BTHK.reshape(b, t, g, r, k)
+            s_BGRTS = jnp.einsum("BTGRK,BSGK->BGRTS", q_BTGRK, k_BTGK).astype(jnp.float32)
+            s_BGRTS = s_BGRTS * mup.attention_scale(cfg)
+            causal_TS = jnp.tril(jnp.ones((t, t), dtype=bool))
+            s_BGRTS = jnp.where(causal_TS, s_BGRTS, jnp.finfo(jnp.float32).min)
+            p_BGRTS = jax.nn.softmax(s_BGRTS, axis=-1)
+            p_BGRTS = nn.Dropout(cfg.attn_dropout)(p_BGRTS, deterministic=self.deterministic)
+            o_BTGRK = jnp.einsum("BGRTS,BSGK->BTGRK", p_BGRTS.astype(dtype), v_BTGK)
+            o_BTHK = o_BTGRK.reshape(b, t, h, k)
+        elif cfg.attention_impl in ("xla", "cudnn"):
+            # Fused: grouped-query K/V natively (h query heads, g key/value heads), softmax in
+            # float32, and no attention dropout.
+            if cfg.attn_dropout > 0:
+                raise ValueError(f"config.model.attention_impl={cfg.attention_impl!r} has no "
+                                 f"attention dropout (model.attn_dropout={cfg.attn_dropout})")
+            o_BTHK = jax.nn.dot_product_attention(
+                q_BTHK, k_BTGK, v_BTGK, scale=mup.attention_scale(cfg), is_causal=True,
+                implementation=cfg.attention_impl)
+        else:
+            raise ValueError(f"config.model.attention_impl={cfg.attention_impl!r}: must be "
+                             "'einsum', 'xla' or 'cudnn'")
+        o_BTHK = constrain(o_BTHK, ("act_batch", "act_length", "act_heads", "act_head_dim"))
         return jnp.einsum("BTHK,HKD->BTD", o_BTHK, wo_HKD)
 
 

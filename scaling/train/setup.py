@@ -53,8 +53,30 @@ class Trainer:
         return run
 
 
+def check_platform(config: ml_collections.ConfigDict, devices: list | None = None) -> None:
+    """Raises ConfigError if the config needs hardware that `devices` (default: all) lack."""
+    m = config.model
+    if m.kind != "transformer" or m.attention_impl != "cudnn":
+        return
+    device = (devices or jax.devices())[0]
+    if device.platform != "gpu":
+        raise config_lib.ConfigError(
+            "model.attention_impl", m.attention_impl,
+            f"cuDNN attention needs a GPU, but the devices are {device.platform!r}; "
+            "use 'xla' or 'einsum'")
+    capability = getattr(device, "compute_capability", None)
+    k = config_lib.head_dim(m)
+    hopper_or_later = capability is None or tuple(map(int, capability.split("."))) >= (9, 0)
+    if not hopper_or_later and k > config_lib.CUDNN_MAX_HEAD_DIM_PRE_HOPPER:
+        raise config_lib.ConfigError(
+            "model.head_dim", k,
+            f"cuDNN attention on {device.device_kind} (compute capability {capability}) needs "
+            f"head_dim <= {config_lib.CUDNN_MAX_HEAD_DIM_PRE_HOPPER}")
+
+
 def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Trainer:
     """Returns the Trainer for a resolved, validated config on `devices` (default: all)."""
+    check_platform(config, devices)  # before anything compiles
     mesh = sharding_lib.make_mesh(config, devices)
     rules = config_lib.logical_rules(config)
     model = make_model(config.model)
