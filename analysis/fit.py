@@ -36,7 +36,7 @@ from analysis._optim import batched_lbfgs
 __all__ = [
     "Law", "FitResult", "LAWS", "get_law", "huber", "objective_value", "fit_law", "fit_chinchilla",
     "fit_power_law", "fit_kaplan", "fit_bnsl", "fit_sigmoid", "hoffmann_grid", "bnsl_law",
-    "chinchilla_params", "compute_optimal_ci",
+    "chinchilla_params", "compute_optimal_ci", "fit_flops_per_token",
 ]
 
 
@@ -666,22 +666,58 @@ def chinchilla_params(fit: FitResult) -> L.ChinchillaParams:
     return L.ChinchillaParams(E=p["E"], A=p["A"], B=p["B"], alpha=p["alpha"], beta=p["beta"])
 
 
-def compute_optimal_ci(fit: FitResult, C: Sequence[float] | np.ndarray,
-                       level: float = 0.95) -> pd.DataFrame:
-    """Returns N_opt (params), D_opt (tokens), D/N at budgets C (FLOPs) with bootstrap CIs."""
+def fit_flops_per_token(N: Any, C: Any, D: Any) -> tuple[float, float]:
+    """Returns (k, gamma) of training FLOPs per token C/D ≈ k·N^gamma (k in FLOPs per token per N^gamma).
+
+    Least squares of ln(C/D) on ln N over the points with finite, positive N, C and D. N must be the
+    parameter count the loss law is fitted on (e.g. non-embedding parameters), so that the pair can
+    be passed as ``flops_per_token`` to `compute_optimal_ci`. With a single distinct N the exponent
+    is fixed at gamma = 1 and k is the least-squares (geometric-mean) value of C/(D·N).
+    """
+    N, C, D = (np.asarray(v, dtype=float).ravel() for v in (N, C, D))
+    if not len(N) == len(C) == len(D):
+        raise ValueError(f"fit_flops_per_token: N, C, D have lengths {len(N)}, {len(C)}, {len(D)}")
+    with np.errstate(all="ignore"):
+        f = C / D
+    ok = np.isfinite(N) & np.isfinite(f) & (N > 0) & (f > 0)
+    if not ok.any():
+        raise ValueError("fit_flops_per_token: no point with finite, positive N, C and D")
+    ln_n, ln_f = np.log(N[ok]), np.log(f[ok])
+    if len(np.unique(N[ok])) < 2:
+        return float(np.exp(np.mean(ln_f - ln_n))), 1.0
+    gamma, ln_k = np.polyfit(ln_n, ln_f, 1)
+    return float(np.exp(ln_k)), float(gamma)
+
+
+def compute_optimal_ci(fit: FitResult, C: Sequence[float] | np.ndarray, level: float = 0.95,
+                       flops_per_token: tuple[float, float] | None = None) -> pd.DataFrame:
+    """Returns N_opt (params), D_opt (tokens), D/N at budgets C (FLOPs) with bootstrap CIs.
+
+    flops_per_token: (k, gamma) of FLOPs per token ≈ k·N^gamma (see `fit_flops_per_token`), making
+    the budget constraint C = k·N^gamma·D; None: Chinchilla's C = 6ND. Closed form (`laws.n_opt`):
+    N_opt = G·(C/k)^a, D_opt = C/(k·N_opt^gamma), with a = beta/(alpha + gamma·beta) (column "a",
+    its CI "a_low"/"a_high") and b = alpha/(alpha + gamma·beta) the exponent of D_opt. CIs of
+    tokens per parameter (D_opt/N_opt of each bootstrap refit) are "tpp_low"/"tpp_high".
+    """
     C = np.atleast_1d(np.asarray(C, dtype=float))
-    co = L.compute_optimal(chinchilla_params(fit), C)
+    k, gamma = (6.0, 1.0) if flops_per_token is None else (float(v) for v in flops_per_token)
+    co = L.compute_optimal(chinchilla_params(fit), C, flops_per_param_token=k, flops_exponent=gamma)
     df = pd.DataFrame({"C": C, "N_opt": co.N_opt, "D_opt": co.D_opt,
                        "tokens_per_param": co.tokens_per_parameter, "a": co.a, "b": co.b, "G": co.G})
     if fit.boot is not None and len(fit.boot):
         b = fit.boot[np.all(np.isfinite(fit.boot), axis=1)]
         E, A, B, al, be = (b[:, i] for i in range(5))
         with np.errstate(all="ignore"):
-            nb = np.stack([L.n_opt(C, A[i], B[i], al[i], be[i]) for i in range(len(b))])
-            db = np.stack([L.d_opt(C, A[i], B[i], al[i], be[i]) for i in range(len(b))])
+            nb = np.stack([L.n_opt(C, A[i], B[i], al[i], be[i], k, gamma) for i in range(len(b))])
+            db = np.stack([L.d_opt(C, A[i], B[i], al[i], be[i], k, gamma) for i in range(len(b))])
         lo, hi = 50 * (1 - level), 50 * (1 + level)
         df["N_opt_low"], df["N_opt_high"] = np.nanpercentile(nb, lo, 0), np.nanpercentile(nb, hi, 0)
         df["D_opt_low"], df["D_opt_high"] = np.nanpercentile(db, lo, 0), np.nanpercentile(db, hi, 0)
-        ab = be / (al + be)
+        tb = db / nb
+        df["tpp_low"], df["tpp_high"] = np.nanpercentile(tb, lo, 0), np.nanpercentile(tb, hi, 0)
+        ab = L.allocation_exponents(al, be, gamma)[0]
         df["a_low"], df["a_high"] = np.nanpercentile(ab, lo), np.nanpercentile(ab, hi)
+    else:
+        for col in ("N_opt", "D_opt", "tpp", "a"):
+            df[f"{col}_low"], df[f"{col}_high"] = np.nan, np.nan
     return df

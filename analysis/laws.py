@@ -1,8 +1,9 @@
 """Functional forms of scaling laws (pure functions over NumPy or JAX arrays).
 
 Conventions: N = parameters, D = training tokens, C = training FLOPs (C = 6·N·D unless a caller
-says otherwise), L = loss in nats per token. Every function accepts NumPy arrays (returns NumPy)
-or JAX arrays/tracers (returns JAX), so the same form is used for plotting and inside fits.
+says otherwise; the compute-optimal forms also take C = k·N^gamma·D), L = loss in nats per token.
+Every function accepts NumPy arrays (returns NumPy) or JAX arrays/tracers (returns JAX), so the
+same form is used for plotting and inside fits.
 """
 
 from __future__ import annotations
@@ -114,54 +115,108 @@ class ChinchillaParams:
 
 @dataclass(frozen=True)
 class ComputeOptimal:
-    """Compute-optimal allocation at a budget C (FLOPs): exponents, G, N_opt, D_opt, D/N."""
+    """Compute-optimal allocation at a budget C (FLOPs): exponents, G, N_opt, D_opt, D/N.
 
-    a: float  # N_opt ∝ C^a, a = beta/(alpha+beta)
-    b: float  # D_opt ∝ C^b, b = alpha/(alpha+beta)
-    G: float  # (alpha·A/(beta·B))^(1/(alpha+beta))
+    The budget constraint is C = k·N^gamma·D (FLOPs per token k·N^gamma; Chinchilla's: k = 6, gamma = 1).
+    """
+
+    a: float  # N_opt ∝ C^a, a = beta/(alpha + gamma·beta)
+    b: float  # D_opt ∝ C^b, b = alpha/(alpha + gamma·beta)  (gamma·a + b = 1)
+    G: float  # (alpha·A/(gamma·beta·B))^(1/(alpha + gamma·beta))
     C: ArrayLike  # FLOPs
     N_opt: ArrayLike  # parameters
     D_opt: ArrayLike  # tokens
     tokens_per_parameter: ArrayLike  # D_opt / N_opt
     loss: ArrayLike  # L(N_opt, D_opt), nats/token
+    flops_per_param_token: float = 6.0  # k of the constraint, FLOPs per token per parameter^gamma
+    flops_exponent: float = 1.0  # gamma of the constraint, dimensionless
 
 
-def allocation_exponents(alpha: float, beta: float) -> tuple[float, float]:
-    """Returns (a, b) = (beta/(alpha+beta), alpha/(alpha+beta)), dimensionless exponents of C."""
-    return beta / (alpha + beta), alpha / (alpha + beta)
+def _check_flops_exponent(flops_exponent: float) -> None:
+    """Raises ValueError unless FLOPs per token grow with N (gamma > 0), the case with a finite optimum."""
+    if not flops_exponent > 0:
+        raise ValueError(f"flops_exponent must be > 0 (FLOPs per token = k·N^gamma), got {flops_exponent}")
 
 
-def allocation_g(A: float, B: float, alpha: float, beta: float) -> float:
-    """Returns G = (alpha·A/(beta·B))^(1/(alpha+beta)), in parameters per (FLOPs/6)^a."""
-    return (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
+def _has_optimum(A: ArrayLike, B: ArrayLike, alpha: ArrayLike, beta: ArrayLike) -> np.ndarray:
+    """Returns where L = E + A/N^alpha + B/D^beta has an interior compute optimum (all positive)."""
+    return ((np.asarray(alpha) > 0) & (np.asarray(beta) > 0)
+            & (np.asarray(A) > 0) & (np.asarray(B) > 0))
+
+
+def _scalar_or_array(x: np.ndarray) -> Any:
+    return float(x) if np.ndim(x) == 0 else x
+
+
+def allocation_exponents(alpha: ArrayLike, beta: ArrayLike, flops_exponent: float = 1.0) -> tuple[Any, Any]:
+    """Returns (a, b) = (beta, alpha)/(alpha + gamma·beta), dimensionless exponents of C ∝ N^gamma·D.
+
+    NaN where alpha or beta is not positive: then loss does not fall with both N and D and there
+    is no compute-optimal allocation (a fit can land there when the data do not identify it).
+    """
+    alpha, beta = np.asarray(alpha, dtype=float), np.asarray(beta, dtype=float)
+    ok = (alpha > 0) & (beta > 0)
+    with np.errstate(all="ignore"):
+        s = np.where(ok, alpha + flops_exponent * beta, np.nan)
+        return _scalar_or_array(beta / s), _scalar_or_array(alpha / s)
+
+
+def allocation_g(A: ArrayLike, B: ArrayLike, alpha: ArrayLike, beta: ArrayLike,
+                 flops_exponent: float = 1.0) -> Any:
+    """Returns G = (alpha·A/(gamma·beta·B))^(1/(alpha + gamma·beta)), in parameters per (C/k)^a.
+
+    NaN (never complex) where the law has no interior optimum (A, B, alpha or beta not positive).
+    """
+    A, B, alpha, beta = (np.asarray(x, dtype=float) for x in (A, B, alpha, beta))
+    ok = _has_optimum(A, B, alpha, beta)
+    with np.errstate(all="ignore"):
+        ratio = np.where(ok, alpha * A / (flops_exponent * beta * B), np.nan)
+        return _scalar_or_array(np.power(ratio, 1.0 / (alpha + flops_exponent * beta)))
 
 
 def n_opt(C: ArrayLike, A: float, B: float, alpha: float, beta: float,
-          flops_per_param_token: float = 6.0) -> ArrayLike:
-    """Returns N_opt(C) = G·(C/6)^(beta/(alpha+beta)) in parameters (C in FLOPs, C = 6ND)."""
-    a, _ = allocation_exponents(alpha, beta)
-    return allocation_g(A, B, alpha, beta) * np.power(np.asarray(C, dtype=float) / flops_per_param_token, a)
+          flops_per_param_token: float = 6.0, flops_exponent: float = 1.0) -> ArrayLike:
+    """Returns N_opt(C) = G·(C/k)^(beta/(alpha + gamma·beta)) in parameters (C = k·N^gamma·D, FLOPs).
+
+    Minimizes A/N^alpha + B/D^beta along D = C/(k·N^gamma), i.e. A/N^alpha + B·(k·N^gamma/C)^beta,
+    whose only stationary point (a minimum for gamma > 0) solves alpha·A/N^alpha = gamma·beta·B/D^beta;
+    k = flops_per_param_token, gamma = flops_exponent (k = 6, gamma = 1: Chinchilla's C = 6ND).
+    """
+    _check_flops_exponent(flops_exponent)
+    a, _ = allocation_exponents(alpha, beta, flops_exponent)
+    return allocation_g(A, B, alpha, beta, flops_exponent) * np.power(
+        np.asarray(C, dtype=float) / flops_per_param_token, a)
 
 
 def d_opt(C: ArrayLike, A: float, B: float, alpha: float, beta: float,
-          flops_per_param_token: float = 6.0) -> ArrayLike:
-    """Returns D_opt(C) = G^(−1)·(C/6)^(alpha/(alpha+beta)) in tokens (C in FLOPs, C = 6ND)."""
-    _, b = allocation_exponents(alpha, beta)
-    return np.power(np.asarray(C, dtype=float) / flops_per_param_token, b) / allocation_g(A, B, alpha, beta)
+          flops_per_param_token: float = 6.0, flops_exponent: float = 1.0) -> ArrayLike:
+    """Returns D_opt(C) = C/(k·N_opt^gamma) = G^(−gamma)·(C/k)^(alpha/(alpha + gamma·beta)) in tokens."""
+    _check_flops_exponent(flops_exponent)
+    _, b = allocation_exponents(alpha, beta, flops_exponent)
+    G = allocation_g(A, B, alpha, beta, flops_exponent)
+    return np.power(np.asarray(C, dtype=float) / flops_per_param_token, b) / G ** flops_exponent
 
 
-def tokens_per_parameter(C: ArrayLike, A: float, B: float, alpha: float, beta: float) -> ArrayLike:
-    """Returns D_opt(C)/N_opt(C), in tokens per parameter."""
-    return d_opt(C, A, B, alpha, beta) / n_opt(C, A, B, alpha, beta)
+def tokens_per_parameter(C: ArrayLike, A: float, B: float, alpha: float, beta: float,
+                         flops_per_param_token: float = 6.0, flops_exponent: float = 1.0) -> ArrayLike:
+    """Returns D_opt(C)/N_opt(C), in tokens per parameter (C in FLOPs, C = k·N^gamma·D)."""
+    return (d_opt(C, A, B, alpha, beta, flops_per_param_token, flops_exponent)
+            / n_opt(C, A, B, alpha, beta, flops_per_param_token, flops_exponent))
 
 
-def compute_optimal(params: ChinchillaParams, C: ArrayLike,
-                    flops_per_param_token: float = 6.0) -> ComputeOptimal:
-    """Returns the compute-optimal allocation (N_opt params, D_opt tokens) at budgets C in FLOPs."""
+def compute_optimal(params: ChinchillaParams, C: ArrayLike, flops_per_param_token: float = 6.0,
+                    flops_exponent: float = 1.0) -> ComputeOptimal:
+    """Returns the compute-optimal allocation (N_opt params, D_opt tokens) at budgets C in FLOPs.
+
+    The constraint is C = k·N^gamma·D with k = flops_per_param_token, gamma = flops_exponent (FLOPs
+    per token k·N^gamma, e.g. fitted to a model family with `analysis.fit.fit_flops_per_token`);
+    the defaults give Chinchilla's C = 6ND.
+    """
     p = params
-    a, b = allocation_exponents(p.alpha, p.beta)
-    G = allocation_g(p.A, p.B, p.alpha, p.beta)
-    n = n_opt(C, p.A, p.B, p.alpha, p.beta, flops_per_param_token)
-    d = d_opt(C, p.A, p.B, p.alpha, p.beta, flops_per_param_token)
+    a, b = allocation_exponents(p.alpha, p.beta, flops_exponent)
+    G = allocation_g(p.A, p.B, p.alpha, p.beta, flops_exponent)
+    n = n_opt(C, p.A, p.B, p.alpha, p.beta, flops_per_param_token, flops_exponent)
+    d = d_opt(C, p.A, p.B, p.alpha, p.beta, flops_per_param_token, flops_exponent)
     return ComputeOptimal(a=a, b=b, G=G, C=C, N_opt=n, D_opt=d, tokens_per_parameter=d / n,
-                          loss=chinchilla(n, d, p.E, p.A, p.B, p.alpha, p.beta))
+                          loss=chinchilla(n, d, p.E, p.A, p.B, p.alpha, p.beta),
+                          flops_per_param_token=flops_per_param_token, flops_exponent=flops_exponent)

@@ -31,8 +31,13 @@ log = logging.getLogger(__name__)
 
 __all__ = ["build_report", "detect_arm_axis", "markdown_table"]
 
-_SIZE_HINTS = ("model.", "n_params", "width", "depth", "layers", "d_model", "tokens", "steps", "flops",
-               "budget", "seed", "batch", "num_steps")
+# Substrings of (lower-cased) axis names that mark size, data, compute or seed axes, never ablation
+# arms. The first row are the axes `scaling.sweeps.spec` generates itself (sizes, the data budget
+# axis tokens | tokens_per_param | flops, seeds).
+_SIZE_HINTS = ("n_target", "d_target", "c_budget", "tokens_per_param", "seed",
+               "n_params", "width", "depth", "layers", "d_model", "heads", "head_dim", "d_ff", "vocab",
+               "seq_len", "tokens", "train_fraction", "num_examples", "epochs", "steps", "flops",
+               "budget", "batch")
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
@@ -49,7 +54,7 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
 
 
 def detect_arm_axis(runs: pd.DataFrame, axis_cols: Sequence[str]) -> str | None:
-    """Returns the sweep axis that looks like an ablation arm (2–12 values, not a size/budget/seed axis)."""
+    """Returns the axis that looks like an ablation arm (2–12 values; not size/data/compute/seed), or None."""
     for c in axis_cols:
         if c.split(".")[-1] in ("arm", "ablation", "variant"):
             return c
@@ -110,7 +115,12 @@ def _loss_metric(df: pd.DataFrame) -> str | None:
 def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                  bootstrap: int = 200, seed: int = 0, arm_axis: str | None = None,
                  subtask_threshold: float = 0.9, title: str = "Scaling analysis") -> pathlib.Path:
-    """Returns the path of report.md written in out_dir (with report.html, figures/*.png|pdf, summary.json)."""
+    """Returns the path of report.md written in out_dir (with report.html, figures/*.png|pdf, summary.json).
+
+    arm_axis: the sweep axis holding ablation arms (the scaling sections use its first arm only);
+    None: detected (`detect_arm_axis`); "": none, all runs enter the scaling sections and the report
+    has no ablation section.
+    """
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     R = _Report(out)
@@ -128,7 +138,14 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
     axis_cols = [c for c in runs.columns if c not in ("run_id", "run_name", "run_dir", "status", "N",
                                                        "N_nonembed", "flops_per_token", "tokens_per_step",
                                                        "num_steps", "error")]
-    arm = arm_axis or detect_arm_axis(runs, axis_cols)
+    if arm_axis is None:
+        arm = detect_arm_axis(runs, axis_cols)
+    elif arm_axis == "":
+        arm = None
+    elif arm_axis in axis_cols:
+        arm = arm_axis
+    else:
+        raise ValueError(f"arm_axis {arm_axis!r} is not a sweep axis of these runs; axes: {axis_cols}")
     arms = list(pd.unique(runs[arm])) if arm else []
     base_arm = arms[0] if arms else None
     loss_metric = _loss_metric(df)
@@ -279,7 +296,9 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
         R.skip("Per-subtask curves", "no '<task>/subtask_<i>/<metric>' metrics")
         R.p("Skipped: no per-subtask metrics.")
 
-    # 6. ablation
+    # 6. ablation (none when the caller says there is no arm axis)
+    if arm_axis == "":
+        return _finish(R)
     R.h("Ablation")
     if arm and len(arms) >= 2 and loss_metric:
         fa = final_values(df, loss_metric)

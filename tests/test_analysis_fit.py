@@ -1,11 +1,14 @@
 """Fitting: recovery of generating parameters with CI coverage, approach-3 properties."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analysis import laws
-from analysis.fit import (fit_bnsl, fit_chinchilla, fit_kaplan, fit_law, fit_power_law, fit_sigmoid,
-                          get_law, hoffmann_grid, objective_value)
+from analysis.fit import (chinchilla_params, compute_optimal_ci, fit_bnsl, fit_chinchilla, fit_flops_per_token,
+                          fit_kaplan, fit_law, fit_power_law, fit_sigmoid, get_law, hoffmann_grid,
+                          objective_value)
+from analysis.synthetic import chinchilla_points
 
 CHIN = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
@@ -162,3 +165,38 @@ def test_bootstrap_weights_paired_and_validation():
         fit_law("power-n", x[:, None], y, bootstrap_weights=np.ones((2, 19)))
     with pytest.raises(KeyError):
         get_law("nope")
+
+
+def test_compute_optimal_ci_under_a_flops_per_token_law():
+    N, D, L = chinchilla_points(n=64, noise=0.005, seed=0)
+    fit = fit_chinchilla(N, D, L, bootstrap=16, seed=0)
+    C = np.geomspace(1e18, 1e22, 3)
+    k, gamma = 40.0, 0.85
+    old, same = compute_optimal_ci(fit, C), compute_optimal_ci(fit, C, flops_per_token=(6.0, 1.0))
+    pd.testing.assert_frame_equal(old, same, check_exact=True)
+    df = compute_optimal_ci(fit, C, flops_per_token=(k, gamma))
+    p = chinchilla_params(fit)
+    np.testing.assert_allclose(df["N_opt"], laws.n_opt(C, p.A, p.B, p.alpha, p.beta, k, gamma), rtol=1e-12)
+    np.testing.assert_allclose(k * df["N_opt"] ** gamma * df["D_opt"], C, rtol=1e-12)
+    assert df["a"].iloc[0] == pytest.approx(p.beta / (p.alpha + gamma * p.beta), rel=1e-12)
+    assert not np.allclose(df["N_opt"], old["N_opt"], rtol=0.05)  # the constraint matters
+    for frame in (old, df):
+        frame = frame.rename(columns={"tokens_per_param": "tpp"})
+        for q in ("N_opt", "D_opt", "a", "tpp"):
+            assert np.all(frame[f"{q}_low"] <= frame[q]) and np.all(frame[q] <= frame[f"{q}_high"]), q
+            assert np.all(frame[f"{q}_low"] < frame[f"{q}_high"]), q
+
+
+def test_fit_flops_per_token_recovers_the_power_law():
+    N = np.geomspace(1e5, 1e8, 12)
+    D = np.geomspace(1e7, 1e9, 12)
+    C = D * 40.0 * N ** 0.85
+    k, gamma = fit_flops_per_token(N, C, D)
+    assert (k, gamma) == (pytest.approx(40.0, rel=1e-9), pytest.approx(0.85, rel=1e-9))
+    # non-finite and non-positive points are ignored
+    k2, gamma2 = fit_flops_per_token(np.r_[N, np.nan, 1e6], np.r_[C, 1e15, 1e15], np.r_[D, 1e6, 0.0])
+    assert (k2, gamma2) == (pytest.approx(k, rel=1e-9), pytest.approx(gamma, rel=1e-9))
+    # one distinct size: gamma fixed at 1, k = C/(D·N)
+    assert fit_flops_per_token([1e6, 1e6], [6e15, 6e15], [1e9, 1e9]) == (pytest.approx(6.0, rel=1e-12), 1.0)
+    with pytest.raises(ValueError):
+        fit_flops_per_token([1e6], [-1.0], [1e9])

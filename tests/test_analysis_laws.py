@@ -66,3 +66,56 @@ def test_sigmoid_midpoint_and_limits():
     y = laws.sigmoid(np.array([1e-3, 1e2, 1e7]), 0.1, 0.9, 4.0, 2.0)
     assert y[1] == pytest.approx(0.5, abs=1e-12)  # midpoint at x = 10^x0
     assert y[0] == pytest.approx(0.1, abs=1e-6) and y[2] == pytest.approx(0.9, abs=1e-6)
+
+
+def _brute_force_optimum(p, C, k, gamma):
+    """Returns (N, D) minimizing L(N, D) along C = k·N^gamma·D on a grid of N with ln-step 1.4e-4."""
+    Ns = np.exp(np.linspace(np.log(1e3), np.log(1e15), 200_001))
+    Ds = C / (k * Ns ** gamma)
+    i = int(np.argmin(laws.chinchilla(Ns, Ds, p.E, p.A, p.B, p.alpha, p.beta)))
+    return Ns[i], Ds[i]
+
+
+@pytest.mark.parametrize("alpha,beta,k,gamma", [(0.34, 0.28, 6.0, 1.0), (0.34, 0.28, 40.0, 0.85),
+                                                (0.5, 0.15, 200.0, 0.7), (0.2, 0.4, 2.0, 1.2)])
+def test_allocation_under_flops_per_token_power_law_is_the_brute_force_minimum(alpha, beta, k, gamma):
+    p = laws.ChinchillaParams(E=1.69, A=406.4, B=410.7, alpha=alpha, beta=beta)
+    C = 1e20
+    co = laws.compute_optimal(p, C, flops_per_param_token=k, flops_exponent=gamma)
+    n_bf, d_bf = _brute_force_optimum(p, C, k, gamma)
+    assert 1e4 < co.N_opt < 1e14  # well inside the grid
+    assert co.N_opt == pytest.approx(n_bf, rel=1e-3)
+    assert co.D_opt == pytest.approx(d_bf, rel=1e-3)
+    # the optimum lies on the constraint, and C = k·N^gamma·D makes gamma·a + b = 1
+    assert k * co.N_opt ** gamma * co.D_opt == pytest.approx(C, rel=1e-12)
+    assert gamma * co.a + co.b == pytest.approx(1.0, rel=1e-12)
+    # N_opt ∝ C^a: the exponent is the slope of ln N_opt against ln C
+    n2 = laws.n_opt(10 * C, p.A, p.B, p.alpha, p.beta, k, gamma)
+    assert np.log10(n2 / co.N_opt) == pytest.approx(beta / (alpha + gamma * beta), rel=1e-9)
+
+
+def test_default_constraint_is_the_chinchilla_closed_form_bit_for_bit():
+    p = laws.ChinchillaParams(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+    C = np.geomspace(1e17, 1e25, 9)
+    co, co61 = laws.compute_optimal(p, C), laws.compute_optimal(p, C, 6.0, 1.0)
+    G = (p.alpha * p.A / (p.beta * p.B)) ** (1.0 / (p.alpha + p.beta))
+    a, b = p.beta / (p.alpha + p.beta), p.alpha / (p.alpha + p.beta)
+    for c in (co, co61):
+        assert (c.a, c.b, c.G) == (a, b, G)
+        np.testing.assert_array_equal(c.N_opt, G * np.power(C / 6.0, a))
+        np.testing.assert_array_equal(c.D_opt, np.power(C / 6.0, b) / G)
+    with pytest.raises(ValueError, match="flops_exponent"):
+        laws.n_opt(C, p.A, p.B, p.alpha, p.beta, 6.0, 0.0)
+
+
+@pytest.mark.parametrize("alpha,beta", [(-0.3, 0.4), (0.3, -0.1), (0.0, 0.3)])
+def test_no_interior_optimum_gives_nan_not_complex(alpha, beta):
+    C = np.array([1e12, 1e14])
+    p = laws.ChinchillaParams(E=0.7, A=0.01, B=360.0, alpha=alpha, beta=beta)
+    co = laws.compute_optimal(p, C, flops_per_param_token=36.0, flops_exponent=0.9)
+    for x in (co.N_opt, co.D_opt, co.tokens_per_parameter, co.a, co.b, co.G):
+        x = np.asarray(x)
+        assert not np.iscomplexobj(x) and np.all(np.isnan(x))
+    # a law with an optimum is unaffected (finite, positive)
+    good = laws.compute_optimal(laws.ChinchillaParams(E=1.7, A=406.4, B=410.7, alpha=0.34, beta=0.28), C)
+    assert np.all(np.isfinite(good.N_opt)) and np.all(good.N_opt > 0)

@@ -1,5 +1,6 @@
 """The report (every figure on a synthetic sweep; skipped sections) and the fit/analyze CLIs."""
 
+import argparse
 import json
 
 import numpy as np
@@ -7,7 +8,7 @@ import pandas as pd
 import pytest
 
 from analysis import laws
-from analysis.report import build_report
+from analysis.report import build_report, detect_arm_axis
 from analysis.synthetic import make_sweep
 from scaling.cli import analyze as analyze_cli
 from scaling.cli import fit as fit_cli
@@ -82,3 +83,40 @@ def test_cli_help_and_analyze(tmp_path, capsys):
     assert analyze_cli.main(["scaling analyze", str(root), "--out", str(tmp_path / "r"), "--bootstrap", "0"]) == 0
     assert (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / "report.html").is_file()
     assert analyze_cli.main(["scaling analyze", str(tmp_path / "missing"), "--out", str(tmp_path / "r2")]) == 2
+
+
+def _runs(**axes):
+    """Returns a runs table: the full product of the given axis values (one row per run)."""
+    grid = pd.MultiIndex.from_product(list(axes.values()), names=list(axes)).to_frame(index=False)
+    return grid.assign(run_id=[f"r{i}" for i in range(len(grid))])
+
+
+def test_detect_arm_axis_skips_size_data_compute_and_seed_axes():
+    sweep_axes = dict(N_target=[1e6, 2e6, 4e6], C_budget=[1e14, 1e15], seed=[0, 1, 2])
+    runs = _runs(**sweep_axes)
+    assert detect_arm_axis(runs, list(sweep_axes)) is None
+    for data_axis in ("D_target", "tokens_per_param", "data.task.params.train_fraction"):
+        assert detect_arm_axis(_runs(**{data_axis: [0.25, 0.5, 1.0]}, seed=[0]), [data_axis, "seed"]) is None
+    # an axis named as an arm wins; a model field with 3 values (not a shape field) is an arm
+    runs = _runs(**sweep_axes, arm=["base", "dropout"])
+    assert detect_arm_axis(runs, [*sweep_axes, "arm"]) == "arm"
+    runs = _runs(**sweep_axes, **{"model.resid_dropout": [0.0, 0.1, 0.2]})
+    assert detect_arm_axis(runs, [*sweep_axes, "model.resid_dropout"]) == "model.resid_dropout"
+    runs = _runs(**{"model.n_layers": [2, 4], "model.d_ff": [128, 256], "model.n_heads": [2, 4]})
+    assert detect_arm_axis(runs, ["model.n_layers", "model.d_ff", "model.n_heads"]) is None
+
+
+def test_empty_arm_axis_means_no_ablation_section(tmp_path):
+    # two schedules x 6 runs: detection would take optim.schedule as the arm axis (as in
+    # test_report_builds_every_figure) and fit L(N, D) on the 6 baseline runs only
+    root = make_sweep(tmp_path / "sweep", sizes=(1e6, 2e6, 4e6), budgets=(1e14, 4e14), tasks=False)
+    text = build_report(root, tmp_path / "rep", bootstrap=0, arm_axis="").read_text()
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert "Ablation" not in text and "ablation" not in summary
+    assert summary["chinchilla"]["n_points"] == 12  # every run enters the scaling sections
+    with pytest.raises(ValueError, match="not a sweep axis"):
+        build_report(root, tmp_path / "bad", bootstrap=0, arm_axis="nope")
+    parser = argparse.ArgumentParser()
+    analyze_cli.add_arguments(parser)
+    assert parser.parse_args([str(root), "--out", "r", "--arm-axis", ""]).arm_axis == ""
+    assert parser.parse_args([str(root), "--out", "r"]).arm_axis is None

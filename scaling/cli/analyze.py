@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bootstrap resamples for CIs (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--arm-axis", metavar="AXIS",
-                        help="sweep axis holding ablation arms (default: detected)")
+                        help="sweep axis holding ablation arms (default: detected; size, data, compute "
+                             "and seed axes never are); --arm-axis '' for none: every run enters the "
+                             "scaling sections and the report has no ablation section")
     parser.add_argument("--subtask-threshold", type=float, default=0.9,
                         help="metric value at which a subtask counts as learned (default 0.9)")
     parser.add_argument("--title", default="Scaling analysis", help="report title")
