@@ -129,6 +129,7 @@ def lm_sweep(scale: str, name: str, base: ml_collections.ConfigDict) -> ml_colle
         s.family.head_dim = 16
         s.family.aspect = 16.0
     s.min_steps = 4
+    s.max_unique_tokens = -1  # budgets beyond the corpus repeat it (reshuffled epochs)
     s.resources.devices_per_process = 1 if scale in ("tiny", "small") else 0
     return s
 
@@ -176,7 +177,7 @@ def read_state(root: pathlib.Path) -> dict[str, Any]:
 
 
 def write_json(path: pathlib.Path, value: Any) -> None:
-    """Writes `value` as indented JSON to `path` atomically (NaN/inf become null)."""
+    """Writes `value` as indented JSON to `path` atomically (NaN/inf/complex become null)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(_jsonable(value), indent=2, sort_keys=False) + "\n")
@@ -197,6 +198,8 @@ def _jsonable(v: Any) -> Any:
         return v if math.isfinite(v) else None
     if isinstance(v, (np.bool_,)):
         return bool(v)
+    if isinstance(v, (complex, np.complexfloating)):  # not a real number: no value
+        return None
     return v
 
 

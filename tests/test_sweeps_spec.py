@@ -303,3 +303,37 @@ def test_format_helpers():
     assert math.isclose(float(spec.format_flops(3e11).replace("e", "e+")), 3e11)
     assert pathlib.Path(spec.run_name({"seed": 0}, 3_200_000, 50_000_000, {}, None)).name == \
         "N3.2M-D50M-s0"
+
+
+def test_budgets_beyond_the_unique_cap_repeat_data_for_the_same_steps(stdlib_tiny_data_dir):
+    sweep = spec.load_sweep(str(SWEEP_CONFIGS / "isoflop_tiny.py"))
+    uncapped = {r.name: r for r in spec.expand(sweep)}
+    cap = 300_000
+    sweep.max_unique_tokens = cap
+    capped = spec.expand(sweep)
+    assert [r.name for r in capped] == list(uncapped)  # same runs, same names, same D and C
+    repeated = 0
+    for r in capped:
+        cfg, ref = r.config, uncapped[r.name]
+        assert (r.steps, r.d, r.c) == (ref.steps, ref.d, ref.c)
+        assert config_lib.train_steps(cfg) == r.steps
+        if ref.d <= cap - 1:
+            assert cfg.data.num_tokens == ref.config.data.num_tokens and cfg.data.epochs == 1
+            continue
+        repeated += 1
+        assert cfg.data.num_tokens <= cap - 1
+        assert cfg.data.num_tokens % r.tokens_per_step == 0  # whole batches per epoch
+        assert cfg.data.epochs > 1
+        assert cfg.data.num_tokens * cfg.data.epochs == pytest.approx(r.d, rel=1e-9)
+    assert 0 < repeated < len(capped)
+    # -1: the cap is the base split's own size (the tiny corpus holds ~3e5 byte tokens)
+    sweep.max_unique_tokens = -1
+    sweep.base.data.tfds_name = "stdlib_corpus/tiny"
+    sweep.base.data.tfds_data_dir = str(stdlib_tiny_data_dir)
+    from scaling.data import num_unique_tokens
+    total = num_unique_tokens(spec.resolve(sweep.base))
+    for r in spec.expand(sweep):
+        assert r.config.data.num_tokens <= total - 1 and r.steps == uncapped[r.name].steps
+    sweep.max_unique_tokens = -2
+    with pytest.raises(SweepError, match=r"sweep.max_unique_tokens=-2"):
+        spec.expand(sweep)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -136,6 +137,10 @@ def default_sweep() -> ml_collections.ConfigDict:
     s.tokens_per_param = ()  # D = ratio * N
     s.flops = ()  # IsoFLOP compute budgets C (training FLOPs)
     s.min_steps = 4  # fewest optimizer steps a run may have
+    # Text runs whose budget D exceeds this many unique tokens train on that many unique tokens
+    # for D / max_unique_tokens epochs (each epoch reshuffled) instead of failing: 0 = no cap (a
+    # run that needs more text than the split holds is an error), -1 = the base split's size.
+    s.max_unique_tokens = 0
     s.axes = ()  # [{field: [values], ...}, ...]: zip within a group, product across groups
     s.seeds = (0,)
     s.labels = ()  # [(field, short label)] overriding DEFAULT_LABELS in run names
@@ -482,6 +487,9 @@ def _validate_top(sweep: ml_collections.ConfigDict) -> None:
         raise SweepError(f"sweep.seeds: has duplicate values {list(sweep.seeds)}")
     if sweep.min_steps < 1:
         raise SweepError(f"sweep.min_steps={sweep.min_steps}: must be >= 1")
+    if not isinstance(sweep.max_unique_tokens, int) or sweep.max_unique_tokens < -1:
+        raise SweepError(f"sweep.max_unique_tokens={sweep.max_unique_tokens!r}: must be an "
+                         "integer >= -1 (0: no cap, -1: the base split's size)")
     for what in ("batch", "lr"):
         _check_rule(sweep, what)
     x = sweep.resources
@@ -527,6 +535,7 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None) -
                          f"{resolved_base.data.epochs} (use data.num_tokens and data.epochs as "
                          "axes for repeated-data studies)")
 
+    unique_cap = _unique_cap(sweep, resolved_base) if kind != "mlp" and budget_kind else None
     sizes: list[float | None] = list(sweep.sizes) or [None]
     shapes: dict[float, tuple[dict[str, int], int]] = {}
     for target in sweep.sizes:
@@ -605,6 +614,8 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None) -
                     run_cfg.data.num_tokens = 0
                 else:
                     run_cfg.data.num_tokens = int(steps * tps)
+                    if unique_cap is not None:
+                        _repeat_beyond(run_cfg, int(steps), tps, unique_cap)
             if budget is not None:
                 per_budget[budget] += 1
             run_axes.update(combo)
@@ -644,6 +655,49 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None) -
     _check_duplicates(runs)
     _assign_dirs(runs)
     return runs
+
+
+@functools.lru_cache(maxsize=16)
+def _split_tokens(config_json: str) -> int:
+    from scaling import data as data_lib
+
+    return int(data_lib.num_unique_tokens(config_lib.from_dict(json.loads(config_json))))
+
+
+def _unique_cap(sweep: ml_collections.ConfigDict, base: ml_collections.ConfigDict) -> int | None:
+    """Returns the unique-token cap of budgeted text runs (tokens), or None for no cap."""
+    if sweep.max_unique_tokens == 0:
+        return None
+    if sweep.max_unique_tokens > 0:
+        return int(sweep.max_unique_tokens)
+    if base.data.source == "task":
+        return None
+    try:
+        return _split_tokens(config_lib.to_json(base))
+    except Exception as err:  # the corpus could not be read: say which field to set instead
+        raise SweepError(f"sweep.max_unique_tokens=-1: cannot count the tokens of "
+                         f"{base.data.tfds_name!r} ({type(err).__name__}: {err}); give a number "
+                         "instead") from None
+
+
+def _repeat_beyond(run_cfg: ml_collections.ConfigDict, steps: int, tps: int, cap: int) -> None:
+    """Returns None; makes a run of `steps` x `tps` tokens repeat at most `cap` unique tokens.
+
+    The unique budget is the cap rounded down to whole batches (one token of margin for the last
+    next-token target) and epochs = steps / unique steps, so `train_steps` is still `steps`.
+    """
+    unique_steps = (cap - 1) // tps
+    if unique_steps >= steps:
+        return
+    if unique_steps < 1:
+        raise SweepError(f"sweep.max_unique_tokens: {cap} unique tokens are less than one batch "
+                         f"of {tps} tokens")
+    run_cfg.data.num_tokens = int(unique_steps * tps)
+    epochs = steps / unique_steps
+    run_cfg.data.epochs = epochs
+    while config_lib.train_steps(run_cfg) > steps:  # float rounding must not add a step
+        epochs = math.nextafter(epochs, 0.0)
+        run_cfg.data.epochs = epochs
 
 
 def _check_duplicates(runs: Iterable[Run]) -> None:
