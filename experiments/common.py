@@ -450,10 +450,8 @@ def generic_report(roots: Sequence[pathlib.Path], out_dir: pathlib.Path, bootstr
 
     roots = [r for r in roots if pathlib.Path(r).exists()]
     try:
-        # arm_axis="seed" (one value in every sweep here): the experiments analyse their own arms;
-        # left to itself, build_report would take an axis such as N_target for ablation arms and
-        # keep only the first "arm" in the scaling sections.
-        build_report(roots, out_dir, bootstrap=bootstrap, title=title, arm_axis="seed")
+        # arm_axis="": the experiments analyse their own arms, so the generic report has none
+        build_report(roots, out_dir, bootstrap=bootstrap, title=title, arm_axis="")
     except Exception as err:  # noqa: BLE001 - the experiment's own report still gets written
         notes.append(f"generic report failed: {type(err).__name__}: {err}")
         log.exception("analysis.report.build_report failed")

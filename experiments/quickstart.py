@@ -1,6 +1,6 @@
 """The README's main job: an IsoFLOP grid of byte-level LMs on the offline stdlib corpus.
 
-Transformers of 4 sizes (non-embedding N from 12.5k to 100k on the `small` scale) are each trained at
+Transformers of 5 sizes (non-embedding N from 3.4k to 50k on the `small` scale) are each trained at
 3 compute budgets (steps = budget / FLOPs per step), on the Python-stdlib corpus with in-context
 associative recall mixed into the stream (data.source='mixture'); validation loss and recall exact
 match are scored at every checkpoint. The analysis fits L(N, D) = E + A/N^α + B/D^β (Hoffmann et
@@ -23,7 +23,7 @@ import numpy as np
 from experiments import common
 
 NAME = "quickstart"
-DESCRIPTION = ("IsoFLOP grid (3 budgets x 4 sizes) of byte-level LMs on the stdlib corpus with "
+DESCRIPTION = ("IsoFLOP grid (3 budgets x 5 sizes) of byte-level LMs on the stdlib corpus with "
                "associative recall mixed in: Chinchilla fit, compute-optimal frontier, emergence")
 PAPER = ("Hoffmann et al. (2022), \"Training Compute-Optimal Large Language Models\" (approaches "
          "2 and 3); emergence as in Wei et al. (2022) and Schaeffer et al. (2023)")
@@ -35,8 +35,8 @@ EXPECTED_OUTCOME = (
     "parameter at their scale; at a few hundred thousand parameters and a byte vocabulary the "
     "optimum need not sit at 20. Recall exact match starts at 0 (before the answer format is "
     "learned), sits near chance (0.1) and rises with compute once in-context lookup is learned.")
-EXPECTED_RUNTIME = {"tiny": "~30 s", "small": "~7 min on 2 CPU cores (12 runs)",
-                    "medium": "~10 min on one GPU", "large": "GPU/TPU cluster (hours)"}
+EXPECTED_RUNTIME = {"tiny": "~30 s", "small": "~8 min on 2 CPU cores (15 runs)",
+                    "medium": "~5 min on one H100 with --workers 3 (12 runs)", "large": "GPU/TPU cluster (hours)"}
 FIGURES = ("qs_loss_vs_compute", "qs_isoflop", "qs_compute_optimal", "qs_emergence")
 
 TASK = "associative_recall"
@@ -47,8 +47,8 @@ def settings(scale: str) -> dict[str, Any]:
     return common.pick(
         scale,
         tiny=dict(sizes=(3.4e3, 6.7e3), flops=(2e8, 5e8), mix=0.3),
-        small=dict(sizes=(12.5e3, 25e3, 50e3, 100e3), flops=(1e11, 3e11, 1e12), mix=0.3),
-        medium=dict(sizes=(0.5e6, 1e6, 2e6, 4e6), flops=(3e12, 1e13, 3e13), mix=0.2),
+        small=dict(sizes=(3.4e3, 6.7e3, 12.5e3, 25e3, 50e3), flops=(1e11, 3e11, 1e12), mix=0.3),
+        medium=dict(sizes=(0.25e6, 0.5e6, 1e6, 2e6), flops=(1e13, 3e13, 1e14), mix=0.2),
         large=dict(sizes=(10e6, 20e6, 40e6, 80e6, 160e6), flops=(1e17, 3e17, 1e18), mix=0.1),
     )
 
@@ -65,6 +65,9 @@ def sweeps(scale: str, data_dir: str = "", tfds_name: str = "") -> dict[str, ml_
         sw.lr.rule = "table"
         sw.lr.table = ((60e3, 5e-3), (1e12, 3e-3))
     elif scale in ("medium", "large"):
+        if scale == "medium":  # 4k tokens per step: >= 150 steps for the largest model
+            sw.base.train.batch_size = 16
+            sw.base.optim.warmup_steps = 50
         sw.lr.rule = "power"  # lr = 3e-3 * (N / 1e5)^-0.25
         sw.lr.ref_n = 1e5
         sw.lr.ref_value = 3e-3
@@ -81,7 +84,7 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
     from matplotlib.colors import LogNorm
 
     from analysis.emergence import fit_emergence
-    from analysis.fit import compute_optimal_ci, fit_chinchilla
+    from analysis.fit import compute_optimal_ci, fit_chinchilla, fit_flops_per_token
 
     notes: list[str] = []
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,19 +156,22 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
         notes.append("Chinchilla fit: needs >= 6 runs with distinct N and D")
     if chin is not None:
         p = chin.params
+        # C = D x FLOPs/token(N), with FLOPs/token = k N^gamma fitted to the runs' own accounting
+        flops_fit = fit_flops_per_token(fin["N_nonembed"], fin["C"], fin["D"])
+        summary["flops_per_token_fit"] = {"coef": flops_fit[0], "exponent": flops_fit[1]}
+        grid_budgets = sorted({float(b) for b in fin["budget"] if math.isfinite(b)})
+        co = compute_optimal_ci(chin, np.geomspace(fin["C"].min() / 3, fin["C"].max() * 30, 30),
+                                flops_per_token=flops_fit)
+        at = compute_optimal_ci(chin, grid_budgets, flops_per_token=flops_fit)
+        six = compute_optimal_ci(chin, grid_budgets)
         summary["chinchilla"] = {"params": p, "ci": {k: list(v) for k, v in chin.ci.items()},
                                  "rms_ln_residual": chin.rms, "n_points": chin.n_points,
-                                 "a": p["beta"] / (p["alpha"] + p["beta"]),
-                                 "b": p["alpha"] / (p["alpha"] + p["beta"])}
-        a_ci = _allocation_ci(chin)
-        summary["chinchilla"]["a_ci"] = a_ci
-        flops_fit = _flops_per_token_fit(fin)
-        summary["flops_per_token_fit"] = {"coef": flops_fit[0], "exponent": flops_fit[1]}
-        co = frontier(chin, np.geomspace(fin["C"].min() / 3, fin["C"].max() * 30, 30), flops_fit)
-        at = frontier(chin, sorted({float(b) for b in fin["budget"] if math.isfinite(b)}), flops_fit)
+                                 "a": float(at["a"].iloc[0]), "b": float(at["b"].iloc[0]),
+                                 "a_ci": [float(at["a_low"].iloc[0]), float(at["a_high"].iloc[0])],
+                                 "a_6ND": float(six["a"].iloc[0]),
+                                 "a_6ND_ci": [float(six["a_low"].iloc[0]), float(six["a_high"].iloc[0])]}
         summary["compute_optimal"] = at.to_dict(orient="records")
-        summary["compute_optimal_6ND"] = compute_optimal_ci(
-            chin, sorted({float(b) for b in fin["budget"] if math.isfinite(b)})).to_dict(orient="records")
+        summary["compute_optimal_6ND"] = six.to_dict(orient="records")
 
     def _draw3() -> Any:
         fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.4))
@@ -237,8 +243,10 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
         sections += ["L(N, D) = E + A/N^α + B/D^β (approach 3; 95% bootstrap CIs):", "",
                      common.table([{"param": k, "estimate [95% CI]": common.fmt_ci(v, c["ci"].get(k))}
                                    for k, v in c["params"].items()]), "",
-                     f"Allocation exponents: N_opt ∝ C^{c['a']:.3f}, D_opt ∝ C^{c['b']:.3f}.", "",
-                     f"(95% CI of a: [{c['a_ci'][0]:.3g}, {c['a_ci'][1]:.3g}].)", "",
+                     f"Allocation exponents under the measured FLOPs per token: N_opt ∝ C^{c['a']:.3f} "
+                     f"(95% CI [{c['a_ci'][0]:.3g}, {c['a_ci'][1]:.3g}]), D_opt ∝ C^{c['b']:.3f}; under "
+                     f"C = 6ND: N_opt ∝ C^{c['a_6ND']:.3f} (95% CI [{c['a_6ND_ci'][0]:.3g}, "
+                     f"{c['a_6ND_ci'][1]:.3g}]).", "",
                      "Compute-optimal allocation at the grid's budgets, from the fit, with C = D x "
                      "FLOPs per token of the model family (fitted to the runs: "
                      f"{summary['flops_per_token_fit']['coef']:.3g} x N^{summary['flops_per_token_fit']['exponent']:.3f}"
@@ -269,65 +277,3 @@ def _budgets(df) -> dict[str, float]:
     if df is None or not len(df) or "C_budget" not in df.columns:
         return {}
     return df.groupby("run_id")["C_budget"].first().astype(float).to_dict()
-
-
-def _flops_per_token_fit(fin) -> tuple[float, float]:
-    """Returns (k, b) of FLOPs per token ≈ k·N^b fitted to the runs (C / D against N)."""
-    n = fin["N_nonembed"].to_numpy(float)
-    f = (fin["C"] / fin["D"]).to_numpy(float)
-    ok = np.isfinite(n) & np.isfinite(f) & (n > 0) & (f > 0)
-    if len(np.unique(n[ok])) < 2:
-        return float(np.median(f[ok] / n[ok])), 1.0
-    b, lnk = np.polyfit(np.log(n[ok]), np.log(f[ok]), 1)
-    return float(np.exp(lnk)), float(b)
-
-
-def _optimum(params: np.ndarray, C: float, flops_fit: tuple[float, float],
-             n_grid: np.ndarray) -> tuple[float, float]:
-    """Returns (N_opt, D_opt) minimizing E + A/N^α + B/D^β subject to D·FLOPs/token(N) = C."""
-    E, A, B, al, be = params
-    d = C / (flops_fit[0] * n_grid ** flops_fit[1])
-    with np.errstate(all="ignore"):
-        loss = E + A * n_grid ** -al + B * d ** -be
-    if not np.any(np.isfinite(loss)):
-        return math.nan, math.nan
-    i = int(np.nanargmin(loss))
-    return float(n_grid[i]), float(d[i])
-
-
-def frontier(fit: Any, budgets: Any, flops_fit: tuple[float, float]):
-    """Returns N_opt (params), D_opt (tokens), D/N at each budget C (FLOPs) with bootstrap 95% CIs.
-
-    The budget constraint uses the measured FLOPs per token of the model family (k·N^b fitted to
-    the runs) rather than 6N; the optimum is found on a fine log grid of N.
-    """
-    import pandas as pd
-
-    n_grid = np.geomspace(1e2, 1e10, 4000)
-    names = ("E", "A", "B", "alpha", "beta")
-    best = np.array([fit.params[k] for k in names])
-    boot = fit.boot if fit.boot is not None else np.empty((0, 5))
-    rows = []
-    for C in np.atleast_1d(np.asarray(budgets, float)):
-        n, d = _optimum(best, C, flops_fit, n_grid)
-        samples = np.array([_optimum(b, C, flops_fit, n_grid) for b in boot if np.all(np.isfinite(b))])
-        row = {"C": float(C), "N_opt": n, "D_opt": d, "tokens_per_param": d / n}
-        if len(samples):
-            tpp = samples[:, 1] / samples[:, 0]
-            row.update(N_opt_low=float(np.nanpercentile(samples[:, 0], 2.5)),
-                       N_opt_high=float(np.nanpercentile(samples[:, 0], 97.5)),
-                       tpp_low=float(np.nanpercentile(tpp, 2.5)),
-                       tpp_high=float(np.nanpercentile(tpp, 97.5)))
-        else:
-            row.update(N_opt_low=math.nan, N_opt_high=math.nan, tpp_low=math.nan, tpp_high=math.nan)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _allocation_ci(fit: Any) -> list[float]:
-    """Returns the 95% bootstrap CI of a = β/(α+β) (N_opt ∝ C^a under C ∝ N·D)."""
-    if fit.boot is None or not len(fit.boot):
-        return [math.nan, math.nan]
-    b = fit.boot[np.all(np.isfinite(fit.boot), axis=1)]
-    a = b[:, 4] / (b[:, 3] + b[:, 4])
-    return [float(np.percentile(a, 2.5)), float(np.percentile(a, 97.5))]
