@@ -99,12 +99,16 @@ def ablation_table(df: pd.DataFrame, arm_col: str = "arm", *, baseline: Any = No
         if baseline in em:
             b = em[baseline]
             for arm, r in em.items():
+                # an emergence point exists only where the sigmoid beats flat/linear by BIC; with
+                # no transition in this arm or the baseline there is no difference to report
+                both = bool(r.transition and b.transition)
                 row = {"arm": arm, "param": "x0", "estimate": r.x0, "ci_low": r.x0_ci[0],
-                       "ci_high": r.x0_ci[1], "diff": r.x0 - b.x0, "diff_low": math.nan,
-                       "diff_high": math.nan, "paired": False}
+                       "ci_high": r.x0_ci[1], "diff": r.x0 - b.x0 if both else math.nan,
+                       "diff_low": math.nan, "diff_high": math.nan, "paired": False,
+                       "transition": bool(r.transition)}
                 if arm == baseline:
-                    row["diff_low"] = row["diff_high"] = 0.0
-                elif r.fit.boot is not None and b.fit.boot is not None:
+                    row["diff"] = row["diff_low"] = row["diff_high"] = 0.0
+                elif both and r.fit.boot is not None and b.fit.boot is not None:
                     j = r.fit.law.param_names.index("x0")
                     m = min(len(r.fit.boot), len(b.fit.boot))
                     d = r.fit.boot[:m, j] - b.fit.boot[:m, j]

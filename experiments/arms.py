@@ -142,7 +142,8 @@ def analyze(df: pd.DataFrame, arms: Sequence[Arm], base: Any, out_dir: pathlib.P
             if tab is not None:
                 r = [q for q in out["table"] if q["arm"] == name and q["param"] == "x0"]
                 if r:
-                    if math.isfinite(r[0]["estimate"]) and g["C"].min() <= 10 ** r[0]["estimate"] <= g["C"].max():
+                    if (r[0].get("transition", True) is not False and math.isfinite(r[0]["estimate"])
+                            and g["C"].min() <= 10 ** r[0]["estimate"] <= g["C"].max()):
                         ax.axvline(10 ** r[0]["estimate"], color=f"C{i}", ls=":", lw=1)
         ax.axhline(0.1, color="0.5", ls="--", lw=0.8)
         ax.set_xscale("log")
@@ -165,7 +166,9 @@ def markdown(result: dict[str, Any], x_col: str) -> list[str]:
                                  "val loss": r["val_loss"]} for r in result["runs"]]), ""]
     if result.get("table"):
         rows = [{"arm": r["arm"], "param": r["param"],
-                 "estimate [95% CI]": common.fmt_ci(r["estimate"], [r["ci_low"], r["ci_high"]]),
+                 "estimate [95% CI]": (common.fmt_ci(r["estimate"], [r["ci_low"], r["ci_high"]])
+                                       if r.get("transition", True) is not False
+                                       else "no transition (flat/linear by BIC)"),
                  "diff from baseline [95% CI]": common.fmt_ci(r["diff"], [r["diff_low"], r["diff_high"]]),
                  "CI excludes 0": (None if not all(map(math.isfinite, (r["diff_low"], r["diff_high"])))
                                    or r["arm"] == "baseline"
@@ -173,5 +176,6 @@ def markdown(result: dict[str, Any], x_col: str) -> list[str]:
                  "paired": r["paired"]}
                 for r in result["table"]]
         lines += [f"Law `{result['law']}` per arm; x0 = sigmoid midpoint of exact match vs compute "
-                  "(log10 FLOPs).", "", common.table(rows), ""]
+                  "(log10 FLOPs), compared only between arms where the sigmoid beats flat and "
+                  "linear models by BIC.", "", common.table(rows), ""]
     return lines

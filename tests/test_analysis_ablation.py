@@ -45,6 +45,21 @@ def test_ablation_with_emergence_points():
     r = tab[(tab["param"] == "x0") & (tab["arm"] == "better")].iloc[0]
     assert r["estimate"] == pytest.approx(20.0, abs=0.02)  # noiseless
     assert r["diff"] == pytest.approx(-0.5, abs=0.03)
+    assert r["transition"] and r["diff_low"] <= r["diff"] <= r["diff_high"]
+
+
+def test_ablation_reports_no_emergence_difference_without_a_transition():
+    df = _arms()
+    x = np.geomspace(1e18, 1e23, 20)
+    rng = np.random.default_rng(1)
+    em = pd.concat([pd.DataFrame({"arm": "base", "C": x, "value": laws.sigmoid(x, 0.0, 0.9, 5.0, 20.5)}),
+                    pd.DataFrame({"arm": "better", "C": x, "value": np.abs(rng.normal(0, 0.002, x.size))})])
+    tab = ablation_table(df, "arm", law="power-n", bootstrap=30, emergence=em, emergence_x="C")
+    r = tab[(tab["param"] == "x0") & (tab["arm"] == "better")].iloc[0]
+    assert not r["transition"]  # noise around 0: no sigmoid by BIC
+    assert np.isnan(r["diff"]) and np.isnan(r["diff_low"]) and np.isnan(r["diff_high"])
+    b = tab[(tab["param"] == "x0") & (tab["arm"] == "base")].iloc[0]
+    assert b["transition"] and b["diff"] == 0
 
 
 def test_backtest_extrapolates_chinchilla():
