@@ -177,3 +177,17 @@ def test_mlp_flops_match_xla() -> None:
     # biases, gelu and the loss add a few FLOPs per unit. Measured 1.015; window [0.95, 1.08].
     ratio = measured / predicted
     assert 0.95 < ratio < 1.08, ratio
+
+
+def test_run_numbers_of_a_run_config() -> None:
+    c = config_lib.default_config()
+    c.model = transformer_cfg()
+    c.data.seq_len, c.train.batch_size = 16, 3
+    r = accounting.run_numbers(c)
+    counts = accounting.param_counts(c.model)
+    assert (r["n_params"], r["n_params_nonembed"]) == (counts["total"], counts["non_embedding"])
+    assert r["flops_per_token"] == accounting.flops_per_token(c.model, 16) and r["tokens_per_step"] == 48
+    c.model = mlp_cfg()
+    r = accounting.run_numbers(c)
+    assert r["flops_per_token"] == accounting.flops_per_example(c.model) and r["tokens_per_step"] == 3
+    assert r["n_params"] == accounting.param_counts(c.model)["total"]

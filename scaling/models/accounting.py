@@ -119,6 +119,21 @@ def flops_per_example(model_cfg: ml_collections.ConfigDict) -> float:
     return 6.0 * matmul_params(model_cfg)
 
 
+def run_numbers(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Returns a resolved run config's n_params (total), n_params_nonembed, flops_per_token
+    (training FLOPs per token; per example for the MLP family) and tokens_per_step (examples)."""
+    m = config.model
+    counts = param_counts(m)
+    if m.kind == "mlp":
+        per_token = flops_per_example(m)
+        tokens_per_step = config.train.batch_size
+    else:
+        per_token = flops_per_token(m, config.data.seq_len)
+        tokens_per_step = config.train.batch_size * config.data.seq_len
+    return {"n_params": int(counts["total"]), "n_params_nonembed": int(counts["non_embedding"]),
+            "flops_per_token": float(per_token), "tokens_per_step": int(tokens_per_step)}
+
+
 def describe(model_cfg: ml_collections.ConfigDict, seq_len: int = 0) -> dict[str, Any]:
     """Returns run-table numbers: N (non-embedding params), N_total, N_embedding, FLOPs per unit.
 

@@ -248,16 +248,9 @@ def model_numbers(config: ml_collections.ConfigDict) -> dict[str, float]:
     """Returns N (non-embedding), N_total, training FLOPs per token (MLP: example), tokens/step."""
     from scaling.models import accounting
 
-    m = config.model
-    counts = accounting.param_counts(m)
-    if m.kind == "mlp":
-        per_token = accounting.flops_per_example(m)
-        tokens_per_step = config.train.batch_size
-    else:
-        per_token = accounting.flops_per_token(m, config.data.seq_len)
-        tokens_per_step = config.train.batch_size * config.data.seq_len
-    return {"n": int(counts["non_embedding"]), "n_total": int(counts["total"]),
-            "flops_per_token": float(per_token), "tokens_per_step": int(tokens_per_step)}
+    r = accounting.run_numbers(config)
+    return {"n": r["n_params_nonembed"], "n_total": r["n_params"],
+            "flops_per_token": r["flops_per_token"], "tokens_per_step": r["tokens_per_step"]}
 
 
 def _shape_n(scratch: ml_collections.ConfigDict, shape: dict[str, int]) -> int:

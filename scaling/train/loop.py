@@ -60,16 +60,7 @@ def write_status(workdir: pathlib.Path, status: str, step: int, error: str | Non
 
 def run_description(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Returns N (total, non-embedding), FLOPs per token and tokens per step for a resolved config."""
-    m = config.model
-    counts = accounting.param_counts(m)
-    if m.kind == "mlp":
-        per_token = accounting.flops_per_example(m)
-        tokens_per_step = config.train.batch_size
-    else:
-        per_token = accounting.flops_per_token(m, config.data.seq_len)
-        tokens_per_step = config.train.batch_size * config.data.seq_len
-    return {"n_params": int(counts["total"]), "n_params_nonembed": int(counts["non_embedding"]),
-            "flops_per_token": float(per_token), "tokens_per_step": int(tokens_per_step)}
+    return accounting.run_numbers(config)
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path,
