@@ -357,7 +357,11 @@ def final(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def subtask_matrix(df: pd.DataFrame, task: str, metric: str = "exact_match") -> pd.DataFrame:
-    """Returns a wide table (run_id, step, N, D, C, then one column per subtask index)."""
+    """Returns a wide table (run_id, step, N, D, C, then one column per subtask index).
+
+    The values are the eval rows "<task>/subtask_<i>/<metric>", e.g. metric "exact_match" (fraction)
+    or "answer_logprob" (nats per answer token); empty if the runs have no such rows.
+    """
     from analysis.emergence import subtask_curves
 
     return subtask_curves(df, task, metric)

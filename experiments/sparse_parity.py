@@ -12,13 +12,25 @@ Quantization model: the model learns subtasks in order of frequency; with n lear
 ∝ Σ_{i>n} p_i ∝ n^-α. If n ∝ N (parameters) then L ∝ N^-α (α_N = α); if n grows until
 D·p_n hits a fixed count then n ∝ D^(1/(α+1)) and L ∝ D^-α/(α+1) (α_D = α/(α+1)).
 
-Measured "loss": the frequency-weighted error Σ_i p_i·(1 − acc_i) from the per-subtask exact match
-on held-out inputs (an unlearned parity sits at error 1/2, so it is proportional to the theory's
-Σ_{i>n} p_i); the width sweep also reports the training-stream cross-entropy (fresh samples, so an
-unbiased test loss under the training distribution). Two fits per sweep, both with bootstrap CIs
-over runs: the plain power law L = A·x^-a (the paper's measurement), and the finite-T form of the
-same theory, L = A·(x^-a − x_T^-a), where x_T is where all T subtasks would be learned — with
-finitely many subtasks the tail sum is truncated, which steepens a plain power-law fit.
+Measured losses, both on held-out inputs and at each run's last checkpoint:
+
+* the frequency-weighted error Σ_i p_i·(1 − acc_i) from the per-subtask exact match (an unlearned
+  parity sits at error 1/2, so it is proportional to the theory's Σ_{i>n} p_i);
+* the frequency-weighted cross-entropy L_CE = Σ_i p_i·(−answer_logprob_i), nats per answer token,
+  the loss the paper measures (an unlearned parity sits at ln 2, a learned one near 0). What the
+  theory predicts to scale is its excess over the learned floor: L_CE splits into the floor
+  Σ_{learned} p_i·CE_i, carried by the subtasks already learned (exact match ≥ 0.9; it shrinks
+  with training, not with n), and the excess Σ_{unlearned} p_i·CE_i ≈ ln 2·Σ_{i>n} p_i. The fits
+  use the excess; the plain power law of the total L_CE is reported too (the two agree where the
+  floor is negligible).
+
+The width sweep also reports the training-stream cross-entropy (fresh samples, so an unbiased test
+loss under the training distribution). Two fits per sweep and loss, both with bootstrap CIs over
+runs: the plain power law L = A·x^-a (the paper's measurement), and the finite-T form of the same
+theory, L = A·(x^-a − x_T^-a), where x_T is where all T subtasks would be learned — with finitely
+many subtasks the tail sum is truncated, which steepens a plain power-law fit. Runs evaluated
+before per-subtask answer_logprob existed have no cross-entropy; their CE fits are skipped with a
+note (`scaling evaluate RUN_DIR` adds it).
 """
 
 from __future__ import annotations
@@ -26,12 +38,15 @@ from __future__ import annotations
 import math
 import pathlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 import numpy as np
 
 from experiments import common
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 NAME = "sparse_parity"
 DESCRIPTION = ("Michaud et al. 2023: MLP width and data-size sweeps on multitask sparse parity; "
@@ -40,11 +55,12 @@ PAPER = ("Michaud, Liu, Girit, Tegmark (2023), \"The Quantization Model of Neura
          "NeurIPS 2023")
 EXPECTED_OUTCOME = (
     "Each subtask's accuracy jumps from 1/2 to 1 over a short stretch of training, in order of "
-    "frequency, while the frequency-weighted loss falls smoothly. Theory (Zipf exponent α+1 on "
-    "subtask frequencies): α_N = α for the width sweep and α_D = α/(α+1) for the data sweep "
+    "frequency, while the frequency-weighted loss (error, and cross-entropy above its learned "
+    "floor) falls smoothly. Theory (Zipf exponent α+1 on subtask frequencies): α_N = α for the "
+    "width sweep and α_D = α/(α+1) for the data sweep "
     "(α = 0.4: α_N = 0.4, α_D = 0.286). The paper measures exponents close to these with 500 "
     "subtasks of 3-bit parities over 100 bits.")
-EXPECTED_RUNTIME = {"tiny": "~15 s", "small": "~6-7 min (12 runs)",
+EXPECTED_RUNTIME = {"tiny": "~15 s", "small": "~5-6 min (12 runs)",
                     "medium": "~1 GPU-hour", "large": "several GPU-hours (the paper's setting)"}
 FIGURES = ("sparse_parity_scaling", "sparse_parity_subtasks", "sparse_parity_learned")
 
@@ -176,12 +192,60 @@ def _trunc_predict(fit: dict[str, Any], x: np.ndarray, lx_max: float) -> np.ndar
 # ------------------------------------------------------------------------------------ analysis
 
 
+def _subtask_cols(wide: pd.DataFrame) -> list[int]:
+    """Returns the subtask-index columns of a `common.subtask_matrix` table."""
+    return [c for c in wide.columns if isinstance(c, (int, np.integer))]
+
+
+def weighted_ce(neg_logprob: np.ndarray, p: np.ndarray) -> float:
+    """Returns Σ_i p_i·CE_i over subtasks with a finite CE (p renormalised over them), nats/token."""
+    neg_logprob, p = np.asarray(neg_logprob, float), np.asarray(p, float)
+    ok = np.isfinite(neg_logprob)
+    if not ok.any():
+        return math.nan
+    return float(np.sum(p[ok] * neg_logprob[ok]) / np.sum(p[ok]))
+
+
+def ce_terms(neg_logprob: np.ndarray, acc: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Returns {'ce': L_CE, 'ce_floor': L_floor, 'ce_excess': L_CE − L_floor}, nats/answer token.
+
+    L_floor = Σ_{learned} p_i·CE_i is the part carried by learned subtasks (acc_i ≥ LEARNED), the
+    excess Σ_{unlearned} p_i·CE_i the part the quantization model ties to N and D; p is renormalised
+    over the subtasks with a finite CE. All nan without per-subtask CE.
+    """
+    neg_logprob, acc, p = (np.asarray(v, float) for v in (neg_logprob, acc, p))
+    ok = np.isfinite(neg_logprob)
+    if not ok.any():
+        return {"ce": math.nan, "ce_floor": math.nan, "ce_excess": math.nan}
+    q = np.where(ok, p, 0.0) / np.sum(p[ok])
+    terms = q * np.where(ok, neg_logprob, 0.0)
+    learned = acc >= LEARNED
+    floor, excess = float(np.sum(terms[learned])), float(np.sum(terms[~learned]))
+    return {"ce": floor + excess, "ce_floor": floor, "ce_excess": excess}
+
+
+def _neg_logprob_at(lp_wide: pd.DataFrame | None, run_id: Any, step: int, cols: list[int]
+                    ) -> np.ndarray:
+    """Returns −answer_logprob per subtask in `cols` of one run at one step (nan where absent)."""
+    if lp_wide is None or lp_wide.empty:
+        return np.full(len(cols), np.nan)
+    r = lp_wide[(lp_wide["run_id"] == run_id) & (lp_wide["step"] == step)]
+    if r.empty:
+        return np.full(len(cols), np.nan)
+    r = r.iloc[0]
+    return np.array([-float(r[c]) if c in r.index else np.nan for c in cols], dtype=float)
+
+
 def run_table(df, p: np.ndarray, x_col: str) -> list[dict[str, Any]]:
-    """Returns per run: x (N or D), weighted error, learned subtasks, final train loss."""
+    """Returns per run: x (N or D), weighted error, weighted CE (nats), learned subtasks, train loss.
+
+    CE columns: 'ce', 'ce_floor', 'ce_excess' of `ce_terms` (nan without per-subtask answer_logprob).
+    """
     wide = common.subtask_matrix(df, TASK)
     if wide.empty:
         return []
-    cols = [c for c in wide.columns if isinstance(c, (int, np.integer))]
+    lp_wide = common.subtask_matrix(df, TASK, "answer_logprob")
+    cols = _subtask_cols(wide)
     last = wide.sort_values("step").groupby("run_id").tail(1)
     train = common.curves(df, "train/loss", "train")
     axes = df.groupby("run_id").first()
@@ -199,6 +263,7 @@ def run_table(df, p: np.ndarray, x_col: str) -> list[dict[str, Any]]:
                "weighted_error": werr, "n_learned": int(np.sum(acc >= LEARNED)),
                "train_loss": float(np.mean(tl[-5:])) if len(tl) else math.nan,
                "step": int(r["step"])}
+        row.update(ce_terms(_neg_logprob_at(lp_wide, r["run_id"], int(r["step"]), cols), acc, pp))
         if x_col == "D":
             row["D"] = float(axes.loc[r["run_id"], "data.task.num_examples"])
         rows.append(row)
@@ -246,16 +311,36 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
     rows_w = run_table(df_w, p, "N") if len(df_w) else []
     rows_d = run_table(df_d, p, "D") if len(df_d) else []
 
+    def fit_both(xs: np.ndarray, ys: np.ndarray, what: str
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+        plain = common.loglog_fit(xs, ys, bootstrap)
+        trunc = common.fit_or_none(lambda: fit_truncated_power(xs, ys, bootstrap), what,
+                                   notes) or {"a": math.nan, "ci": [math.nan, math.nan]}
+        return ({"exponent": -plain["slope"], "ci": sorted(-c for c in plain["ci"]),
+                 "r2": plain.get("r2")}, trunc)
+
     fits: dict[str, Any] = {}
     for key, rows, x in (("N", rows_w, "N"), ("D", rows_d, "D")):
         xs = np.array([r[x] for r in rows], float)
         ys = np.array([r["weighted_error"] for r in rows], float)
-        plain = common.loglog_fit(xs, ys, bootstrap)
-        trunc = common.fit_or_none(lambda: fit_truncated_power(xs, ys, bootstrap), f"finite-T fit vs {x}",
-                                   notes) or {"a": math.nan, "ci": [math.nan, math.nan]}
-        fits[key] = {"plain": {"exponent": -plain["slope"],
-                               "ci": sorted(-c for c in plain["ci"]), "r2": plain.get("r2")},
-                     "finite_T": trunc}
+        plain, trunc = fit_both(xs, ys, f"finite-T fit vs {x}")
+        fits[key] = {"plain": plain, "finite_T": trunc}
+        # cross-entropy: the excess over the learned floor is what the theory says scales
+        ce = np.array([r.get("ce", math.nan) for r in rows], float)
+        excess = np.array([r.get("ce_excess", math.nan) for r in rows], float)
+        n_ce = int(np.isfinite(ce).sum())
+        fits[key].update(ce_plain=None, ce_finite_T=None, ce_total_plain=None)
+        if n_ce < len(rows):
+            notes.append(f"{n_ce} of {len(rows)} runs vs {x} have per-subtask answer_logprob "
+                         f"(older evaluations lack it; `scaling evaluate RUN_DIR` adds it)"
+                         + ("; cross-entropy fits skipped" if n_ce < 2 else ""))
+        if n_ce >= 2:
+            ce_plain, ce_trunc = fit_both(xs, excess, f"finite-T fit of the cross-entropy vs {x}")
+            total = common.loglog_fit(xs, ce, bootstrap)
+            fits[key].update(ce_plain=ce_plain, ce_finite_T=ce_trunc,
+                             ce_total_plain={"exponent": -total["slope"],
+                                             "ci": sorted(-c for c in total["ci"]),
+                                             "r2": total.get("r2")})
         learned = common.loglog_fit(xs, [max(r["n_learned"], 0.5) for r in rows], bootstrap)
         fits[key]["n_learned_slope"] = {"slope": learned["slope"], "ci": learned["ci"]}
     if rows_w:
@@ -264,46 +349,82 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
 
     # per-subtask curves of the widest run (width sweep) and the abruptness of each switch-on
     wide = common.subtask_matrix(df_w, TASK) if len(df_w) else None
+    lp_wide = common.subtask_matrix(df_w, TASK, "answer_logprob") if len(df_w) else None
     trans: list[float] = []
     biggest = None
     if wide is not None and len(wide):
         biggest = wide.sort_values("N")["run_id"].iloc[-1]
         trans = _transition_widths(wide, biggest)
+    # frequency-weighted held-out cross-entropy of the widest run at each evaluated step (nats)
+    ce_steps = np.zeros(0)
+    ce_curve = np.zeros(0)
+    if biggest is not None and lp_wide is not None and len(lp_wide):
+        lw = lp_wide[(lp_wide["run_id"] == biggest) & (lp_wide["step"] > 0)].sort_values("step")
+        lcols = _subtask_cols(lw)
+        if len(lw) and lcols:
+            ce_steps = lw["step"].to_numpy(float)
+            ce_curve = np.array([weighted_ce(-np.asarray(v, float), p[np.asarray(lcols, int)])
+                                 for v in lw[lcols].to_numpy(float)])
 
     figures: dict[str, str] = {}
-    # 1. scaling: weighted error vs N and vs D with both fits and the theory slopes
-    def _draw1() -> Any:
-        fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.4))
-        for ax, key, rows, label in ((axes[0], "N", rows_w, "parameters N (width sweep)"),
-                                     (axes[1], "D", rows_d, "training examples D (data sweep)")):
-            xs = np.array([r[key] for r in rows], float)
-            ys = np.array([r["weighted_error"] for r in rows], float)
-            ax.plot(xs, ys, "ko", ms=4, label="measured")
-            if len(xs) >= 2 and np.all(np.isfinite(xs)) and xs.max() > xs.min():
-                xg = np.geomspace(xs.min(), xs.max(), 100)
-                f = fits[key]
-                if math.isfinite(f["plain"]["exponent"]):
-                    k = common.loglog_fit(xs, ys, 0)["k"]
-                    ax.plot(xg, k * xg ** -f["plain"]["exponent"], "C0-",
-                            label=f"power law, exponent {f['plain']['exponent']:.2f}")
-                if math.isfinite(f["finite_T"].get("a", math.nan)):
-                    ax.plot(xg, _trunc_predict(f["finite_T"], xg, float(np.log(xs.max()))), "C1--",
-                            label=f"finite-T law, exponent {f['finite_T']['a']:.2f}")
-                th = theory["alpha_N" if key == "N" else "alpha_D"]
-                ax.plot(xg, ys[0] * (xg / xs[0]) ** -th, "C2:", label=f"theory slope {th:.3f}")
-            ax.set_xscale("log")
+    # 1. scaling: weighted error (top) and CE excess (bottom) vs N and vs D, fits, theory slopes
+    def _panel(ax: Any, key: str, rows: list[dict[str, Any]], y: str, plain: dict[str, Any] | None,
+               trunc: dict[str, Any] | None, empty: str, label: str = "measured") -> None:
+        xs = np.array([r[key] for r in rows], float)
+        ys = np.array([r.get(y, math.nan) for r in rows], float)
+        ok = np.isfinite(xs) & np.isfinite(ys) & (xs > 0) & (ys > 0)
+        if ok.any():
+            ax.plot(xs[ok], ys[ok], "ko", ms=4, label=label)
+        if ok.sum() >= 2 and xs[ok].max() > xs[ok].min():
+            xs, ys = xs[ok], ys[ok]
+            xg = np.geomspace(xs.min(), xs.max(), 100)
+            if plain is not None and math.isfinite(plain["exponent"]):
+                k = common.loglog_fit(xs, ys, 0)["k"]
+                ax.plot(xg, k * xg ** -plain["exponent"], "C0-",
+                        label=f"power law, exponent {plain['exponent']:.2f}")
+            if trunc is not None and math.isfinite(trunc.get("a", math.nan)):
+                ax.plot(xg, _trunc_predict(trunc, xg, float(np.log(xs.max()))), "C1--",
+                        label=f"finite-T law, exponent {trunc['a']:.2f}")
+            th = theory["alpha_N" if key == "N" else "alpha_D"]
+            ax.plot(xg, ys[0] * (xg / xs[0]) ** -th, "C2:", label=f"theory slope {th:.3f}")
+        ax.set_xscale("log")
+        if ok.any():
             ax.set_yscale("log")
-            ax.set_xlabel(label)
-            ax.set_ylabel("frequency-weighted error")
-            common.legend(ax)
-        fig.suptitle("Sparse parity: loss scaling (weighted error Σ p_i (1 − acc_i))", fontsize=9)
+        else:
+            ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, fontsize=8)
+
+    def _draw1() -> Any:
+        fig, axes = plt.subplots(2, 2, figsize=(8.6, 6.6))
+        for col, key, rows, label in ((0, "N", rows_w, "parameters N (width sweep)"),
+                                      (1, "D", rows_d, "training examples D (data sweep)")):
+            f = fits[key]
+            _panel(axes[0, col], key, rows, "weighted_error", f["plain"], f["finite_T"],
+                   "no finished runs")
+            axes[0, col].set_ylabel("frequency-weighted error")
+            ax = axes[1, col]
+            total = [(r[key], r["ce"]) for r in rows
+                     if math.isfinite(r.get("ce", math.nan)) and r["ce"] > 0]
+            if total:
+                ax.plot(*zip(*total), "o", mfc="none", mec="0.6", ms=5,
+                        label="total L_CE")
+            _panel(ax, key, rows, "ce_excess", f.get("ce_plain"), f.get("ce_finite_T"),
+                   "no per-subtask answer_logprob\nin these runs", "excess over learned floor")
+            ax.axhline(math.log(2), color="0.7", lw=0.8, ls="-.", label="ln 2 (nothing learned)")
+            ax.set_ylabel("frequency-weighted cross-entropy (nats)")
+            for a in (axes[0, col], ax):
+                a.set_xlabel(label)
+                common.legend(a)
+        axes[0, 0].set_title("weighted error Σ p_i (1 − acc_i)", fontsize=8)
+        axes[1, 0].set_title("weighted cross-entropy: excess over learned floor (fitted), total",
+                             fontsize=8)
+        fig.suptitle("Sparse parity: loss scaling", fontsize=9)
         return fig
 
     figures["sparse_parity_scaling"] = common.figure(out_dir, "sparse_parity_scaling", _draw1, notes)
 
     # 2. per-subtask curves (abrupt) and the weighted error (smooth) of the widest run
     def _draw2() -> Any:
-        fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.4))
+        fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.4))
         if biggest is not None:
             w = wide[wide["run_id"] == biggest].sort_values("step")
             w = w[w["step"] > 0]
@@ -316,6 +437,15 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
             werr = (np.asarray(w[cols], float) * -1 + 1) @ pp
             axes[1].plot(w["step"], werr, "k.-", ms=3)
             axes[1].set_yscale("log")
+        if len(ce_curve):
+            axes[2].plot(ce_steps, ce_curve, "k.-", ms=3, label="held-out L_CE")
+            axes[2].axhline(math.log(2), color="0.6", lw=0.8, ls="-.",
+                            label="ln 2 (nothing learned)")
+            axes[2].set_yscale("log")
+            common.legend(axes[2])
+        else:
+            axes[2].text(0.5, 0.5, "no per-subtask answer_logprob\nin this run", ha="center",
+                         va="center", transform=axes[2].transAxes, fontsize=8)
         for ax in axes:
             ax.set_xscale("log")
             ax.set_xlabel("optimizer step")
@@ -323,6 +453,8 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
         axes[0].set_title("Subtasks 0-23 of the widest run (dark: frequent)", fontsize=8)
         axes[1].set_ylabel("frequency-weighted error")
         axes[1].set_title("Mean (weighted) error of the same run", fontsize=8)
+        axes[2].set_ylabel("frequency-weighted cross-entropy (nats)")
+        axes[2].set_title("Mean (weighted) cross-entropy of the same run", fontsize=8)
         return fig
 
     figures["sparse_parity_subtasks"] = common.figure(out_dir, "sparse_parity_subtasks", _draw2, notes)
@@ -344,30 +476,58 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
 
     def verdict(key: str, th: float) -> dict[str, Any]:
         f = fits[key]
+        ce_p, ce_t = f["ce_plain"], f["ce_finite_T"]
         return {"theory": th, "plain": f["plain"]["exponent"], "plain_ci": f["plain"]["ci"],
                 "plain_within_ci": common.in_ci(th, f["plain"]["ci"]),
                 "finite_T": f["finite_T"].get("a"), "finite_T_ci": f["finite_T"].get("ci"),
-                "finite_T_within_ci": common.in_ci(th, f["finite_T"].get("ci"))}
+                "finite_T_within_ci": common.in_ci(th, f["finite_T"].get("ci")),
+                # the same two laws fitted to the cross-entropy excess (None: no per-subtask CE)
+                "ce_plain": ce_p["exponent"] if ce_p else None,
+                "ce_plain_ci": ce_p["ci"] if ce_p else None,
+                "ce_plain_within_ci": common.in_ci(th, ce_p["ci"]) if ce_p else None,
+                "ce_finite_T": ce_t.get("a") if ce_t else None,
+                "ce_finite_T_ci": ce_t.get("ci") if ce_t else None,
+                "ce_finite_T_within_ci": common.in_ci(th, ce_t.get("ci")) if ce_t else None}
 
     result = {"alpha_N": verdict("N", theory["alpha_N"]), "alpha_D": verdict("D", theory["alpha_D"])}
-    rows_tab = []
+    rows_tab, rows_tab_ce = [], []
     for name, v in result.items():
         rows_tab.append({"exponent": name, "theory": v["theory"],
                          "power law [95% CI]": common.fmt_ci(v["plain"], v["plain_ci"]),
                          "theory in CI": v["plain_within_ci"],
                          "finite-T law [95% CI]": common.fmt_ci(v["finite_T"], v["finite_T_ci"]),
                          "theory in CI (finite T)": v["finite_T_within_ci"]})
+        rows_tab_ce.append({"exponent": name, "theory": v["theory"],
+                            "power law [95% CI]": common.fmt_ci(v["ce_plain"], v["ce_plain_ci"]),
+                            "theory in CI": v["ce_plain_within_ci"],
+                            "finite-T law [95% CI]": common.fmt_ci(v["ce_finite_T"],
+                                                                   v["ce_finite_T_ci"]),
+                            "theory in CI (finite T)": v["ce_finite_T_within_ci"]})
+    ce_available = any(fits[k]["ce_plain"] is not None for k in ("N", "D"))
+
+    def total_ce(key: str) -> str:
+        t = fits[key]["ce_total_plain"]
+        return common.fmt_ci(t["exponent"], t["ci"]) if t else "n/a"
     sections = [
         "## Measured", "",
         f"T = {s['n_tasks']} subtasks, {s['k']}-bit parities over {s['n_bits']} bits, α = {alpha}, "
         f"one hidden layer, batch {s['batch']}, Adam lr {s['lr']}, {s['steps']} steps. "
         f"Loss = frequency-weighted held-out error. CIs: bootstrap over runs.", "",
         common.table(rows_tab), "",
-        "Width sweep:", "",
-        common.table([{k: r[k] for k in ("width", "N", "weighted_error", "n_learned", "train_loss")}
+        "Loss = frequency-weighted held-out cross-entropy L_CE = Σ p_i·CE_i (nats per answer "
+        "token), fitted as its excess over the learned floor, Σ p_i·CE_i over the subtasks not yet "
+        f"learned (exact match < {LEARNED}):", "",
+        common.table(rows_tab_ce) if ce_available
+        else "(not fitted: these runs have no per-subtask answer_logprob; see Notes)", "",
+        f"Plain power law of the total L_CE (floor not subtracted): exponent {total_ce('N')} vs N, "
+        f"{total_ce('D')} vs D.", "",
+        "Width sweep (ce, ce_floor, ce_excess in nats per answer token):", "",
+        common.table([{k: r[k] for k in ("width", "N", "weighted_error", "ce", "ce_floor",
+                                         "ce_excess", "n_learned", "train_loss")}
                       for r in rows_w]), "",
         "Data sweep (width %d):" % s["data_width"], "",
-        common.table([{k: r[k] for k in ("D", "N", "weighted_error", "n_learned")} for r in rows_d]),
+        common.table([{k: r[k] for k in ("D", "N", "weighted_error", "ce", "ce_floor", "ce_excess",
+                                         "n_learned")} for r in rows_d]),
         "",
         f"Learned subtasks vs N: slope {common.fmt_ci(fits['N']['n_learned_slope']['slope'], fits['N']['n_learned_slope']['ci'])} "
         f"(theory 1); vs D: slope {common.fmt_ci(fits['D']['n_learned_slope']['slope'], fits['D']['n_learned_slope']['ci'])} "
@@ -380,8 +540,15 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
         sections.append(f"Abruptness: in the widest run, {len(trans)} subtasks went from exact match "
                         f"<= 0.6 to >= {LEARNED} within a median of {np.median(trans):.2f} decades of "
                         f"steps (between consecutive checkpoints: the resolution limit).")
+    if len(ce_curve):
+        sections.append(f"Cross-entropy of the widest run: {ce_curve[0]:.3g} nats at step "
+                        f"{int(ce_steps[0])} -> {ce_curve[-1]:.3g} nats at step "
+                        f"{int(ce_steps[-1])} (ln 2 = {math.log(2):.3f}: nothing learned).")
     summary = {"experiment": NAME, "theory": theory, "exponents": result, "fits": fits,
                "width_runs": rows_w, "data_runs": rows_d,
-               "transition_decades": trans, "figures": figures, "notes": notes}
+               "transition_decades": trans, "figures": figures, "notes": notes,
+               "ce_available": ce_available,
+               "widest_run_ce": {"step": [int(v) for v in ce_steps],
+                                 "ce": [float(v) for v in ce_curve]}}
     common.write_markdown(out_dir, sys.modules[__name__], sections, figures, notes)
     return summary

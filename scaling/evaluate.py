@@ -9,7 +9,11 @@ Metrics (one row per (step, metric)):
     <task>/answer_seq_logprob  mean over examples of the summed log-probability of the answer, nats
     <task>/answer_tokens  mean answer length ℓ, tokens (exact match ≈ exp(ℓ · answer_logprob))
     <task>/token_accuracy fraction of answer tokens predicted exactly
-    <task>/subtask_<i>/exact_match  the same per subtask (multitask data such as sparse parity)
+    <task>/subtask_<i>/exact_match     exact match of subtask i's examples (multitask data such
+                                       as sparse parity)
+    <task>/subtask_<i>/answer_logprob  mean log-probability per answer token of subtask i's
+                                       examples, nats/token (minus the subtask's cross-entropy;
+                                       token-weighted, these average to <task>/answer_logprob)
 Every row also carries step, tokens, flops, n_params and n_params_nonembed, so a row is
 self-describing for the analysis.
 """
@@ -121,6 +125,8 @@ class Evaluator:
                 for i in np.unique(sub_ids[keep]):
                     mask = keep & (sub_ids == i)
                     result[f"{t}/subtask_{int(i)}/exact_match"] = float(np.mean(exact[mask]))
+                    result[f"{t}/subtask_{int(i)}/answer_logprob"] = float(
+                        np.sum(lp[mask]) / np.sum(ntok[mask]))
         return result
 
     def rows(self, params: Any, step: int, run: dict[str, Any]) -> list[dict[str, Any]]:

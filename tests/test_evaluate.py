@@ -83,3 +83,39 @@ def test_val_loss_equals_independent_computation(mixture_run):
         nll += float(((logz - tgt) * b["weights"]).sum())
         weight += float(b["weights"].sum())
     np.testing.assert_allclose(reported[8], nll / weight, rtol=1e-4)
+
+
+def test_subtask_answer_logprob_equals_independent_computation(mixture_run):
+    """Per-subtask answer_logprob equals a numpy log-softmax over that subtask's answer tokens, and
+    the token-weighted mean over subtasks equals the overall answer_logprob."""
+    import orbax.checkpoint as ocp
+
+    from scaling.models import make_model
+
+    rows = evaluate_run(mixture_run, "8", progress=False)
+    reported = {r["metric"]: r["value"] for r in rows}
+    config = config_lib.from_dict(json.loads((mixture_run / "config.json").read_text()))
+    state = ocp.StandardCheckpointer().restore(
+        (mixture_run / "checkpoints" / "8" / "state").absolute())
+    model = make_model(config.model)
+    lp_sum: dict[int, float] = {}
+    n_tok: dict[int, float] = {}
+    for b in data_lib.make_task_eval(config, mixture_run):
+        logits = np.asarray(model.apply({"params": state["params"]}, b["inputs"]), np.float64)
+        logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+        tgt = np.take_along_axis(logits, b["targets"][..., None], -1)[..., 0]
+        lp_n = ((tgt - logz) * b["weights"]).sum(-1)
+        w_n = b["weights"].sum(-1)
+        for i in np.unique(b["subtask"][w_n > 0]):
+            m = (b["subtask"] == i) & (w_n > 0)
+            lp_sum[int(i)] = lp_sum.get(int(i), 0.0) + float(lp_n[m].sum())
+            n_tok[int(i)] = n_tok.get(int(i), 0.0) + float(w_n[m].sum())
+    assert len(lp_sum) >= 2, "the fixture should hold several subtasks"
+    sub = {int(k.split("/")[1].removeprefix("subtask_")): v for k, v in reported.items()
+           if k.startswith("addition/subtask_") and k.endswith("/answer_logprob")}
+    assert sorted(sub) == sorted(lp_sum)
+    for i in lp_sum:
+        assert sub[i] < 0.0
+        np.testing.assert_allclose(sub[i], lp_sum[i] / n_tok[i], rtol=1e-4)
+    pooled = sum(sub[i] * n_tok[i] for i in sub) / sum(n_tok.values())
+    np.testing.assert_allclose(pooled, reported["addition/answer_logprob"], rtol=1e-5)

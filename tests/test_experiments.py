@@ -4,6 +4,8 @@
 * every scale of every experiment expands into valid runs (nothing trained);
 * quickstart, sparse_parity, regularization and augmentation run at the tiny scale (a handful of
   very short runs each, in worker subprocesses) and write their report with all their figures;
+  sparse_parity's frequency-weighted cross-entropy equals a recomputation from eval.jsonl, its
+  CE fits and figure panels exist, and runs without per-subtask CE skip the CE fits with a note;
 * grokking (tiny) is interrupted with SIGINT while its first run trains: the command exits 3 and
   the run keeps a checkpoint; the same command again resumes that run from its checkpoint, trains
   the rest and writes the report; a third invocation trains nothing.
@@ -12,13 +14,17 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import experiments
@@ -93,6 +99,85 @@ def test_tiny_experiment_writes_its_report(name, tmp_path, stdlib_tiny_data_dir)
             assert set(common.checkpoint_steps(run_dir)) <= common.evaluated_steps(run_dir)
     assert len(runs) == sum(len(common.run_dirs(root / s)) for s in module.sweeps("tiny"))
     assert summary["figures"]
+    if name == "sparse_parity":
+        _check_sparse_parity_ce(root, module, summary, tmp_path)
+
+
+def _png_size(path: pathlib.Path) -> tuple[int, int]:
+    """Returns (width, height) in pixels from a PNG's IHDR chunk."""
+    return struct.unpack(">II", path.read_bytes()[16:24])
+
+
+def _last_subtask_logprob(run_dir: pathlib.Path, task: str) -> tuple[int, dict[int, float]]:
+    """Returns (last evaluated step, {subtask: answer_logprob at it}) read from eval.jsonl."""
+    rows = [json.loads(x) for x in (run_dir / "eval.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["metric"].startswith(f"{task}/subtask_")
+            and r["metric"].endswith("/answer_logprob")]
+    step = max(r["step"] for r in rows)
+    return step, {int(r["metric"].split("/")[1].removeprefix("subtask_")): r["value"]
+                  for r in rows if r["step"] == step}
+
+
+def _check_sparse_parity_ce(root: pathlib.Path, module, summary: dict,
+                            tmp_path: pathlib.Path) -> None:
+    """The cross-entropy results of a tiny sparse_parity run: present, finite, recomputable."""
+    s = module.settings("tiny")
+    p = module.frequencies(s["n_tasks"], s["alpha"])
+    assert summary["ce_available"] is True
+    by_name = {r["run"]: r for r in summary["width_runs"] + summary["data_runs"]}
+    assert len(by_name) == len(summary["width_runs"]) + len(summary["data_runs"]) >= 4
+    for r in by_name.values():
+        assert all(math.isfinite(r[k]) for k in ("ce", "ce_floor", "ce_excess")), r
+        assert r["ce_floor"] >= 0.0 and r["ce_excess"] >= 0.0
+        assert r["ce"] == pytest.approx(r["ce_floor"] + r["ce_excess"], rel=1e-9)
+        assert r["n_learned"] > 0 or r["ce_floor"] == 0.0
+    # L_CE = Σ p_i·(−answer_logprob_i), recomputed from the rows the evaluator wrote
+    for sweep in ("width", "data"):
+        for run_dir in common.run_dirs(root / sweep):
+            step, lp = _last_subtask_logprob(run_dir, module.TASK)
+            assert sorted(lp) == list(range(s["n_tasks"]))
+            ce = float(sum(p[i] * -v for i, v in lp.items()) / p[sorted(lp)].sum())
+            row = by_name[run_dir.name]
+            assert row["step"] == step
+            assert row["ce"] == pytest.approx(ce, rel=1e-9)
+    for key, theory in (("N", "alpha_N"), ("D", "alpha_D")):
+        f = summary["fits"][key]
+        assert math.isfinite(f["ce_plain"]["exponent"])
+        assert math.isfinite(f["ce_total_plain"]["exponent"])
+        assert "a" in f["ce_finite_T"] and len(f["ce_finite_T"]["ci"]) == 2
+        v = summary["exponents"][theory]
+        assert v["ce_plain"] == f["ce_plain"]["exponent"]
+        for k in ("ce_plain_ci", "ce_plain_within_ci", "ce_finite_T", "ce_finite_T_ci",
+                  "ce_finite_T_within_ci"):
+            assert k in v
+        # the weighted-error results are still there
+        assert math.isfinite(v["plain"]) and "finite_T_within_ci" in v
+    curve = summary["widest_run_ce"]
+    assert curve["step"] and len(curve["step"]) == len(curve["ce"])
+    assert all(0.0 < c < 5.0 for c in curve["ce"])
+    text = (root / common.REPORT_DIR / "experiment.md").read_text()
+    assert "held-out cross-entropy" in text and "ce_excess" in text
+    figs = root / common.REPORT_DIR / "figures"
+    w, h = _png_size(figs / "sparse_parity_scaling.png")
+    assert h > 0.6 * w, "the scaling figure should have an error row and a cross-entropy row"
+    w, h = _png_size(figs / "sparse_parity_subtasks.png")
+    assert w > 3 * h, "the subtasks figure should have a cross-entropy panel"
+
+    # runs evaluated before per-subtask answer_logprob existed: CE fits skipped with a note
+    old = tmp_path / "old_runs"
+    for sweep in ("width", "data"):
+        shutil.copytree(root / sweep / "runs", old / sweep / "runs")
+        for ev in (old / sweep / "runs").glob("*/eval.jsonl"):
+            keep = [x for x in ev.read_text().splitlines()
+                    if not ("/subtask_" in x and "/answer_logprob" in json.loads(x)["metric"])]
+            ev.write_text("\n".join(keep) + "\n")
+    out = module.analyze(old, tmp_path / "old_report", "tiny", 0)
+    assert out["ce_available"] is False
+    assert out["fits"]["N"]["ce_plain"] is None and out["exponents"]["alpha_D"]["ce_plain"] is None
+    assert all(np.isnan(r["ce"]) for r in out["width_runs"] + out["data_runs"])
+    assert any("answer_logprob" in n and "skipped" in n for n in out["notes"])
+    assert math.isfinite(out["exponents"]["alpha_N"]["plain"])
+    assert (tmp_path / "old_report" / "figures" / "sparse_parity_scaling.png").is_file()
 
 
 @pytest.mark.slow
@@ -148,6 +233,24 @@ def test_interrupted_experiment_resumes(tmp_path):
                            timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert {p: p.stat().st_mtime_ns for p in sweep_root.rglob("checkpoints/*")} == before
+
+
+def test_sparse_parity_ce_terms():
+    """L_CE = Σ p_i·CE_i splits into the learned floor and the excess over it (nats)."""
+    from experiments import sparse_parity as sp
+
+    p = np.array([0.5, 0.3, 0.2])
+    ce = np.array([0.01, math.log(2), 0.9])
+    acc = np.array([1.0, 0.5, 0.4])
+    t = sp.ce_terms(ce, acc, p)
+    assert t["ce"] == pytest.approx(0.5 * 0.01 + 0.3 * math.log(2) + 0.2 * 0.9)
+    assert t["ce_floor"] == pytest.approx(0.5 * 0.01)
+    assert t["ce_excess"] == pytest.approx(0.3 * math.log(2) + 0.2 * 0.9)
+    # a subtask without CE drops out and p is renormalised over the rest
+    t = sp.ce_terms(np.array([0.01, np.nan, 0.9]), acc, p)
+    assert t["ce"] == pytest.approx((0.5 * 0.01 + 0.2 * 0.9) / 0.7)
+    assert t["ce"] == pytest.approx(sp.weighted_ce(np.array([0.01, np.nan, 0.9]), p))
+    assert all(math.isnan(v) for v in sp.ce_terms(np.full(3, np.nan), acc, p).values())
 
 
 def test_root_of_another_experiment_is_refused(tmp_path):
