@@ -7,8 +7,10 @@ steps, and trains it twice in fresh subprocesses against one new cache directory
 (empty cache: everything is compiled and written), then warm (same programs loaded from the
 cache), each into its own run directory. The warm run is the same run (a resumed or retried run,
 another seed) unless `--warm_run` picks another run of the sweep: then only the programs the two
-runs share hit the cache (the train step bakes in the step count and hyperparameters, so e.g. the
-same size at another IsoFLOP budget shares initialization and evaluation programs only). Each child reports the seconds spent in XLA compilation
+runs share hit the cache. The train step reads the run length and the LR schedule from the
+optimizer state, so the same size at another IsoFLOP budget (or peak LR) shares the train and
+evaluation programs; only the small initialization program, which writes those numbers, is
+compiled again. Each child reports the seconds spent in XLA compilation
 or cache loading (JAX's '/jax/core/compile/backend_compile_duration' events) and the wall time of
 `train()`. Prints both and the cold/warm ratios; the last line is the same as JSON.
 """

@@ -2,7 +2,8 @@
 
 `make_optimizer(config, abstract_params)` returns the optax chain
     clip_by_global_norm -> preconditioner (AdamW | Adafactor | Lion | SGD)
-    -> decoupled weight decay (masked) -> per-parameter LR multipliers (muP) -> learning rate.
+    -> decoupled weight decay (masked) -> per-parameter LR multipliers (muP) -> learning rate,
+whose schedule numbers live in the optimizer state (`ScheduleState`), not in the program.
 Weight decay is applied only to matrices (parameters whose logical axes, not counting 'layers',
 have rank >= 2); embeddings are excluded unless `optim.decay_embeddings`. The mask is derived from
 the logical axis names the model declares, so it is right with and without layer scanning.
@@ -10,7 +11,7 @@ the logical axis names the model declares, so it is right with and without layer
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -23,42 +24,98 @@ from scaling import config as config_lib
 Schedule = Callable[[jax.Array], jax.Array]
 
 
-def make_schedule(config: ml_collections.ConfigDict) -> Schedule:
-    """Returns the learning-rate schedule: step -> LR (warmup then cosine|linear|constant|WSD)."""
+class ScheduleState(NamedTuple):
+    """State of the learning-rate stage: the step count and the schedule's numbers as arrays.
+
+    Keeping the numbers (peak/final LR, warmup, total and WSD decay steps) in the optimizer state
+    instead of baking them into the program makes the compiled train step the same for every run
+    of a model shape, whatever its budget or peak LR: a sweep's runs share compilations through
+    the persistent cache (see `benchmarks/compile_cache.py`).
+    """
+
+    count: jax.Array
+    hparams: dict[str, jax.Array]
+
+
+def schedule_hparams(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Returns the schedule's numbers: peak and final LR, and warmup/total/stable/decay steps."""
     o = config.optim
     total = config_lib.train_steps(config)
     warmup = min(o.warmup_steps, max(total - 1, 0))
-    peak, final = o.lr, o.lr * o.final_lr_frac
-    if o.schedule == "constant":
-        body = optax.constant_schedule(peak)
-    elif o.schedule == "cosine":
-        body = optax.cosine_decay_schedule(peak, max(total - warmup, 1), alpha=o.final_lr_frac)
-    elif o.schedule == "linear":
-        body = optax.linear_schedule(peak, final, max(total - warmup, 1))
-    elif o.schedule == "wsd":
-        body = _wsd_body(peak, final, total - warmup, o.wsd_decay_frac, o.wsd_decay_shape)
+    body = max(total - warmup, 0)
+    decay = max(1, round(body * o.wsd_decay_frac))  # WSD only
+    return {"peak": float(o.lr), "final": float(o.lr * o.final_lr_frac), "warmup": float(warmup),
+            "body": float(max(body, 1)), "stable": float(max(body - decay, 0)),
+            "decay": float(decay)}
+
+
+def schedule_lr(step: jax.Array, hp: dict[str, Any], kind: str,
+                wsd_shape: str = "linear") -> jax.Array:
+    """Returns the LR at `step` (float32): linear warmup, then cosine|linear|constant|WSD.
+
+    `hp` holds the numbers of `schedule_hparams` (Python floats or traced arrays); `kind` and
+    `wsd_shape` choose the formula. The body counts steps after warmup; cosine and linear decay
+    from peak to final over the body, WSD stays at peak for `stable` steps then decays over
+    `decay` steps (linear, cosine, or the sqrt cooldown of Hägele et al. 2024).
+    """
+    f32 = jnp.float32
+    step = jnp.asarray(step, f32)
+    peak, final, warmup, body, stable, decay = (jnp.asarray(hp[k], f32) for k in
+                                                ("peak", "final", "warmup", "body", "stable",
+                                                 "decay"))
+    t = step - warmup
+    if kind == "constant":
+        after = peak * jnp.ones_like(t)
+    elif kind == "cosine":
+        after = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.clip(t / body, 0.0, 1.0)))
+    elif kind == "linear":
+        after = peak + (final - peak) * jnp.clip(t / body, 0.0, 1.0)
+    elif kind == "wsd":
+        frac = jnp.clip((t - stable) / decay, 0.0, 1.0)
+        if wsd_shape == "linear":
+            down = peak + (final - peak) * frac
+        elif wsd_shape == "cosine":
+            down = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+        else:  # sqrt
+            down = final + (peak - final) * (1.0 - jnp.sqrt(frac))
+        after = jnp.where(t < stable, peak, down)
     else:
-        raise config_lib.ConfigError("optim.schedule", o.schedule, "unknown schedule")
-    if warmup == 0:
-        return body
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), body], [warmup])
+        raise config_lib.ConfigError("optim.schedule", kind, "unknown schedule")
+    ramp = peak * step / jnp.maximum(warmup, 1.0)
+    return jnp.where(step < warmup, ramp, after)
 
 
-def _wsd_body(peak: float, final: float, steps: int, decay_frac: float, shape: str) -> Schedule:
-    """Returns the stable-then-decay part of a warmup-stable-decay schedule."""
-    decay_steps = max(1, round(steps * decay_frac))
-    stable_steps = max(steps - decay_steps, 0)
-    if shape == "linear":
-        decay = optax.linear_schedule(peak, final, decay_steps)
-    elif shape == "cosine":
-        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=final / peak if peak else 0.0)
-    else:  # sqrt cooldown (Hägele et al. 2024): lr = final + (peak - final) * (1 - sqrt(t/T))
+def make_schedule(config: ml_collections.ConfigDict) -> Schedule:
+    """Returns the learning-rate schedule: step -> LR (warmup then cosine|linear|constant|WSD)."""
+    hp, o = schedule_hparams(config), config.optim
+    return lambda step: schedule_lr(step, hp, o.schedule, o.wsd_decay_shape)
 
-        def decay(count: jax.Array) -> jax.Array:
-            frac = jnp.clip(count / decay_steps, 0.0, 1.0)
-            return final + (peak - final) * (1.0 - jnp.sqrt(frac))
 
-    return optax.join_schedules([optax.constant_schedule(peak), decay], [stable_steps])
+def scale_by_schedule_state(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Returns the last stage, updates -> -LR(step)·updates, with the schedule's numbers as state."""
+    hp, kind, shape = schedule_hparams(config), config.optim.schedule, config.optim.wsd_decay_shape
+
+    def init_fn(params: Any) -> ScheduleState:
+        del params
+        return ScheduleState(count=jnp.zeros([], jnp.int32),
+                             hparams={k: jnp.asarray(v, jnp.float32) for k, v in hp.items()})
+
+    def update_fn(updates: Any, state: ScheduleState, params: Any = None) -> tuple[Any, ScheduleState]:
+        del params
+        lr = schedule_lr(state.count, state.hparams, kind, shape)
+        updates = jax.tree.map(lambda u: jnp.asarray(-lr, u.dtype) * u, updates)
+        return updates, ScheduleState(count=optax.safe_increment(state.count), hparams=state.hparams)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def current_lr(config: ml_collections.ConfigDict, opt_state: Any, step: jax.Array) -> jax.Array:
+    """Returns the LR the optimizer applies at `step`, read from the schedule numbers in its state."""
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ScheduleState))
+             if isinstance(x, ScheduleState)]
+    if len(found) != 1:
+        raise ValueError(f"expected one ScheduleState in the optimizer state, found {len(found)}")
+    return schedule_lr(step, found[0].hparams, config.optim.schedule, config.optim.wsd_decay_shape)
 
 
 def _matrix_like(names: tuple | None) -> bool:
@@ -124,5 +181,5 @@ def make_optimizer(config: ml_collections.ConfigDict,
         from scaling.models import mup
 
         parts.append(mup.scale_by_multipliers(multipliers))
-    parts.append(optax.scale_by_learning_rate(schedule))
+    parts.append(scale_by_schedule_state(config))
     return optax.chain(*parts), schedule

@@ -82,7 +82,7 @@ def test_each_optimizer_lowers_the_loss_on_a_fixed_batch(name):
         model.init({"params": jax.random.PRNGKey(0)}, batch["inputs"])["params"]))
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        rng=jax.random.PRNGKey(1))
-    step = jax.jit(make_train_step(model, tx, c, schedule))
+    step = jax.jit(make_train_step(model, tx, c))
     losses = []
     for _ in range(8):
         state, m = step(state, batch)
@@ -114,3 +114,36 @@ def test_mup_multipliers_reach_the_optimizer_updates():
     assert ratio["layers"]["mlp"]["wo"] == pytest.approx(0.5)
     assert ratio["embedding"] == pytest.approx(1.0)
     assert ratio["final_norm"]["scale"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("schedule,extra", [("cosine", {}), ("linear", {}), ("constant", {}),
+                                            ("wsd", {"wsd_decay_shape": "cosine"}),
+                                            ("wsd", {"wsd_decay_shape": "sqrt"})])
+def test_optimizer_applies_the_schedule_from_its_state(schedule, extra):
+    # one parameter, SGD without momentum or decay: the update is exactly -LR(step) * gradient
+    c = _config(schedule, name="sgd", b1=0.0, weight_decay=0.0, clip_norm=0.0, **extra)
+    tx, sched = optim.make_optimizer(c, {"w": jax.ShapeDtypeStruct((), jnp.float32)})
+    state = tx.init({"w": jnp.zeros(())})
+    for step in range(0, 101):
+        updates, new_state = tx.update({"w": jnp.ones(())}, state, {"w": jnp.zeros(())})
+        lr = float(optim.current_lr(c, state, jnp.asarray(step)))
+        assert float(updates["w"]) == pytest.approx(-lr, rel=1e-6, abs=1e-9)
+        assert lr == pytest.approx(float(sched(jnp.asarray(step))), rel=1e-6, abs=1e-9)
+        state = new_state
+
+
+def test_train_step_program_does_not_depend_on_run_length_or_peak_lr():
+    from scaling.train import setup
+    from scaling.train.step import make_train_step
+
+    def program(**overrides):
+        c = helpers.tiny_lm_config(**overrides)
+        trainer = setup.build(c)
+        step = jax.jit(make_train_step(trainer.model, trainer.tx, c))
+        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), helpers.random_batch(c))
+        return step.lower(trainer.abstract_state, batch).as_text()
+
+    base = program(**{"train.num_steps": 50, "optim.lr": 1e-3})
+    assert program(**{"train.num_steps": 500, "optim.lr": 3e-3, "optim.warmup_steps": 7}) == base
+    # ... but a different optimizer form is a different program (the check can fail)
+    assert program(**{"train.num_steps": 50, "optim.lr": 1e-3, "optim.b2": 0.9}) != base

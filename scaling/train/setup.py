@@ -40,7 +40,7 @@ class Trainer:
         """Returns the jitted train step with explicit in/out shardings; the state is donated."""
         batch_shardings = {k: sharding_lib.batch_sharding(self.mesh, self.rules, np.ndim(v))
                            for k, v in example_batch.items()}
-        step = step_lib.make_train_step(self.model, self.tx, self.config, self.schedule)
+        step = step_lib.make_train_step(self.model, self.tx, self.config)
         jitted = jax.jit(step, in_shardings=(self.shardings, batch_shardings),
                          out_shardings=(self.shardings, sharding_lib.replicated(self.mesh)),
                          donate_argnums=(0,))

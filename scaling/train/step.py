@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from scaling import optim
 from scaling.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -53,10 +54,13 @@ def _apply(model: nn.Module, params: Any, inputs: jax.Array, rng: jax.Array | No
 
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict,
-                    schedule: Callable[[jax.Array], jax.Array]
+                    config: ml_collections.ConfigDict
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """Returns the pure train step (state, batch) -> (new state, metrics); jit it outside."""
+    """Returns the pure train step (state, batch) -> (new state, metrics); jit it outside.
+
+    The program depends on the model shape and the optimizer's form, not on the run's length or
+    peak LR (those are read from the optimizer state), so runs of one shape share compilations.
+    """
     t = config.train
     n_micro = t.microbatches
     use_dropout = any(config.model.get(k, 0.0) > 0 for k in
@@ -104,7 +108,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             "grad_norm": optax.tree.norm(grads),
             "update_norm": optax.tree.norm(updates),
             "param_norm": optax.tree.norm(params),
-            "lr": schedule(state.step),
+            "lr": optim.current_lr(config, state.opt_state, state.step),
             "weight": sums["weight"],
         }
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
