@@ -133,11 +133,11 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
     def _draw2() -> Any:
         fig, ax = plt.subplots(figsize=(5.0, 3.6))
         if fin is not None and len(fin):
-            for i, (b, g) in enumerate(sorted(fin.groupby("budget"), key=lambda t: t[0])):
+            groups = sorted(fin.groupby("budget"), key=lambda t: t[0])
+            for i, ((b, g), m) in enumerate(zip(groups, best)):
                 g = g.sort_values("N_nonembed")
                 ax.plot(g["N_nonembed"], g["value"], "o-", color=f"C{i}", ms=4, label=f"C = {b:.1e}")
-                j = g["value"].idxmin()
-                ax.plot([g.loc[j, "N_nonembed"]], [g.loc[j, "value"]], "*", color=f"C{i}", ms=11)
+                ax.plot([m["N_best"]], [m["loss_best"]], "*", color=f"C{i}", ms=11)
             common.legend(ax)
         ax.set_xscale("log")
         ax.set_xlabel("non-embedding parameters N")
