@@ -10,12 +10,12 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
+REFERENCE_DIR = REPO_ROOT / "tests" / "data"  # published data, see tests/data/README.md
 
 
 @pytest.fixture(scope="session")
 def reference_dir() -> pathlib.Path:
-    """Returns the published reference data directory (fails loudly if it is absent)."""
+    """Returns the folder of published reference data shipped with the tests (tests/data)."""
     assert REFERENCE_DIR.is_dir(), f"reference data not found at {REFERENCE_DIR}"
     return REFERENCE_DIR
 
