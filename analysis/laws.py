@@ -19,7 +19,7 @@ ArrayLike = Any
 
 __all__ = [
     "power_law", "power_law_n", "power_law_d", "power_law_c", "kaplan_n", "kaplan_nd",
-    "chinchilla", "bnsl", "sigmoid", "ChinchillaParams", "ComputeOptimal", "compute_optimal",
+    "chinchilla", "data_constrained", "bnsl", "sigmoid", "ChinchillaParams", "ComputeOptimal", "compute_optimal",
     "allocation_exponents", "allocation_g", "n_opt", "d_opt", "tokens_per_parameter",
 ]
 
@@ -72,6 +72,29 @@ def chinchilla(N: ArrayLike, D: ArrayLike, E: ArrayLike, A: ArrayLike, B: ArrayL
     if xp is np:
         N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
     return E + A * xp.power(N, -alpha) + B * xp.power(D, -beta)
+
+
+def data_constrained(N: ArrayLike, D: ArrayLike, U: ArrayLike, E: ArrayLike, A: ArrayLike,
+                     B: ArrayLike, alpha: ArrayLike, beta: ArrayLike, R_D_star: ArrayLike,
+                     R_N_star: ArrayLike) -> ArrayLike:
+    """Returns Muennighoff et al. (2023) L(N, D, U) in nats/token (N params, D tokens, U unique tokens).
+
+    L = E + A/N'^alpha + B/D'^beta with the effective data D' = U + U·R_D*·(1 − e^(−R_D/R_D*)),
+    R_D = max(D/U − 1, 0) repetitions, and the effective parameters N' = U_N + U_N·R_N*·(1 −
+    e^(−R_N/R_N*)), U_N = min(N, N_opt(U)), R_N = max(N/U_N − 1, 0), where N_opt(D) =
+    (D·G)^(beta/alpha)·G, G = (alpha·A/(beta·B))^(1/(alpha + beta)), is the compute-optimal size for
+    D tokens. With D ≤ U and N ≤ N_opt(U) it is Chinchilla's E + A/N^alpha + B/D^beta.
+    """
+    xp = _xp(N, D, U, E, A, B, alpha, beta, R_D_star, R_N_star)
+    if xp is np:
+        N, D, U = (np.asarray(v, dtype=float) for v in (N, D, U))
+    R_D = xp.maximum(D / U - 1.0, 0.0)
+    D_eff = U + U * R_D_star * (1.0 - xp.exp(-R_D / R_D_star))
+    G = xp.power(alpha * A / (beta * B), 1.0 / (alpha + beta))
+    U_N = xp.minimum(N, xp.power(U * G, beta / alpha) * G)
+    R_N = xp.maximum(N / U_N - 1.0, 0.0)
+    N_eff = U_N + U_N * R_N_star * (1.0 - xp.exp(-R_N / R_N_star))
+    return E + A * xp.power(N_eff, -alpha) + B * xp.power(D_eff, -beta)
 
 
 def bnsl(x: ArrayLike, a: ArrayLike, b: ArrayLike, c0: ArrayLike, c: Sequence[ArrayLike] = (),

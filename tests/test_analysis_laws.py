@@ -119,3 +119,41 @@ def test_no_interior_optimum_gives_nan_not_complex(alpha, beta):
     # a law with an optimum is unaffected (finite, positive)
     good = laws.compute_optimal(laws.ChinchillaParams(E=1.7, A=406.4, B=410.7, alpha=0.34, beta=0.28), C)
     assert np.all(np.isfinite(good.N_opt)) and np.all(good.N_opt > 0)
+
+
+# Muennighoff et al. (2023) fitted constants and the two values published with them
+MUENNIGHOFF = dict(E=np.exp(0.6254804), A=np.exp(6.255414), B=np.exp(7.3049974), alpha=0.3526596,
+                   beta=0.3526596, R_D_star=15.387756, R_N_star=5.309743)
+MUENNIGHOFF_VALUES = (((6.34e9, 242e9, 25e9), 2.2256440889984477), ((8.67e9, 178e9, 25e9), 2.2269634075087867))
+
+
+def test_data_constrained_reproduces_published_values():
+    from analysis.fit import get_law
+
+    X = np.array([x for x, _ in MUENNIGHOFF_VALUES])
+    expected = np.array([v for _, v in MUENNIGHOFF_VALUES])
+    got = laws.data_constrained(X[:, 0], X[:, 1], X[:, 2], **MUENNIGHOFF)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    # the fitter's log-space form of the same law (used inside fits) agrees too
+    np.testing.assert_allclose(get_law("data-constrained").predict(MUENNIGHOFF, X), expected, rtol=1e-6)
+    with jax.enable_x64(True):
+        jx = laws.data_constrained(jnp.asarray(X[:, 0]), jnp.asarray(X[:, 1]), jnp.asarray(X[:, 2]),
+                                   **MUENNIGHOFF)
+    np.testing.assert_allclose(np.asarray(jx), expected, rtol=1e-6)
+
+
+def test_data_constrained_reduces_to_chinchilla_without_repetition_and_decays_with_it():
+    p = MUENNIGHOFF
+    chin = dict(E=p["E"], A=p["A"], B=p["B"], alpha=p["alpha"], beta=p["beta"])
+    # one epoch (D = U) of a model below the compute-optimal size for U: no excess anything
+    N, U = np.array([1e8, 3e8]), np.array([1e11, 1e11])
+    np.testing.assert_allclose(laws.data_constrained(N, U, U, **p), laws.chinchilla(N, U, **chin), rtol=1e-12)
+    # repeating U tokens e times is worth less than e·U fresh tokens, more than U tokens, and the
+    # worth of more epochs saturates at U·(1 + R_D*) effective tokens
+    U = 1e10
+    epochs = np.array([1.0, 4.0, 40.0, 1e4])
+    rep = laws.data_constrained(1e8, epochs * U, U, **p)
+    fresh = laws.data_constrained(1e8, epochs * U, epochs * U, **p)
+    assert np.all(np.diff(rep) < 0) and np.all(rep[1:] > fresh[1:])
+    sat = laws.chinchilla(1e8, U * (1 + p["R_D_star"]), **chin)
+    assert rep[-1] == pytest.approx(sat, rel=1e-9)
