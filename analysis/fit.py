@@ -417,6 +417,52 @@ SIGMOID = Law(name="sigmoid", inputs=("x",), raw_names=("floor", "ceil", "k", "x
               formula="y = floor + (ceil - floor) * sigmoid(k * (log10 x - x0))")
 
 
+# --- monotone sigmoid (emergence): ceil > floor and k > 0 by construction --------------------------
+
+def _msig_pred(sign: float):
+    def pred(th, X):
+        z = sign * jnp.exp(th[2]) * (jnp.log10(X[:, 0]) - th[3])
+        return th[0] + jnp.exp(th[1]) * jax.nn.sigmoid(z)
+    return pred
+
+
+_MSIG_PRED = {"increasing": _msig_pred(1.0), "decreasing": _msig_pred(-1.0)}
+
+
+def _msig_nat(r):
+    r = np.asarray(r, dtype=float)
+    return np.stack([r[..., 0], r[..., 0] + np.exp(r[..., 1]), np.exp(r[..., 2]), r[..., 3]], -1)
+
+
+def _msig_raw(n):
+    n = np.asarray(n, dtype=float)
+    return np.stack([n[..., 0], np.log(n[..., 1] - n[..., 0]), np.log(n[..., 2]), n[..., 3]], -1)
+
+
+def _msig_init(X, y):
+    """Returns starts (floor, ln(ceil − floor), ln k, x0) spread over the data's range (256 rows)."""
+    lx = np.log10(X[:, 0])
+    span = max(float(lx.max() - lx.min()), 1e-6)
+    tiny = 1e-6 * max(float(np.max(np.abs(y))), 1e-12)
+    starts = []
+    for fl in sorted({float(np.min(y)), _q(y, 0.1)}):
+        for ce in sorted({float(np.max(y)), _q(y, 0.9)}):
+            for k in (0.5, 2.0, 5.0, 15.0):
+                for x0 in np.linspace(lx.min(), lx.max(), 8):
+                    starts.append((fl, math.log(max(ce - fl, tiny)), math.log(k / span * 2.0), x0))
+    return np.array(starts)
+
+
+def _monotone_sigmoid(direction: str) -> Law:
+    rising = direction == "increasing"
+    return Law(name=f"sigmoid-{direction}", inputs=("x",), raw_names=("floor", "ln_rise", "ln_k", "x0"),
+               param_names=("floor", "ceil", "k", "x0"), target="identity", delta=math.inf,
+               predict_t=_MSIG_PRED[direction], to_natural=_msig_nat, from_natural=_msig_raw,
+               init=_msig_init,
+               formula=("y = floor + (ceil - floor) * sigmoid(" + ("" if rising else "-")
+                        + "k * (log10 x - x0)), ceil > floor, k > 0"))
+
+
 LAWS: dict[str, Law] = {
     "chinchilla": CHINCHILLA,
     "data-constrained": DATA_CONSTRAINED,
@@ -427,6 +473,8 @@ LAWS: dict[str, Law] = {
     "kaplan-nd": KAPLAN_ND,
     "bnsl": bnsl_law(1),
     "sigmoid": SIGMOID,
+    "sigmoid-increasing": _monotone_sigmoid("increasing"),
+    "sigmoid-decreasing": _monotone_sigmoid("decreasing"),
 }
 
 

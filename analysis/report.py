@@ -252,7 +252,8 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
                         "late decline": res.decline["late_decline"]})
         R.summary.setdefault("emergence", {})[m] = res.to_dict()
     if curves:
-        R.p("Sigmoid vs flat/linear by BIC (transition only if the sigmoid's BIC is lower by ≥ 2).")
+        R.p("Increasing sigmoid vs flat/linear: a transition only if the sigmoid's BIC is lower by ≥ 2, "
+            "3 points lie on each side of its midpoint and its rise exceeds 3 × the residual SD.")
         R.table(pd.DataFrame(em_rows))
         xl = "training compute C (FLOPs)" if em_x == "C" else "parameters N"
         R.figure(plots.plot_emergence(curves, xl), "emergence",

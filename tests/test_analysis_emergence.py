@@ -89,3 +89,79 @@ def test_subtask_curves_and_learned_counts():
     early = learned[learned["step"] == 10]["n_learned"]
     assert (early == 0).all()
     assert subtask_curves(df, "other").empty
+
+
+def test_decreasing_series_is_no_increasing_transition_and_direction_fits_it():
+    rng = np.random.default_rng(5)
+    y = laws.sigmoid(X, 0.05, 0.85, -4.0, 21.0) + rng.normal(0, 0.02, len(X))  # falls from 0.85
+    up = fit_emergence(X, y, bootstrap=0)
+    assert not up.transition and up.fit.params["ceil"] > up.fit.params["floor"] and up.fit.params["k"] > 0
+    down = fit_emergence(X, y, direction="decreasing", bootstrap=0)
+    assert down.transition, down.verdict
+    assert down.x0 == pytest.approx(21.0, abs=0.1)
+    assert down.fit.params["ceil"] == pytest.approx(0.85, abs=0.03)
+    assert down.fit.params["floor"] == pytest.approx(0.05, abs=0.03)
+    assert down.level_end == pytest.approx(0.05, abs=0.03)  # the level reached is the floor
+
+
+def test_ceiling_above_floor_in_every_bootstrap_refit():
+    rng = np.random.default_rng(6)
+    y = laws.sigmoid(X, 0.1, 0.3, 3.0, 20.5) + rng.normal(0, 0.03, len(X))
+    r = fit_emergence(X, y, bootstrap=60, seed=1)
+    names = r.fit.law.param_names
+    boot = r.fit.boot[np.all(np.isfinite(r.fit.boot), axis=1)]
+    assert len(boot) >= 55
+    assert np.all(boot[:, names.index("ceil")] > boot[:, names.index("floor")])
+    assert np.all(boot[:, names.index("k")] > 0)
+    assert r.rise_ci[0] <= r.rise <= r.rise_ci[1]
+
+
+def test_wiggle_near_chance_is_not_a_transition_when_chance_is_given():
+    rng = np.random.default_rng(0)
+    # a clean little sigmoid from chance 0.10 to 0.13: real, above noise, but not above chance + 0.05
+    y = laws.sigmoid(X, 0.10, 0.13, 4.0, 21.0) + rng.normal(0, 0.004, len(X))
+    assert fit_emergence(X, y, bootstrap=0).transition  # without a chance level it is a transition
+    r = fit_emergence(X, y, chance=0.1, bootstrap=50)
+    assert not r.transition
+    assert r.reasons == [f"95% CI low end at the largest x, {r.level_end_ci[0]:.3g}, does not clear "
+                         "chance 0.1 by 0.05"]
+    assert r.level_end_ci[0] < 0.15
+    # the same margin, a ceiling well above chance: a transition
+    y2 = laws.sigmoid(X, 0.10, 0.40, 4.0, 21.0) + rng.normal(0, 0.004, len(X))
+    assert fit_emergence(X, y2, chance=0.1, bootstrap=50).transition
+    # a smaller stated margin accepts the small rise
+    assert fit_emergence(X, y, chance=0.1, chance_margin=0.01, bootstrap=0).transition
+
+
+def test_rise_within_noise_is_not_a_transition():
+    x = np.geomspace(1e18, 1e23, 80)
+    # a step of 0.04 under ±0.02 alternating noise: BIC and the midpoint rule accept it, the noise rule does not
+    y = 0.3 + 0.04 * (np.log10(x) > 20.5) + 0.02 * (-1.0) ** np.arange(len(x))
+    r = fit_emergence(x, y, bootstrap=0)
+    assert not r.transition
+    assert len(r.reasons) == 1 and "within noise" in r.reasons[0], r.reasons
+    assert r.rise == pytest.approx(0.04, abs=0.01) and r.residual_sd == pytest.approx(0.02, rel=0.1)
+    assert fit_emergence(x, y, bootstrap=0, noise_margin=1.0).transition
+
+
+def test_noisy_plateau_is_not_a_late_decline_and_decreasing_metrics_decline_upwards():
+    flags = 0
+    for s in range(20):
+        rng = np.random.default_rng(100 + s)
+        y = laws.sigmoid(X, 0.0, 0.8, 5.0, 19.5) + rng.normal(0, 0.03, len(X))  # long noisy plateau
+        flags += fit_emergence(X, y, bootstrap=0).decline["late_decline"]
+    assert flags <= 1
+    err = laws.sigmoid(X, 0.1, 0.9, -5.0, 20.0)
+    err[-5:] += np.linspace(0.1, 0.4, 5)  # the error rate climbs back
+    d = detect_late_decline(X, err, direction="decreasing")
+    assert d["late_decline"] and d["drop"] > 0.2 and d["last_y"] > d["peak_y"]
+    # a falling error rate that stays down is not flagged
+    assert not detect_late_decline(X, laws.sigmoid(X, 0.1, 0.9, -5.0, 20.0), direction="decreasing")["late_decline"]
+
+
+@pytest.mark.parametrize("kw, field", [(dict(direction="up"), "direction"), (dict(chance=float("nan")), "chance"),
+                                       (dict(chance_margin=-0.1), "chance_margin"),
+                                       (dict(noise_margin=float("inf")), "noise_margin")])
+def test_bad_arguments_are_named(kw, field):
+    with pytest.raises(ValueError, match=field):
+        fit_emergence(X, np.linspace(0, 1, len(X)), bootstrap=0, **kw)
