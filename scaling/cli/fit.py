@@ -1,4 +1,4 @@
-"""`scaling fit`: fit a scaling law to a CSV file and print its parameters with bootstrap CIs."""
+"""`scaling fit`: fit a scaling law (or an emergence curve) to a CSV file and print it with bootstrap CIs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import math
 import sys
 from typing import Sequence
 
-LAW_CHOICES = ("power-n", "power-d", "power-c", "kaplan", "chinchilla", "isoflop", "bnsl", "sigmoid")
-_DEFAULT_COLS = {"N": "N", "D": "D", "C": "C", "loss": "loss", "x": "x", "y": "y"}
-_LAW_Y = {"bnsl": "y", "sigmoid": "y"}
+LAW_CHOICES = ("power-n", "power-d", "power-c", "kaplan", "chinchilla", "data-constrained", "isoflop",
+               "bnsl", "sigmoid", "emergence")
+DIRECTION_CHOICES = ("increasing", "decreasing")
+_DEFAULT_COLS = {"N": "N", "D": "D", "C": "C", "U": "U", "loss": "loss", "x": "x", "y": "y"}
+_LAW_Y = {"bnsl": "y", "sigmoid": "y", "emergence": "y"}
 
 DESCRIPTION = """\
 Fit a scaling law to the rows of a CSV file and print its parameters with bootstrap CIs.
@@ -23,10 +25,24 @@ Laws (inputs -> output column roles):
               L = [(N_c/N)^(alpha_N/alpha_D) + D_c/D]^alpha_D
   chinchilla  L = E + A/N^alpha + B/D^beta  (Hoffmann et al. approach 3: Huber delta=1e-3 on ln L,
               4,500-start grid, L-BFGS)                   (N, D -> loss)
+  data-constrained
+              Muennighoff et al. 2023, repeated data: L = E + A/N'^alpha + B/D'^beta with
+              D' = U + U*R_D*(1-exp(-R_D/R_D*)), R_D = max(D/U-1, 0) repetitions of the U unique
+              tokens, and N' the same in excess parameters over N_opt(U) (R_N*)
+              (Huber delta=1e-3 on ln L, 900 starts)      (N, D, U -> loss)
   isoflop     approach 2: per budget C, Akima minimum of ln loss over ln N; N* = k*C^a
                                                           (C, N, loss [, D])
   bnsl        y = a + b*x^-c0*(1+(x/d1)^(1/f1))^(-c1*f1)  (x -> y; least squares on ln(1+y))
   sigmoid     y = floor + (ceil-floor)*sigmoid(k*(log10 x - x0))   (x -> y; least squares)
+  emergence   the emergence analysis of `scaling analyze` on any series (e.g. accuracy over
+              checkpoints): a monotone sigmoid (--direction; ceil > floor, k > 0) against flat and
+              linear models; prints the verdict ("transition" only if the sigmoid wins by BIC,
+              the midpoint has 3 points on each side, the rise exceeds 3 x the residual SD and,
+              with --chance, the level reached clears chance by --chance-margin), x0 = log10 x of
+              the midpoint with its CI, and the late-decline flag   (x -> y)
+
+Rows with a missing or non-finite value in a used column, or a non-positive value where the law
+takes a logarithm, are dropped; the dropped and the duplicate rows are counted on stderr.
 
 Units are those of the columns (N parameters, D tokens, C FLOPs, loss nats/token).
 """
@@ -36,6 +52,8 @@ examples:
   scaling fit runs.csv --law chinchilla --columns N=params,D=tokens,loss=val_loss --bootstrap 200
   scaling fit isoflop.csv --law isoflop --columns C=flops,N=n,loss=loss --group config
   scaling fit addition.csv --law bnsl --columns x=train_dataset_size,y=test_cross_entropy --json fit.json
+  scaling fit repeats.csv --law data-constrained --columns N=params,D=tokens,U=unique_tokens,loss=loss
+  scaling fit mmlu.csv --law emergence --columns x=flops,y=accuracy --chance 0.25 --group model
 """
 
 
@@ -47,8 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("csv", metavar="FILE.csv", help="input table, one row per run or checkpoint")
     parser.add_argument("--law", required=True, choices=LAW_CHOICES, help="functional form to fit")
     parser.add_argument("--columns", default="", metavar="ROLE=COL,...",
-                        help="map roles N, D, C, loss, x, y to CSV column names "
-                             "(default: columns named N, D, C, loss, x, y)")
+                        help="map roles N, D, C, U, loss, x, y to CSV column names "
+                             "(default: columns named N, D, C, U, loss, x, y)")
     parser.add_argument("--group", metavar="COL", help="fit each value of this column separately")
     parser.add_argument("--bootstrap", type=int, default=200, metavar="K",
                         help="bootstrap resamples for the CIs (0: none; default 200)")
@@ -57,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query", metavar="COL=VALUE", action="append", default=[],
                         help="keep only rows where column COL equals VALUE (repeatable)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    em = parser.add_argument_group("emergence (--law emergence)")
+    em.add_argument("--direction", choices=DIRECTION_CHOICES, default=None,
+                    help="which way the metric improves (default increasing; decreasing for error rates)")
+    em.add_argument("--chance", type=float, default=None, metavar="Y",
+                    help="the task's chance level in the units of y; a transition must clear it")
+    em.add_argument("--chance-margin", type=float, default=None, metavar="DY",
+                    help="how far beyond chance the level reached must be (units of y; default 0.05)")
 
 
 def _parse_columns(spec: str) -> dict[str, str]:
@@ -75,15 +100,75 @@ def _fmt(v: float) -> str:
     return "nan" if not math.isfinite(v) else f"{v:.6g}"
 
 
+def _roles(law: str, cols: dict[str, str], columns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Returns (roles used by the law, roles that must be positive); optional D only if present."""
+    if law == "isoflop":
+        used = ["C", "N", "loss"] + (["D"] if cols["D"] in columns else [])
+        return used, used
+    if law in ("sigmoid", "emergence"):
+        return ["x", "y"], ["x"]
+    from analysis.fit import get_law
+
+    lw = get_law(_law_name(law, cols, columns))
+    y_role = _LAW_Y.get(law, "loss")
+    return [*lw.inputs, y_role], [*lw.inputs] + ([y_role] if lw.target == "log" else [])
+
+
+def _law_name(law: str, cols: dict[str, str], columns: Sequence[str]) -> str:
+    if law == "kaplan":
+        return "kaplan-nd" if cols["D"] in columns else "kaplan-n"
+    return law
+
+
+def clean_rows(df, law: str, cols: dict[str, str]):
+    """Returns (rows usable by the law, warning lines): drops missing/non-finite/non-positive values, counts duplicates."""
+    import numpy as np
+
+    used, positive = _roles(law, cols, list(df.columns))
+    for role in used:
+        if cols[role] not in df.columns:
+            raise ValueError(f"column {cols[role]!r} (role {role}) not in the CSV; columns: {list(df.columns)}")
+    names = [cols[r] for r in used]
+    vals = {r: numeric_column(df[cols[r]], cols[r]) for r in used}
+    finite = np.all([np.isfinite(v) for v in vals.values()], axis=0)
+    pos = np.all([vals[r] > 0 for r in positive], axis=0) if positive else np.ones(len(df), bool)
+    keep = finite & pos
+    notes = []
+    n_nonfinite, n_nonpos = int(np.sum(~finite)), int(np.sum(finite & ~pos))
+    if n_nonfinite or n_nonpos:
+        parts = []
+        if n_nonfinite:
+            parts.append(f"{n_nonfinite} with a missing or non-finite value in {', '.join(names)}")
+        if n_nonpos:
+            pnames = ", ".join(cols[r] for r in positive)
+            parts.append(f"{n_nonpos} with a non-positive value in {pnames} (the law takes logarithms)")
+        notes.append(f"dropped {n_nonfinite + n_nonpos} of {len(df)} rows: {'; '.join(parts)}")
+    out = df[keep]
+    n_dup = int(out.duplicated(subset=names).sum())
+    if n_dup:
+        notes.append(f"{n_dup} duplicate rows (same {', '.join(names)} as an earlier row); "
+                     f"kept, each counts as a point of the fit")
+    return out, notes
+
+
+def numeric_column(s, name: str):
+    """Returns column s as a float array; a non-numeric entry is an error naming the column."""
+    import numpy as np
+    import pandas as pd
+
+    v = pd.to_numeric(s, errors="coerce")
+    bad = v.isna() & s.notna()
+    if bad.any():
+        raise ValueError(f"column {name!r} has non-numeric values, e.g. {s[bad].iloc[0]!r}")
+    return v.to_numpy(dtype=float, na_value=np.nan)
+
+
 def _fit_one(df, law: str, cols: dict[str, str], args: argparse.Namespace) -> dict:
-    from analysis.fit import fit_law
+    from analysis.fit import fit_law, get_law
     from analysis.isoflop import approach2
 
     def col(role: str):
-        name = cols[role]
-        if name not in df.columns:
-            raise ValueError(f"column {name!r} (role {role}) not in the CSV; columns: {list(df.columns)}")
-        return df[name].to_numpy(float)
+        return numeric_column(df[cols[role]], cols[role])
 
     if law == "isoflop":
         D = col("D") if cols["D"] in df.columns else None
@@ -91,21 +176,52 @@ def _fit_one(df, law: str, cols: dict[str, str], args: argparse.Namespace) -> di
                         level=args.level)
         return {"law": "isoflop", **res.to_dict(),
                 "optima": res.optima.to_dict(orient="records")}
-    if law == "kaplan":
-        name = "kaplan-nd" if cols["D"] in df.columns else "kaplan-n"
-    else:
-        name = law
-    from analysis.fit import get_law
-    lw = get_law(name)
-    X = [col(r) for r in lw.inputs]
+    if law == "emergence":
+        from analysis.emergence import fit_emergence
+
+        res = fit_emergence(col("x"), col("y"), direction=args.direction or "increasing",
+                            chance=args.chance,
+                            chance_margin=0.05 if args.chance_margin is None else args.chance_margin,
+                            bootstrap=args.bootstrap, seed=args.seed, level=args.level)
+        return {"law": "emergence", "formula": res.fit.law.formula, "x": cols["x"], "y": cols["y"],
+                **res.to_dict()}
     import numpy as np
-    y = col(_LAW_Y.get(law, "loss"))
-    fit = fit_law(lw, np.column_stack(X), y, bootstrap=args.bootstrap, seed=args.seed, level=args.level)
+
+    lw = get_law(_law_name(law, cols, list(df.columns)))
+    X = np.column_stack([col(r) for r in lw.inputs])
+    fit = fit_law(lw, X, col(_LAW_Y.get(law, "loss")), bootstrap=args.bootstrap, seed=args.seed,
+                  level=args.level)
     return fit.to_dict()
+
+
+def _print_emergence(r: dict, head: str, out) -> None:
+    level = int(round(100 * r["level"]))
+    lo, hi = r["x0_ci"]
+    ci = f", {level}% CI [{_fmt(lo)}, {_fmt(hi)}]" if math.isfinite(lo) else ""
+    print(f"{head}emergence of {r['y']} vs {r['x']} ({r['direction']}, {r['n_points']} points): "
+          f"{r['verdict']}", file=out)
+    where = "inside" if r["x0_in_range"] else "outside"
+    print(f"{head}  x0 = {_fmt(r['x0_log10'])} (log10 {r['x']}){ci}; {r['x']} = {_fmt(r['x_emergence'])}, "
+          f"{where} the data", file=out)
+    for k, v in r["params"].items():
+        c = r["ci"].get(k)
+        c_s = f"  {level}% CI [{_fmt(c[0])}, {_fmt(c[1])}]" if c else ""
+        print(f"{head}  {k:>8s} = {_fmt(v)}{c_s}", file=out)
+    chance = "" if r["chance"] is None else f", chance {_fmt(r['chance'])} (margin {_fmt(r['chance_margin'])})"
+    print(f"{head}  rise over the data {_fmt(r['rise'])}, residual SD {_fmt(r['residual_sd'])}, "
+          f"level at the largest x {_fmt(r['level_end'])}{chance}", file=out)
+    if r["late_decline"]:
+        print(f"{head}  late decline: yes (best {_fmt(r['peak_y'])} at {r['x']} = {_fmt(r['peak_x'])}, "
+              f"then {_fmt(r['last_y'])} at the end; drop {_fmt(r['drop'])})", file=out)
+    else:
+        print(f"{head}  late decline: no", file=out)
 
 
 def _print(result: dict, label: str | None, out) -> None:
     head = f"[{label}] " if label else ""
+    if result["law"] == "emergence":
+        _print_emergence(result, head, out)
+        return
     if result["law"] == "isoflop":
         for key, name in (("N_opt", "N*(C) = k*C^a"), ("D_opt", "D*(C) = k*C^b")):
             r = result[key]
@@ -131,13 +247,27 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
     try:
         cols = _parse_columns(args.columns)
+        if args.law != "emergence":
+            for flag, v in (("--direction", args.direction), ("--chance", args.chance),
+                            ("--chance-margin", args.chance_margin)):
+                if v is not None:
+                    raise ValueError(f"{flag} applies only to --law emergence")
         df = pd.read_csv(args.csv)
         for q in args.query:
+            if "=" not in q:
+                raise ValueError(f"--query: expected COL=VALUE, got {q!r}")
             k, v = q.split("=", 1)
+            if k not in df.columns:
+                raise ValueError(f"--query: column {k!r} not in the CSV; columns: {list(df.columns)}")
             df = df[df[k].astype(str) == v]
+        if args.group and args.group not in df.columns:
+            raise ValueError(f"--group: column {args.group!r} not in the CSV; columns: {list(df.columns)}")
         groups = [(None, df)] if not args.group else [(str(k), g) for k, g in df.groupby(args.group, sort=True)]
         results = {}
         for label, g in groups:
+            g, notes = clean_rows(g, args.law, cols)
+            for note in notes:
+                print(f"scaling fit: warning: {'[' + label + '] ' if label else ''}{note}", file=sys.stderr)
             res = _fit_one(g, args.law, cols, args)
             _print(res, label, sys.stdout)
             results[label or "all"] = res
