@@ -417,6 +417,83 @@ SIGMOID = Law(name="sigmoid", inputs=("x",), raw_names=("floor", "ceil", "k", "x
               formula="y = floor + (ceil - floor) * sigmoid(k * (log10 x - x0))")
 
 
+# --- fine-tuning (Lin et al. 2024): rectified law and the plain power law it is compared with -------
+
+def _rect_pred(th, X):
+    """Returns ln L of L(D) = E + (A − E)/(1 + e^B·D^β) from raw (ln E, ln(A − E), B, β)."""
+    lnD = jnp.log(X[:, 0])
+    return _lae(jnp.broadcast_to(th[0], lnD.shape), th[1] + jax.nn.log_sigmoid(-(th[2] + th[3] * lnD)))
+
+
+def _rect_nat(r):
+    r = np.asarray(r, dtype=float)
+    return np.stack([np.exp(r[..., 0]) + np.exp(r[..., 1]), np.exp(r[..., 0]), r[..., 2], r[..., 3]], -1)
+
+
+def _rect_raw(n):
+    n = np.asarray(n, dtype=float)
+    return np.stack([np.log(n[..., 1]), np.log(n[..., 0] - n[..., 1]), n[..., 2], n[..., 3]], -1)
+
+
+def _rect_init(X, y):
+    """Returns starts (ln E, ln(A − E), B, β): E below the smallest loss, midpoints across ln D (252 rows)."""
+    lnD = np.log(X[:, 0])
+    y_min, y_max = float(np.min(y)), float(np.max(y))
+    starts = []
+    for frac in (0.3, 0.6, 0.9):
+        E = frac * y_min
+        for off in (-1.0, 0.0, 1.0):
+            for be in (0.2, 0.5, 1.0, 2.0):
+                for mid in np.linspace(lnD.min() - 3.0, lnD.max() + 3.0, 7):
+                    starts.append((math.log(E), math.log(max(y_max - E, 1e-6)) + off, -be * mid, be))
+    return np.array(starts)
+
+
+def _ftpow_pred(th, X):
+    """Returns ln L of L(D) = (1/(B·D^β) + E)^α from raw (ln B, β, ln E, α)."""
+    lnD = jnp.log(X[:, 0])
+    return th[3] * _lae(-th[0] - th[1] * lnD, jnp.broadcast_to(th[2], lnD.shape))
+
+
+def _ftpow_nat(r):
+    r = np.asarray(r, dtype=float)
+    return np.stack([np.exp(r[..., 0]), r[..., 1], np.exp(r[..., 2]), r[..., 3]], -1)
+
+
+def _ftpow_raw(n):
+    n = np.asarray(n, dtype=float)
+    return np.stack([np.log(n[..., 0]), n[..., 1], np.log(n[..., 2]), n[..., 3]], -1)
+
+
+def _ftpow_init(X, y):
+    """Returns starts (ln B, β, ln E, α): E^α a fraction of the smallest loss, B through the median (180 rows)."""
+    lnD_med = float(np.median(np.log(X[:, 0])))
+    y_min, y_med = float(np.min(y)), float(np.median(y))
+    starts = []
+    for al in (0.1, 0.3, 0.6, 1.0, 2.0):
+        for frac in (0.3, 0.6, 0.9):
+            lnE = math.log(frac * y_min) / al
+            rest = max(y_med ** (1.0 / al) - math.exp(lnE), 1e-6 * math.exp(lnE))
+            for be in (0.05, 0.2, 0.5, 1.0):
+                for off in (-1.0, 0.0, 1.0):
+                    starts.append((-math.log(rest) - be * lnD_med + off, be, lnE, al))
+    return np.array(starts)
+
+
+FINETUNE_RECTIFIED = Law(
+    name="finetune-rectified", inputs=("D",), raw_names=("ln_E", "ln_A_minus_E", "B", "beta"),
+    param_names=("A", "E", "B", "beta"), target="log", delta=math.inf, predict_t=_rect_pred,
+    to_natural=_rect_nat, from_natural=_rect_raw, init=_rect_init,
+    formula="L = (A - E)/(1 + e^B * D^beta) + E",
+)
+FINETUNE_POWER = Law(
+    name="finetune-power", inputs=("D",), raw_names=("ln_B", "beta", "ln_E", "alpha"),
+    param_names=("B", "beta", "E", "alpha"), target="log", delta=math.inf, predict_t=_ftpow_pred,
+    to_natural=_ftpow_nat, from_natural=_ftpow_raw, init=_ftpow_init,
+    formula="L = (1/(B * D^beta) + E)^alpha",
+)
+
+
 # --- monotone sigmoid (emergence): ceil > floor and k > 0 by construction --------------------------
 
 def _msig_pred(sign: float):
@@ -473,6 +550,8 @@ LAWS: dict[str, Law] = {
     "kaplan-nd": KAPLAN_ND,
     "bnsl": bnsl_law(1),
     "sigmoid": SIGMOID,
+    "finetune-rectified": FINETUNE_RECTIFIED,
+    "finetune-power": FINETUNE_POWER,
     "sigmoid-increasing": _monotone_sigmoid("increasing"),
     "sigmoid-decreasing": _monotone_sigmoid("decreasing"),
 }

@@ -135,3 +135,28 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "--chance applies only to --law emergence" in capsys.readouterr().err
     assert fit_cli.main(["scaling fit", str(src), "--law", "emergence", "--group", "model"]) == 2
     assert "--group: column 'model' not in the CSV" in capsys.readouterr().err
+
+
+def test_finetune_rectified_law_matches_the_authors_on_flan(tmp_path, capsys, reference_dir):
+    wide = pd.read_csv(reference_dir / "finetune" / "lin2024_flan.csv")
+    authors = pd.read_csv(reference_dir / "finetune" / "lin2024_rmsd_flan.csv").set_index("model")
+    sizes = [c for c in wide.columns if c.isdigit()]
+    long = wide.melt(id_vars=["config name"], value_vars=sizes, var_name="examples", value_name="loss")
+    long = long.rename(columns={"config name": "model"})
+    src, out = _fit(tmp_path, long)
+    rms = {}
+    for law in ("finetune-rectified", "finetune-power"):
+        rc, res, printed, err = _run(capsys, src, out, "--law", law, "--group", "model", "--columns",
+                                     "D=examples,loss=loss", "--bootstrap", "0")
+        assert rc == 0, err
+        # the authors fit D = 200 ... 1,638,400; the D = 0 row of every model is dropped, and said so
+        assert err.count("dropped 1 of 15 rows: 1 with a non-positive value in examples, loss") == 30
+        assert len(res) == 30 and all(r["n_points"] == 14 for r in res.values())
+        rms[law] = pd.Series({m: r["rms_residual"] for m, r in res.items()})  # RMSD of ln L
+    rect, plain = rms["finetune-rectified"], rms["finetune-power"]
+    assert set(rect.index) == set(authors.index)
+    # a fitter that finds the optimum does at least as well as the authors' fit on every model
+    ratio = rect / authors.loc[rect.index, "our_rmsd_under_log"]
+    assert (ratio <= 1.001).all(), ratio[ratio > 1.001]
+    assert rect.mean() <= 0.0065  # the authors' mean over FLAN models
+    assert rect.mean() < 0.5 * plain.mean()  # the rectified law beats the plain one on average

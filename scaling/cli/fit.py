@@ -9,7 +9,7 @@ import sys
 from typing import Sequence
 
 LAW_CHOICES = ("power-n", "power-d", "power-c", "kaplan", "chinchilla", "data-constrained", "isoflop",
-               "bnsl", "sigmoid", "emergence")
+               "bnsl", "sigmoid", "emergence", "finetune-rectified", "finetune-power")
 DIRECTION_CHOICES = ("increasing", "decreasing")
 _DEFAULT_COLS = {"N": "N", "D": "D", "C": "C", "U": "U", "loss": "loss", "x": "x", "y": "y"}
 _LAW_Y = {"bnsl": "y", "sigmoid": "y", "emergence": "y"}
@@ -30,6 +30,12 @@ Laws (inputs -> output column roles):
               D' = U + U*R_D*(1-exp(-R_D/R_D*)), R_D = max(D/U-1, 0) repetitions of the U unique
               tokens, and N' the same in excess parameters over N_opt(U) (R_N*)
               (Huber delta=1e-3 on ln L, 900 starts)      (N, D, U -> loss)
+  finetune-rectified
+              Lin et al. 2024, fine-tuning: L = (A-E)/(1 + e^B*D^beta) + E, D fine-tuning
+              examples (least squares on ln L)           (D -> loss)
+  finetune-power
+              the plain power law it is compared with: L = (1/(B*D^beta) + E)^alpha
+              (least squares on ln L)                    (D -> loss)
   isoflop     approach 2: per budget C, Akima minimum of ln loss over ln N; N* = k*C^a
                                                           (C, N, loss [, D])
   bnsl        y = a + b*x^-c0*(1+(x/d1)^(1/f1))^(-c1*f1)  (x -> y; least squares on ln(1+y))
@@ -53,6 +59,7 @@ examples:
   scaling fit isoflop.csv --law isoflop --columns C=flops,N=n,loss=loss --group config
   scaling fit addition.csv --law bnsl --columns x=train_dataset_size,y=test_cross_entropy --json fit.json
   scaling fit repeats.csv --law data-constrained --columns N=params,D=tokens,U=unique_tokens,loss=loss
+  scaling fit flan.csv --law finetune-rectified --columns D=examples,loss=loss --group model
   scaling fit mmlu.csv --law emergence --columns x=flops,y=accuracy --chance 0.25 --group model
 """
 
