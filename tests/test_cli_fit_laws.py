@@ -93,8 +93,9 @@ def test_emergence_decreasing_direction_for_an_error_rate(tmp_path, capsys):
 
 def test_data_constrained_fit_recovers_parameters(tmp_path, capsys):
     true = dict(E=1.87, A=520.0, B=1490.0, alpha=0.35, beta=0.33, R_D_star=15.4, R_N_star=5.3)
-    rows = [(N, U * epochs, U) for U in (1e8, 1e9, 1e10) for N in np.geomspace(1e7, 3e9, 6)
-            for epochs in (0.25, 1, 2, 4, 8, 16, 40, 100)]
+    # 60 runs: models below and far above the compute-optimal size for U, 0.5 to 100 epochs
+    rows = [(N, U * epochs, U) for U in (1e8, 1e9, 1e10) for N in np.geomspace(1e7, 3e9, 4)
+            for epochs in (0.5, 2, 8, 30, 100)]
     N, D, U = np.array(rows).T
     df = pd.DataFrame({"params": N, "tokens": D, "unique": U,
                        "val": laws.data_constrained(N, D, U, **true)})
