@@ -85,7 +85,8 @@ def test_emergence_decreasing_direction_for_an_error_rate(tmp_path, capsys):
     r = res["all"]
     assert r["transition"] is True and r["direction"] == "decreasing"
     assert r["x0_log10"] == pytest.approx(21.0, abs=0.15)
-    assert r["params"]["floor"] == pytest.approx(0.1, abs=0.05) and r["params"]["ceil"] == pytest.approx(0.9, abs=0.05)
+    assert r["params"]["floor"] == pytest.approx(0.1, abs=0.05)
+    assert r["params"]["ceil"] == pytest.approx(0.9, abs=0.05)
     # the same series read as an increasing metric has no increasing transition
     rc, res, _, _ = _run(capsys, src, out, "--law", "emergence", "--bootstrap", "0")
     assert rc == 0 and res["all"]["transition"] is False

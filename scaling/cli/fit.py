@@ -6,7 +6,11 @@ import argparse
 import json
 import math
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # imported lazily at run time, so `scaling --help` stays fast
+    import numpy as np
+    import pandas as pd
 
 LAW_CHOICES = ("power-n", "power-d", "power-c", "kaplan", "chinchilla", "data-constrained", "isoflop",
                "bnsl", "sigmoid", "emergence", "finetune-rectified", "finetune-power")
@@ -127,8 +131,12 @@ def _law_name(law: str, cols: dict[str, str], columns: Sequence[str]) -> str:
     return law
 
 
-def clean_rows(df, law: str, cols: dict[str, str]):
-    """Returns (rows usable by the law, warning lines): drops missing/non-finite/non-positive values, counts duplicates."""
+def clean_rows(df: pd.DataFrame, law: str, cols: dict[str, str]) -> tuple[pd.DataFrame, list[str]]:
+    """Returns (rows the law can use, warning lines counting the dropped and the duplicate rows).
+
+    A row is dropped for a missing or non-finite value in a used column, or a non-positive value
+    where the law takes a logarithm; duplicates (same values in every used column) are kept.
+    """
     import numpy as np
 
     used, positive = _roles(law, cols, list(df.columns))
@@ -158,7 +166,7 @@ def clean_rows(df, law: str, cols: dict[str, str]):
     return out, notes
 
 
-def numeric_column(s, name: str):
+def numeric_column(s: pd.Series, name: str) -> np.ndarray:
     """Returns column s as a float array; a non-numeric entry is an error naming the column."""
     import numpy as np
     import pandas as pd
