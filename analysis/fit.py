@@ -466,7 +466,12 @@ def _ftpow_raw(n):
 
 
 def _ftpow_init(X, y):
-    """Returns starts (ln B, β, ln E, α): E^α a fraction of the smallest loss, B through the median (180 rows)."""
+    """Returns starts (ln B, β, ln E, α): E^α a fraction of the smallest loss, B through the median (180 rows).
+
+    Starts lie where the form is the power law it is meant to be (α, β > 0). With α, β < 0 the same
+    formula becomes a plateau followed by a power law, i.e. another rectified law, and can fit better
+    (e.g. gpt2 on FLAN: RMSD of ln L 0.0089 against 0.069), so no starts are placed there.
+    """
     lnD_med = float(np.median(np.log(X[:, 0])))
     y_min, y_med = float(np.min(y)), float(np.median(y))
     starts = []
