@@ -18,7 +18,9 @@ swept values `lr` (peak learning rate), optionally `batch` (sequences per step) 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from typing import Any, Sequence
 
 import matplotlib
@@ -32,7 +34,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from analysis.plots import CMAP, STYLE  # noqa: E402
 
 __all__ = ["aggregate_seeds", "size_optima", "fit_optimum_law", "predict_law",
-           "plot_lr_curves", "POINT_COLUMNS"]
+           "plot_lr_curves", "read_tuned", "POINT_COLUMNS"]
 
 POINT_COLUMNS = ("lr", "batch", "b2")  # the swept values that make one grid point
 
@@ -56,6 +58,19 @@ def aggregate_seeds(df: pd.DataFrame, by: Sequence[str], value: str = "loss",
     out["std"] = std.to_numpy()
     out["n_seeds"] = grouped[seed_col].nunique().to_numpy()
     return out
+
+
+def read_tuned(path: str | os.PathLike) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Returns (the tuned.json of a tuning sweep, its table of runs; a diverged run's loss +inf)."""
+    with open(path, encoding="utf-8") as f:
+        tuned = json.load(f)
+    if not isinstance(tuned, dict) or not isinstance(tuned.get("data"), list):
+        raise ValueError(f"{path}: not a tuned.json (no 'data' list of runs)")
+    table = pd.DataFrame(tuned["data"])
+    if "loss" not in table.columns:
+        raise ValueError(f"{path}: the runs in 'data' have no 'loss'")
+    table["loss"] = table["loss"].astype(float).fillna(np.inf)
+    return tuned, table
 
 
 def _points(table: pd.DataFrame) -> list[str]:

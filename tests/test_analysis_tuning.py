@@ -106,3 +106,20 @@ def test_plot_lr_curves_draws_a_curve_and_a_star_per_size():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_read_tuned_gives_the_table_with_diverged_runs_as_inf(tmp_path):
+    import json
+
+    table = _table()
+    rows = table.to_dict("records")
+    rows[-1]["loss"] = None  # a diverged run, as tuned.json stores it
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"version": 1, "data": rows}))
+    tuned, back = tuning.read_tuned(path)
+    assert len(back) == len(table) and math.isinf(back["loss"].iloc[-1])
+    assert tuning.size_optima(back)["lr_step"].tolist() == \
+        tuning.size_optima(table)["lr_step"].tolist()
+    path.write_text(json.dumps({"version": 1}))
+    with pytest.raises(ValueError, match="no 'data'"):
+        tuning.read_tuned(path)

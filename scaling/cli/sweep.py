@@ -94,7 +94,12 @@ def main(argv: list[str]) -> int:
         print("error: --config and --root are required (see --help)", file=sys.stderr)
         return 2
     common.setup_logging(fv.verbose)
-    from scaling.sweeps import runner, spec
+    from ml_collections import config_flags
+
+    from scaling.sweeps import runner, spec, tuning
+
+    # a relative lr/batch.tuned_file is relative to the sweep config file
+    tuning.resolve_paths(fv.config, config_flags.get_config_filename(fv["config"]))
 
     def run() -> int:
         try:
@@ -122,6 +127,8 @@ def main(argv: list[str]) -> int:
             return 2
         counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items() if v)
         print(f"sweep {result['status']}: {counts}")
+        if result.get("tuning"):
+            print(tuning.summary(result["tuning"], fv.root))
         return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(result["status"],
                                                                     EXIT_SOME_FAILED)
 
