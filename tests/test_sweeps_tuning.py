@@ -130,7 +130,9 @@ def _bowl_loss(n: int, lr: float) -> float:
     return 5.0 - 0.2 * math.log(n) + 0.1 * math.log(lr / (0.3 * n ** -0.5)) ** 2
 
 
-def _fake_train(trained: list[str]):
+def _fake_train(trained: list[str], loss=None):
+    loss = loss or (lambda r: _bowl_loss(r.n, r.lr))
+
     def train(sweep, runs, root, **kwargs):
         root = pathlib.Path(root)
         runner.prepare(root, sweep, runs)
@@ -139,7 +141,13 @@ def _fake_train(trained: list[str]):
             if manifest_lib.run_status(run_dir)["status"] == "completed":
                 continue
             trained.append(r.name)
-            row = {"step": r.steps, "metric": "val/loss", "value": _bowl_loss(r.n, r.lr)}
+            value = loss(r)
+            if value is None:  # diverged, as the training loop reports it
+                manifest_lib.write_json_atomic(run_dir / "status.json", {
+                    "status": "failed", "step": 3, "time": time.time(),
+                    "error": "FloatingPointError: non-finite loss at step 3"})
+                continue
+            row = {"step": r.steps, "metric": "val/loss", "value": value}
             (run_dir / "eval.jsonl").write_text(json.dumps(row) + "\n")
             manifest_lib.write_json_atomic(run_dir / "status.json", {
                 "status": "completed", "step": r.steps, "error": None, "time": time.time()})
@@ -185,6 +193,66 @@ def test_runner_flags_a_size_stuck_at_the_edge(tmp_path, monkeypatch):
     assert len(trained) == 2 * 4
     assert [row["edge"] for row in tuned["sizes"]] == ["lr_high", "lr_high"]
     assert len(tuned["flags"]) == 2 and all("high edge" in f for f in tuned["flags"])
+
+
+def test_diverged_runs_push_the_grid_down(tmp_path, monkeypatch):
+    s = _tune_sweep(points=3, max_extend=2, bootstrap=20)
+    n_small, n_big = sorted({r.n for r in spec.expand(s)})
+    s.base.optim.lr = 2 * 0.3 * n_big ** -0.5  # grid centre two steps above LR*(n_big)
+
+    def loss(r):  # runs above 1.3 LR*(N) diverge: every initial run of n_big does
+        return None if r.lr > 1.3 * 0.3 * r.n ** -0.5 else _bowl_loss(r.n, r.lr)
+
+    monkeypatch.setattr(runner, "train_runs", _fake_train([], loss))
+    tuned = runner.run_sweep(s, tmp_path)["tuning"]
+    by_n = {row["N"]: row for row in tuned["sizes"]}
+    assert by_n[n_big]["lr_steps"] == [-3, 1] and by_n[n_small]["lr_steps"] == [-2, 1]
+    assert [row["edge"] for row in tuned["sizes"]] == ["", ""] and tuned["flags"] == []
+    # no parabola next to a diverged neighbour: the optimum is the grid point nearest LR*
+    assert by_n[n_big]["lr_opt"] == pytest.approx(0.3 * n_big ** -0.5, rel=1e-9)
+    assert by_n[n_small]["lr_opt"] == pytest.approx(0.3 * n_small ** -0.5, rel=1e-2)
+    assert sum(d["loss"] is None for d in tuned["data"]) == 5  # diverged runs: loss +inf
+    assert tuned["fits"]["lr"]["e"] == pytest.approx(-0.5, abs=0.01)
+
+
+def test_all_diverged_size_is_listed_flagged_and_left_out(tmp_path, monkeypatch):
+    s = _tune_sweep(points=3, max_extend=0, bootstrap=0)
+    n_small, n_big = sorted({r.n for r in spec.expand(s)})
+    monkeypatch.setattr(runner, "train_runs",
+                        _fake_train([], lambda r: None if r.n == n_big else 3.0 + r.lr))
+    tuned = runner.run_sweep(s, tmp_path)["tuning"]
+    by_n = {row["N"]: row for row in tuned["sizes"]}
+    assert by_n[n_big]["lr_opt"] is None and by_n[n_big]["edge"] == "lr_low"
+    assert any(f"N={n_big}: every run diverged" in f for f in tuned["flags"])
+    assert tuned["fits"] == {} and "every run diverged" in tuning.summary(tuned, tmp_path)
+    iso = _isoflop_tuned(str(tmp_path / "tuned.json"))
+    with pytest.raises(SweepError, match="no fitted lr law"):
+        spec.expand(iso)  # n_small is tuned, the other sizes have nothing to go by
+
+
+def test_batch_sweep_fits_b_star_and_the_tuned_batch_rule_uses_it(tmp_path, monkeypatch):
+    s = _tune_sweep(points=3, batch_points=3, bootstrap=20)
+    n_small, n_big = sorted({r.n for r in spec.expand(s)})
+    s.base.optim.lr = 0.3 * n_big ** -0.5
+
+    def loss(r):  # B*(N) = 4 (N / n_small): n_small's optimum is interior, n_big's at 8 = edge
+        return _bowl_loss(r.n, r.lr) + 0.05 * math.log(r.batch / (4 * r.n / n_small)) ** 2
+
+    monkeypatch.setattr(runner, "train_runs", _fake_train([], loss))
+    tuned = runner.run_sweep(s, tmp_path)["tuning"]
+    by_n = {row["N"]: row for row in tuned["sizes"]}
+    assert by_n[n_small]["batch"] == 4 and by_n[n_small]["edge"] == ""
+    assert by_n[n_big]["batch"] == 8 and by_n[n_big]["edge"] == "batch_high"
+    assert any("batch_high" in f for f in tuned["flags"]) and tuned["swept"] == ["lr", "batch"]
+    fit = tuned["fits"]["batch"]
+    assert fit["e"] == pytest.approx(math.log(2) / math.log(n_big / n_small))
+    iso = _isoflop_tuned(str(tmp_path / "tuned.json"))
+    iso.batch.rule = "tuned"
+    iso.batch.tuned_file = str(tmp_path / "tuned.json")
+    batches = {r.n: r.batch for r in spec.expand(iso)}
+    assert batches[n_small] == 4 and batches[n_big] == 8
+    assert all(b == round(fit["c"] * n ** fit["e"]) for n, b in batches.items()
+               if n not in (n_small, n_big))
 
 
 # ------------------------------------------------------------------------------ the tuned rule
@@ -314,3 +382,25 @@ def test_tuning_sweep_end_to_end_then_isoflop_uses_it(tmp_path, stdlib_tiny_data
     assert {r.n for r in runs} >= set(tuned_lr)
     for r in runs:
         assert r.lr == pytest.approx(tuned_lr.get(r.n, fit["c"] * r.n ** fit["e"]))
+
+
+def test_cli_dry_run_reads_a_tuned_file_relative_to_the_working_directory(tmp_path, capsys,
+                                                                          monkeypatch):
+    from scaling.cli import sweep as sweep_cli
+
+    _write_tuned(tmp_path / "tuned.json", [(1, 1e-3), (2, 1e-3)], {"c": 0.25, "e": -0.5})
+    cfg = tmp_path / "cfgs" / "iso.py"
+    cfg.parent.mkdir()
+    cfg.write_text("from tests.test_sweeps_tuning import _isoflop_tuned\n\n\n"
+                   "def get_config():\n    return _isoflop_tuned('')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(REPO_ROOT))
+    code = sweep_cli.main(["scaling sweep", "--config", str(cfg), "--dry-run",
+                           "--config.lr.tuned_file=tuned.json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    n_small = spec.expand(testing.tiny_sweep())[0].n
+    assert f"{0.25 * n_small ** -0.5:.3g}" in out
+    code = sweep_cli.main(["scaling sweep", "--config", str(cfg), "--dry-run",
+                           "--config.lr.tuned_file=missing.json"])
+    assert code == 2 and "missing.json" in capsys.readouterr().err

@@ -7,7 +7,7 @@ then LR*(N) = c * N^e is fitted (bootstrap CIs) and written to ROOT/tuned.json:
 
     scaling sweep --config configs/sweeps/tune_tiny.py --root sweeps/tune_tiny --workers 2
     scaling sweep --config configs/sweeps/isoflop_tiny.py --root sweeps/isoflop_tuned \\
-        --config.lr.rule=tuned --config.lr.tuned_file=$PWD/sweeps/tune_tiny/tuned.json
+        --config.lr.rule=tuned --config.lr.tuned_file=sweeps/tune_tiny/tuned.json
 """
 
 import ml_collections

@@ -98,8 +98,11 @@ def main(argv: list[str]) -> int:
 
     from scaling.sweeps import runner, spec, tuning
 
-    # a relative lr/batch.tuned_file is relative to the sweep config file
-    tuning.resolve_paths(fv.config, config_flags.get_config_filename(fv["config"]))
+    # a relative lr/batch.tuned_file set in the sweep config file is relative to that file; one
+    # given on the command line is relative to the working directory
+    given = {what for what in ("lr", "batch")
+             if any(a.startswith(f"--config.{what}.tuned_file") for a in argv)}
+    tuning.resolve_paths(fv.config, config_flags.get_config_filename(fv["config"]), skip=given)
 
     def run() -> int:
         try:

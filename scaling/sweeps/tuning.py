@@ -161,13 +161,18 @@ def apply_point(config: ml_collections.ConfigDict, sweep: ml_collections.ConfigD
 # ------------------------------------------------------------------------------ the tuned rule
 
 
-def resolve_paths(sweep: ml_collections.ConfigDict, config_path: str | os.PathLike) -> None:
-    """Makes relative `lr.tuned_file` / `batch.tuned_file` relative to the config file; returns None."""
+def resolve_paths(sweep: ml_collections.ConfigDict, config_path: str | os.PathLike,
+                  skip: set[str] | frozenset[str] = frozenset()) -> None:
+    """Makes relative `lr.tuned_file` / `batch.tuned_file` absolute; returns None.
+
+    Paths are taken relative to the sweep config file, except for the rules in `skip` (set on the
+    command line), which are taken relative to the working directory.
+    """
     base = pathlib.Path(config_path).resolve().parent
     for what in ("lr", "batch"):
         path = str(sweep[what].tuned_file or "")
         if path and not os.path.isabs(path):
-            sweep[what].tuned_file = str(base / path)
+            sweep[what].tuned_file = str((pathlib.Path.cwd() if what in skip else base) / path)
 
 
 @functools.lru_cache(maxsize=8)
@@ -206,6 +211,8 @@ def load_tuned(rule: ml_collections.ConfigDict, what: str) -> dict[str, Any]:
         raise SweepError(f"{where}={path!r}: has no 'sizes' list")
     for i, row in enumerate(sizes):
         n, value = (row.get("N"), row.get(key)) if isinstance(row, dict) else (None, None)
+        if isinstance(row, dict) and row.get("loss", 0) is None and value is None:
+            continue  # every run of this size diverged: no optimum to use
         if not _positive(n) or not _positive(value):
             raise SweepError(f"{where}={path!r}: sizes[{i}] needs positive 'N' and {key!r} "
                              f"(got {row!r}); was {what} tuned?")
@@ -229,7 +236,7 @@ def tuned_value(rule: ml_collections.ConfigDict, what: str, n: int) -> float:
     data = load_tuned(rule, what)
     if rule.tuned_source == "optimum":
         for row in data["sizes"]:
-            if int(row["N"]) == int(n):
+            if int(row["N"]) == int(n) and row.get(VALUE_KEYS[what]) is not None:
                 return float(row[VALUE_KEYS[what]])
     fit = (data.get("fits") or {}).get(what)
     if fit is None:
@@ -305,38 +312,64 @@ def extend_grid(optima: pd.DataFrame, ranges: dict[float, tuple[int, int]], poin
     return new, flags
 
 
+def diverged_sizes(table: pd.DataFrame) -> list[float]:
+    """Returns the sizes N of a results table at which every run diverged (loss +inf)."""
+    finite = table.assign(ok=table["loss"].map(math.isfinite)).groupby("N")["ok"].any()
+    return [float(n) for n, ok in finite.items() if not ok]
+
+
 def optima_with_targets(table: pd.DataFrame) -> pd.DataFrame:
-    """Returns `analysis.tuning.size_optima` of a results table with each size's N_target added."""
+    """Returns `analysis.tuning.size_optima` of a results table with each size's N_target added.
+
+    A size whose every run diverged gets a row at its lowest LR with loss +inf, lr_opt NaN and
+    edge 'lr_low' (its optimum is below the grid).
+    """
     from analysis import tuning as analysis_tuning
 
-    optima = analysis_tuning.size_optima(table.drop(columns=["run", "status", "N_target"]))
+    lost = diverged_sizes(table)
+    kept = table[~table["N"].astype(float).isin(lost)]
+    optima = analysis_tuning.size_optima(kept.drop(columns=["run", "status", "N_target"])) \
+        if len(kept) else pd.DataFrame()
+    rows = []
+    for n in lost:
+        sub = table[table["N"].astype(float) == n].sort_values("lr_step")
+        rows.append({"N": n, "lr": float(sub["lr"].iloc[0]), "lr_step": int(sub["lr_step"].iloc[0]),
+                     "lr_opt": math.nan, "loss": math.inf, "edge": "lr_low",
+                     "loss_std": math.nan, "n_seeds": int(sub["seed"].nunique())})
+    optima = pd.concat([optima, pd.DataFrame(rows)], ignore_index=True).sort_values("N")
     targets = table.groupby("N")["N_target"].first()
     optima["N_target"] = [float(targets[n]) for n in optima["N"]]
-    return optima
+    return optima.reset_index(drop=True)
 
 
 def write_tuned(root: pathlib.Path, sweep: ml_collections.ConfigDict, table: pd.DataFrame,
                 ranges: dict[float, tuple[int, int]], flags: list[str]) -> dict[str, Any]:
-    """Fits the optima, writes root/<tune.out> (tuned.json); returns what it wrote."""
+    """Fits the optima, writes root/<tune.out> (tuned.json); returns what it wrote.
+
+    Sizes at which every run diverged are listed (loss +inf, flagged) but left out of the fits.
+    """
     from analysis import tuning as analysis_tuning
 
     t = sweep.tune
-    data_table = table.drop(columns=["run", "status", "N_target"])
+    lost = diverged_sizes(table)
+    data_table = table[~table["N"].astype(float).isin(lost)].drop(
+        columns=["run", "status", "N_target"])
     optima = optima_with_targets(table)
+    flags = flags + [f"N={int(n)}: every run diverged; left out of the fits" for n in lost]
     fits: dict[str, Any] = {}
-    if len(optima) >= 2:
+    if data_table["N"].nunique() >= 2:
         fits["lr"] = analysis_tuning.fit_optimum_law(data_table, "lr_opt",
                                                      bootstrap=int(t.bootstrap))
         if int(t.batch_points) > 1:
             fits["batch"] = analysis_tuning.fit_optimum_law(data_table, "batch",
                                                             bootstrap=int(t.bootstrap))
     else:
-        flags = flags + ["one size tuned: no LR*(N) law fitted"]
+        flags = flags + ["fewer than 2 sizes with a finite optimum: no LR*(N) law fitted"]
     init = initial_range(int(t.lr_points))
     sizes = []
     for row in optima.to_dict("records"):
         lo, hi = ranges.get(float(row["N_target"]), init)
-        sizes.append({**{k: (None if isinstance(v, float) and math.isnan(v) else v)
+        sizes.append({**{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                          for k, v in row.items()},
                       "N": int(row["N"]), "lr_steps": [lo, hi],
                       "extended": [init[0] - lo, hi - init[1]]})
@@ -357,6 +390,9 @@ def summary(tuned: dict[str, Any], root: str | os.PathLike) -> str:
     lines = [f"tuned.json written in {root}:"]
     for row in tuned["sizes"]:
         edge = f"  [edge: {row['edge']}]" if row.get("edge") else ""
+        if row.get("lr_opt") is None:
+            lines.append(f"  N={row['N']}: every run diverged{edge}")
+            continue
         lines.append(f"  N={row['N']}: lr*={row['lr_opt']:.4g} (grid {row['lr']:.4g}), "
                      f"loss {row['loss']:.4f}{edge}")
     fit = tuned["fits"].get("lr")
