@@ -41,13 +41,15 @@ POINT_COLUMNS = ("lr", "batch", "b2")  # the swept values that make one grid poi
 
 def aggregate_seeds(df: pd.DataFrame, by: Sequence[str], value: str = "loss",
                     seed_col: str = "seed") -> pd.DataFrame:
-    """Returns per group of `by`: mean, std (ddof 1; NaN for one seed), min, max of `value`, n_seeds.
+    """Returns per group of `by`: mean, std (ddof 1), min, max of `value` and n_seeds.
 
-    Units are those of `value`; a non-finite value (a diverged run) makes its group's mean +inf.
+    Units are those of `value`; std is NaN for one seed; a non-finite value (a diverged run)
+    makes its group's mean +inf.
     """
     missing = [c for c in list(by) + [value, seed_col] if c not in df.columns]
     if missing:
-        raise ValueError(f"aggregate_seeds: columns {missing} are missing (have {list(df.columns)})")
+        raise ValueError(f"aggregate_seeds: columns {missing} are missing "
+                         f"(have {list(df.columns)})")
     vals = df[list(by) + [value, seed_col]].copy()
     vals[value] = vals[value].astype(float).where(np.isfinite(vals[value].astype(float)), np.inf)
     grouped = vals.groupby(list(by), sort=True, dropna=False)
@@ -156,7 +158,7 @@ def size_optima(table: pd.DataFrame, size_col: str = "N") -> pd.DataFrame:
 
 
 def _nanmean(loss_SP: np.ndarray) -> np.ndarray:
-    """Returns the mean over seeds per point (NaN where no seed has a value; +inf if one diverged)."""
+    """Returns the mean loss over seeds per point (NaN: no seed there; +inf: one diverged)."""
     with np.errstate(invalid="ignore"):
         count = np.sum(~np.isnan(loss_SP), axis=0)
         total = np.nansum(loss_SP, axis=0)
@@ -214,7 +216,8 @@ def fit_optimum_law(table: pd.DataFrame, value: str = "lr_opt", *, size_col: str
             cs.append(math.exp(b_lnc))
     if es:
         lo, hi = 50 * (1 - level), 50 * (1 + level)
-        out.update(bootstrap=len(es), ci_e=[float(np.percentile(es, lo)), float(np.percentile(es, hi))],
+        out.update(bootstrap=len(es),
+                   ci_e=[float(np.percentile(es, lo)), float(np.percentile(es, hi))],
                    ci_c=[float(np.percentile(cs, lo)), float(np.percentile(cs, hi))])
     return out
 
@@ -223,9 +226,9 @@ def plot_lr_curves(table: pd.DataFrame, optima: pd.DataFrame | None = None,
                    fit: dict[str, Any] | None = None, size_col: str = "N") -> plt.Figure:
     """Returns loss (nats/token, mean ± std over seeds) vs peak LR per size, optimum starred.
 
-    Where batch or β2 were swept too, each size shows the slice at its best batch / β2. Sizes whose
-    optimum sits at an edge of the grid are labelled "(edge)"; `fit` draws LR*(N) as ticks on the
-    top axis of each size's colour.
+    Where batch or β2 were swept too, each size shows the slice at its best batch / β2. A size
+    whose optimum sits at an edge of the grid is labelled "(edge)"; `fit` draws LR*(N) as a dotted
+    vertical line in each size's colour.
     """
     optima = size_optima(table, size_col) if optima is None else optima
     with plt.rc_context(STYLE):

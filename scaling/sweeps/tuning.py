@@ -1,10 +1,10 @@
 """Learning-rate (and batch-size / β2) tuning as a sweep stage, and the `tuned` LR / batch rule.
 
-Declared under `sweep.tune` (fields and defaults in `spec.default_sweep`). With `tune.enabled`, every size gets a
-grid of peak LRs around the value the sweep's LR rule predicts for it, lr = predicted ·
-lr_factor^k for integer grid steps k (`lr_points` of them, centred on k = 0), optionally crossed
-with batch sizes predicted · batch_factor^j (`batch_points`) and β2 values (`tune.b2`). Each run
-records k as the axis `lr_step` (and j as `batch_step`).
+Declared under `sweep.tune` (fields and defaults in `spec.default_sweep`). With `tune.enabled`,
+every size gets a grid of peak LRs around the value the sweep's LR rule predicts for it, lr =
+predicted · lr_factor^k for integer grid steps k (`lr_points` of them, centred on k = 0),
+optionally crossed with batch sizes predicted · batch_factor^j (`batch_points`) and β2 values
+(`tune.b2`). Each run records k as the axis `lr_step` (and j as `batch_step`).
 
 When the grid's runs are done, `runner.run_sweep` (local and Ray backends alike) reads each run's
 final validation loss, takes each size's optimum (mean over seeds; a diverged run counts as +inf)
