@@ -104,9 +104,12 @@ def run_spikes(run_dir: str | os.PathLike, *, window: int = DEFAULT_WINDOW,
     """Returns {'train': smoothed training-loss spikes, 'val': validation-loss spikes} of a run.
 
     `warmup_steps` None: the run's config.json optim.warmup_steps. A run without rows of a curve
-    gets SpikeStats with 0 points for it.
+    (or without metrics.jsonl: not started) gets SpikeStats with 0 points for it.
     """
     run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "metrics.jsonl").exists():  # not started yet: nothing to judge
+        empty = detect_spikes([], [], threshold=threshold)
+        return {"train": empty, "val": empty}
     warmup = _warmup_of(run_dir) if warmup_steps is None else float(warmup_steps)
     df, _ = runs_lib.load_run(run_dir)
     out = {}

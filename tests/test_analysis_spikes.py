@@ -121,3 +121,13 @@ def test_sweep_status_shows_a_spike_column(tmp_path, capsys):
     assert sweep_status.main(["scaling sweep-status", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "spikes" in out.splitlines()[0] and "1/0 (1.50)" in out
+
+
+def test_a_run_that_has_not_logged_yet_has_no_spike_points(tmp_path, caplog):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "status.json").write_text(json.dumps({"status": "running", "step": 0}))
+    stats = spikes.run_spikes(run_dir)
+    assert stats["train"].points == 0 and stats["val"].points == 0
+    assert spikes.format_spikes(stats) == "-"
+    assert not caplog.records  # no "file is missing" warning for a run that just started
