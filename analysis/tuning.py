@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 from typing import Any, Sequence
 
 import matplotlib
@@ -34,7 +35,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from analysis.plots import CMAP, STYLE  # noqa: E402
 
 __all__ = ["aggregate_seeds", "size_optima", "fit_optimum_law", "predict_law",
-           "plot_lr_curves", "read_tuned", "POINT_COLUMNS"]
+           "plot_lr_curves", "read_tuned", "report_section", "POINT_COLUMNS"]
 
 POINT_COLUMNS = ("lr", "batch", "b2")  # the swept values that make one grid point
 
@@ -260,3 +261,36 @@ def plot_lr_curves(table: pd.DataFrame, optima: pd.DataFrame | None = None,
         ax.set_title(title)
         ax.legend(loc="best")
     return fig
+
+
+def report_section(tuned_path: str | os.PathLike, out_dir: str | os.PathLike,
+                   stem: str = "lr_tuning") -> tuple[str, list[pathlib.Path]]:
+    """Returns (a Markdown section on a tuning sweep's tuned.json, the figure files it wrote).
+
+    The section lists each size's optimum (grid LR, refined LR*, mean final loss in nats/token,
+    seeds, edge flag), the fitted LR*(N) with its CI and the flags; the figure is
+    `plot_lr_curves` saved as out_dir/<stem>.png and .pdf.
+    """
+    from analysis.plots import save_figure
+
+    tuned, table = read_tuned(tuned_path)
+    fit = (tuned.get("fits") or {}).get("lr")
+    kept = table[table.groupby("N")["loss"].transform(lambda s: np.isfinite(s).any())]
+    files = save_figure(plot_lr_curves(kept, fit=fit), pathlib.Path(out_dir) / stem) \
+        if len(kept) else []
+    lines = ["## Learning-rate tuning", "",
+             "| N | grid LR | LR* (refined) | loss (nats/token) | seeds | edge |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in tuned["sizes"]:
+        opt = "diverged" if row.get("lr_opt") is None else f"{row['lr_opt']:.4g}"
+        loss = "inf" if row.get("loss") is None else f"{row['loss']:.4f}"
+        lines.append(f"| {row['N']} | {row['lr']:.4g} | {opt} | {loss} | {row.get('n_seeds', '')} "
+                     f"| {row.get('edge') or ''} |")
+    if fit:
+        lines += ["", f"LR*(N) = {fit['c']:.4g} · N^{fit['e']:.3f}; exponent {fit['level']:.0%} "
+                  f"CI [{fit['ci_e'][0]:.3f}, {fit['ci_e'][1]:.3f}] ({fit['bootstrap']} cluster-"
+                  "bootstrap replicates over sizes and seeds)."]
+    lines += [f"- flag: {flag}" for flag in tuned.get("flags", [])]
+    if files:
+        lines += ["", f"![loss vs learning rate]({files[0].name})"]
+    return "\n".join(lines) + "\n", files

@@ -123,3 +123,22 @@ def test_read_tuned_gives_the_table_with_diverged_runs_as_inf(tmp_path):
     path.write_text(json.dumps({"version": 1}))
     with pytest.raises(ValueError, match="no 'data'"):
         tuning.read_tuned(path)
+
+
+def test_report_section_lists_optima_fit_flags_and_writes_the_figure(tmp_path):
+    import json
+
+    table = _table(seeds=(0, 1))
+    opt = tuning.size_optima(table)
+    fit = tuning.fit_optimum_law(table, bootstrap=20)
+    sizes = opt.to_dict("records")
+    sizes[0]["edge"] = "lr_high"
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"version": 1, "data": table.to_dict("records"), "sizes": sizes,
+                                "fits": {"lr": fit}, "flags": ["N=10000: stuck at the edge"]}))
+    text, files = tuning.report_section(path, tmp_path / "report")
+    assert [f.name for f in files] == ["lr_tuning.png", "lr_tuning.pdf"]
+    assert all(f.exists() and f.stat().st_size > 0 for f in files)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + 3 and "lr_high" in rows[1]
+    assert f"{fit['e']:.3f}" in text and "stuck at the edge" in text
