@@ -18,6 +18,7 @@ swept values `lr` (peak learning rate), optionally `batch` (sequences per step) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -80,49 +81,69 @@ def _points(table: pd.DataFrame) -> list[str]:
     return [c for c in POINT_COLUMNS if c in table.columns]
 
 
-def _size_matrix(sub: pd.DataFrame, cols: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
-    """Returns (grid points of one size, sorted; loss matrix seeds × points with NaN missing)."""
+@dataclasses.dataclass(frozen=True)
+class _Grid:
+    """The grid points of one size as arrays (numpy, so the bootstrap loop stays fast)."""
+
+    lr_P: np.ndarray  # peak LR per point
+    step_P: np.ndarray  # LR grid step per point
+    other_PO: np.ndarray  # the other swept values (batch, b2) per point
+    others: tuple[str, ...]
+
+    def column(self, name: str) -> np.ndarray:
+        """Returns the values of column `name` per point."""
+        if name == "lr":
+            return self.lr_P
+        if name == "lr_step":
+            return self.step_P
+        return self.other_PO[:, self.others.index(name)]
+
+
+def _size_matrix(sub: pd.DataFrame, cols: list[str]) -> tuple[_Grid, np.ndarray]:
+    """Returns (grid points of one size; loss matrix seeds × points, NaN where missing)."""
     loss = sub["loss"].astype(float).where(np.isfinite(sub["loss"].astype(float)), np.inf)
     wide = sub.assign(loss=loss).pivot_table(index="seed", columns=cols + ["lr_step"],
                                              values="loss", aggfunc="mean")
     points = pd.DataFrame(list(wide.columns), columns=cols + ["lr_step"])
-    return points, wide.to_numpy(dtype=float)
+    others = tuple(c for c in cols if c != "lr")
+    grid = _Grid(lr_P=points["lr"].to_numpy(float), step_P=points["lr_step"].to_numpy(int),
+                 other_PO=points[list(others)].to_numpy(float).reshape(len(points), len(others)),
+                 others=others)
+    return grid, wide.to_numpy(dtype=float)
 
 
-def _optimum(points: pd.DataFrame, mean_P: np.ndarray) -> dict[str, Any]:
+def _optimum(grid: _Grid, mean_P: np.ndarray) -> dict[str, Any]:
     """Returns the best point of one size given the mean loss per point (nats), with edge flags."""
     if not np.isfinite(mean_P).any():
         raise ValueError("every grid point diverged or has no loss")
-    best = int(np.nanargmin(np.where(np.isnan(mean_P), np.inf, mean_P)))
-    row = points.iloc[best]
-    others = [c for c in points.columns if c not in ("lr", "lr_step")]
-    same = np.ones(len(points), bool)
-    for c in others:
-        same &= (points[c] == row[c]).to_numpy()
-    steps = points["lr_step"].to_numpy()[same]
-    lrs, losses = points["lr"].to_numpy(float)[same], mean_P[same]
-    order = np.argsort(steps)
-    steps, lrs, losses = steps[order], lrs[order], losses[order]
-    i = int(np.where(steps == row["lr_step"])[0][0])
+    best = int(np.argmin(np.where(np.isnan(mean_P), np.inf, mean_P)))
+    same = np.all(grid.other_PO == grid.other_PO[best], axis=1)
+    idx = np.where(same)[0]
+    idx = idx[np.argsort(grid.step_P[idx])]  # the LR slice through the optimum, by LR
+    i = int(np.where(idx == best)[0][0])
     edges = []
     if i == 0:
         edges.append("lr_low")
-    if i == len(steps) - 1:
+    if i == len(idx) - 1:
         edges.append("lr_high")
-    for c in others:
-        values = sorted(points[c].unique())
-        if len(values) > 1 and row[c] == values[0]:
+    for j, c in enumerate(grid.others):
+        values = grid.other_PO[:, j]
+        if values.min() < values.max() and values[best] == values.min():
             edges.append(f"{c}_low")
-        if len(values) > 1 and row[c] == values[-1]:
+        if values.min() < values.max() and values[best] == values.max():
             edges.append(f"{c}_high")
-    lr_opt = float(row["lr"])
-    if 0 < i < len(steps) - 1 and np.all(np.isfinite(losses[i - 1:i + 2])):
-        x, y = np.log(lrs[i - 1:i + 2]), losses[i - 1:i + 2]
-        a, b, _ = np.polyfit(x, y, 2)
+    lr_opt = float(grid.lr_P[best])
+    if 0 < i < len(idx) - 1 and np.all(np.isfinite(mean_P[idx[i - 1:i + 2]])):
+        x, y = np.log(grid.lr_P[idx[i - 1:i + 2]]), mean_P[idx[i - 1:i + 2]]
+        # vertex of the parabola through three points (closed form of a degree-2 polyfit)
+        d1, d2 = (y[1] - y[0]) / (x[1] - x[0]), (y[2] - y[1]) / (x[2] - x[1])
+        a = (d2 - d1) / (x[2] - x[0])
         if a > 0:
-            lr_opt = float(np.exp(np.clip(-b / (2 * a), x[0], x[2])))
-    out = {c: (float(row[c]) if c != "batch" else int(row[c])) for c in others}
-    out.update(lr=float(row["lr"]), lr_step=int(row["lr_step"]), lr_opt=lr_opt,
+            vertex = (x[0] + x[1]) / 2 - d1 / (2 * a)
+            lr_opt = float(np.exp(np.clip(vertex, x[0], x[2])))
+    out: dict[str, Any] = {c: (int(v) if c == "batch" else float(v))
+                           for c, v in zip(grid.others, grid.other_PO[best])}
+    out.update(lr=float(grid.lr_P[best]), lr_step=int(grid.step_P[best]), lr_opt=lr_opt,
                loss=float(mean_P[best]), edge=",".join(edges))
     return out
 
@@ -147,9 +168,9 @@ def size_optima(table: pd.DataFrame, size_col: str = "N") -> pd.DataFrame:
             best = _optimum(points, _nanmean(loss_SP))
         except ValueError as err:
             raise ValueError(f"size_optima: size {size_col}={n:g}: {err}") from None
-        at = np.ones(len(points), bool)
+        at = np.ones(len(points.lr_P), bool)
         for c in cols + ["lr_step"]:
-            at &= points[c].to_numpy(float) == float(best[c])
+            at &= points.column(c) == float(best[c])
         col = loss_SP[:, np.argmax(at)]
         col = col[~np.isnan(col)]
         rows.append({size_col: float(n), **best,
