@@ -404,3 +404,19 @@ def test_cli_dry_run_reads_a_tuned_file_relative_to_the_working_directory(tmp_pa
     code = sweep_cli.main(["scaling sweep", "--config", str(cfg), "--dry-run",
                            "--config.lr.tuned_file=missing.json"])
     assert code == 2 and "missing.json" in capsys.readouterr().err
+
+
+def test_an_unfinished_run_stops_tuning_without_a_tuned_file(tmp_path, monkeypatch, caplog):
+    s = _tune_sweep(points=3, bootstrap=0)
+    fake = _fake_train([])
+
+    def train(sweep, runs, root, **kwargs):
+        result = fake(sweep, runs, root, **kwargs)
+        manifest_lib.write_json_atomic(pathlib.Path(root) / runs[0].dir / "status.json",
+                                       {"status": "interrupted", "step": 2, "error": None})
+        return dict(result, status="interrupted")
+
+    monkeypatch.setattr(runner, "train_runs", train)
+    result = runner.run_sweep(s, tmp_path)
+    assert result["tuning"] is None and not (tmp_path / "tuned.json").exists()
+    assert "is interrupted" in caplog.text and "tuned.json not written" in caplog.text
