@@ -94,7 +94,15 @@ def main(argv: list[str]) -> int:
         print("error: --config and --root are required (see --help)", file=sys.stderr)
         return 2
     common.setup_logging(fv.verbose)
-    from scaling.sweeps import runner, spec
+    from ml_collections import config_flags
+
+    from scaling.sweeps import runner, spec, tuning
+
+    # a relative lr/batch.tuned_file set in the sweep config file is relative to that file; one
+    # given on the command line is relative to the working directory
+    given = {what for what in ("lr", "batch")
+             if any(a.startswith(f"--config.{what}.tuned_file") for a in argv)}
+    tuning.resolve_paths(fv.config, config_flags.get_config_filename(fv["config"]), skip=given)
 
     def run() -> int:
         try:
@@ -122,6 +130,8 @@ def main(argv: list[str]) -> int:
             return 2
         counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items() if v)
         print(f"sweep {result['status']}: {counts}")
+        if result.get("tuning"):
+            print(tuning.summary(result["tuning"], fv.root))
         return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(result["status"],
                                                                     EXIT_SOME_FAILED)
 

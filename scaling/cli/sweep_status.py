@@ -14,9 +14,13 @@ DESCRIPTION = """Argument: DIR, a sweep root made by `scaling sweep`.
 
 Shows the runs of the sweep in DIR: name, status, step / total steps, last logged training loss,
 last validation loss (val/loss in eval.jsonl, @ its step), N (non-embedding parameters),
-D (tokens), C (training FLOPs), attempts and the error of failed runs, read from
+D (tokens), C (training FLOPs), loss spikes, attempts and the error of failed runs, read from
 DIR/manifest.json and each run directory's status.json, metrics.jsonl and eval.jsonl. It only
 reads files, so it is safe while the sweep runs.
+
+spikes: "T/V (R)": T rises of the training loss (rolling mean over 10 logged steps) and V rises of
+the validation loss more than 0.5 nats above their running minimum after warmup, and R the
+largest rise of either (nats); see analysis/spikes.py.
 
 examples:
   scaling sweep-status sweeps/isoflop
@@ -26,6 +30,7 @@ examples:
 
 def collect(root: str | pathlib.Path) -> dict[str, Any]:
     """Returns {'root', 'name', 'runner_active', 'runs': [per-run status rows]} of a sweep root."""
+    from analysis import spikes as spikes_lib
     from scaling.sweeps import manifest as manifest_lib
 
     root = pathlib.Path(root)
@@ -39,6 +44,7 @@ def collect(root: str | pathlib.Path) -> dict[str, Any]:
         metrics = manifest_lib.last_metrics(run_dir) or {}
         val = manifest_lib.last_metrics(run_dir, name="eval.jsonl", metric="val/loss") or {}
         run = manifest_lib.read_json(run_dir / "run.json") or {}
+        spikes = spikes_lib.run_spikes(run_dir) if run_dir.is_dir() else None
         rows.append({
             "name": entry["name"], "id": entry["id"], "status": status["status"],
             "manifest_status": entry.get("status"),
@@ -47,7 +53,9 @@ def collect(root: str | pathlib.Path) -> dict[str, Any]:
             "loss": metrics.get("loss"), "val_loss": val.get("value"),
             "val_step": val.get("step"), "n": entry.get("n"), "d": entry.get("d"),
             "c": entry.get("c"), "attempts": entry.get("attempts", 0),
-            "error": status.get("error") or entry.get("error"), "dir": entry["dir"]})
+            "error": status.get("error") or entry.get("error"), "dir": entry["dir"],
+            "spikes": None if spikes is None else {k: v.to_dict() for k, v in spikes.items()},
+            "spikes_cell": "-" if spikes is None else spikes_lib.format_spikes(spikes)})
     return {"root": str(root), "name": manifest.get("name", ""),
             "runner_active": runner_active(root), "runs": rows}
 
@@ -75,7 +83,8 @@ def render(info: dict[str, Any]) -> str:
     from scaling.sweeps.runner import format_table
     from scaling.sweeps.spec import format_count
 
-    header = ["name", "status", "step", "loss", "val_loss", "N", "D", "C", "tries", "error"]
+    header = ["name", "status", "step", "loss", "val_loss", "N", "D", "C", "spikes", "tries",
+              "error"]
     rows = []
     counts: dict[str, int] = {}
     for r in info["runs"]:
@@ -89,7 +98,8 @@ def render(info: dict[str, Any]) -> str:
         rows.append([r["name"], status, f"{r['step']}/{r['num_steps']}", loss, val,
                      format_count(r["n"]) if r["n"] else "-",
                      format_count(r["d"]) if r["d"] else "-",
-                     f"{r['c']:.2e}" if r["c"] else "-", str(r["attempts"]), error])
+                     f"{r['c']:.2e}" if r["c"] else "-", r.get("spikes_cell", "-"),
+                     str(r["attempts"]), error])
     table = format_table(header, rows)
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
     runner = "runner active" if info["runner_active"] else "no runner active"

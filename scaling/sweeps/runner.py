@@ -438,18 +438,54 @@ def pending_commands(sweep: ml_collections.ConfigDict, root: str | os.PathLike,
             if manifest_lib.run_status(root / r.dir)["status"] != "completed"]
 
 
-def run_sweep(sweep: ml_collections.ConfigDict, root: str | os.PathLike, *,
-              backend: str = "local", workers: int = 0, address: str | None = None,
-              max_retries: int | None = None, retry_failed: bool = False,
-              compile_cache_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+def run_sweep(sweep: ml_collections.ConfigDict, root: str | os.PathLike,
+              **kwargs: Any) -> dict[str, Any]:
     """Trains every unfinished run of the sweep in `root`; returns {'counts', 'runs', 'status'}.
 
-    `workers`: runs at a time (0: 1 for local, unlimited for Ray); `max_retries`: extra attempts
-    per failed run (None: sweep.max_retries); `retry_failed`: also retry runs that diverged in an
-    earlier invocation; `compile_cache_dir`: the shared JAX compilation cache (None:
-    root/compile_cache when sweep.compile_cache, '' : off).
+    Keyword arguments are those of `train_runs`. With `sweep.tune.enabled` the LR grid of a size
+    whose optimum sits at an edge is extended and trained until the optimum is interior or
+    `tune.max_extend` is reached, then tuned.json is written (`scaling.sweeps.tuning`); the
+    result then also has 'tuning' (what tuned.json holds, None if some run neither completed nor
+    diverged).
     """
     runs = spec_lib.expand(sweep)  # raises SweepError before anything is written
+    result = train_runs(sweep, runs, root, **kwargs)
+    if not sweep.tune.enabled:
+        return result
+    from scaling.sweeps import tuning
+
+    root = pathlib.Path(root).absolute()
+    ranges: dict[float, tuple[int, int]] = {}
+    while True:
+        try:
+            table = tuning.results_table(root, runs, sweep.tune.metric)
+        except SweepError as err:
+            log.error("%s; tuned.json not written", err)
+            return dict(result, tuning=None)
+        new, flags = tuning.extend_grid(tuning.optima_with_targets(table), ranges,
+                                        int(sweep.tune.lr_points), int(sweep.tune.max_extend))
+        init = tuning.initial_range(int(sweep.tune.lr_points))
+        if new == {target: ranges.get(target, init) for target in new}:
+            break  # every optimum is interior, or its size cannot be extended further
+        changed = sum(new[target] != ranges.get(target, init) for target in new)
+        ranges = new
+        runs = spec_lib.expand(sweep, lr_steps=ranges)
+        log.info("tuning: extending the LR grid of %d size(s) by one point", changed)
+        result = train_runs(sweep, runs, root, **kwargs)
+    return dict(result, tuning=tuning.write_tuned(root, sweep, table, new, flags))
+
+
+def train_runs(sweep: ml_collections.ConfigDict, runs: list[Run], root: str | os.PathLike, *,
+               backend: str = "local", workers: int = 0, address: str | None = None,
+               max_retries: int | None = None, retry_failed: bool = False,
+               compile_cache_dir: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Trains every unfinished run of `runs` (expanded from `sweep`) in `root`; returns a dict.
+
+    The dict: {'counts', 'runs', 'status'}. `workers`: runs at a time (0: 1 for local, unlimited
+    for Ray); `max_retries`: extra attempts per failed run (None: sweep.max_retries);
+    `retry_failed`: also retry runs that diverged in an earlier invocation; `compile_cache_dir`:
+    the shared JAX compilation cache (None: root/compile_cache when sweep.compile_cache, '' : off).
+    """
     root = pathlib.Path(root).absolute()
     retries = sweep.max_retries if max_retries is None else max_retries
     if compile_cache_dir is None:

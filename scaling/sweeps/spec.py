@@ -12,7 +12,9 @@ A sweep config file (`configs/sweeps/<name>.py`) defines `get_config()` returnin
     axes        any config fields as axes: a list of groups, each a dict {field: [values]}; the
                 fields of one group are zipped (equal lengths), groups are combined by product
     seeds       `config.seed` values (an axis of their own)
-    batch, lr   batch size and peak learning rate as rules of N (constant | table | power | mup)
+    batch, lr   batch size and peak learning rate as rules of N (constant | table | power | mup |
+                tuned: read from a tuning sweep's tuned.json)
+    tune        the learning-rate tuning stage: an LR grid per size (see `scaling.sweeps.tuning`)
     resources   what one run needs: CPUs, GPUs, TPU chips, processes (multi-host) and the CPU
                 device count per process; sweep-level, so not part of a run's id
 
@@ -45,8 +47,8 @@ import ml_collections
 from scaling import config as config_lib
 
 BUDGET_AXES = ("tokens", "tokens_per_param", "flops")
-RULE_KINDS = {"batch": ("constant", "table", "power"),
-              "lr": ("constant", "table", "power", "mup")}
+RULE_KINDS = {"batch": ("constant", "table", "power", "tuned"),
+              "lr": ("constant", "table", "power", "mup", "tuned")}
 
 # Short labels for run names; a field not listed uses its last component (strings: no label).
 DEFAULT_LABELS: dict[str, str] = {
@@ -152,6 +154,8 @@ def default_sweep() -> ml_collections.ConfigDict:
     b.ref_value = 0.0
     b.exponent = 0.0
     b.multiple = 1
+    b.tuned_file = ""  # tuned: a tuned.json (relative to the sweep config file, or absolute)
+    b.tuned_source = "optimum"  # tuned: a tuned size's own optimum, else the law | fit: the law
 
     r = s.lr = ml_collections.ConfigDict()
     r.rule = "constant"  # constant (base) | table | power | mup
@@ -160,6 +164,23 @@ def default_sweep() -> ml_collections.ConfigDict:
     r.ref_value = 0.0
     r.exponent = 0.0
     r.base_width = 0  # mup: the width the base LR was tuned at (0: base.model.mup_base_width)
+    r.tuned_file = ""  # tuned: a tuned.json (relative to the sweep config file, or absolute)
+    r.tuned_source = "optimum"  # tuned: a tuned size's own optimum, else the law | fit: the law
+
+    # Tuning stage (scaling/sweeps/tuning.py): per size, a grid of peak LRs predicted *
+    # lr_factor**k around the LR rule's prediction (optionally x batch sizes and beta2 values);
+    # an optimum at an LR edge extends the grid; the fitted LR*(N) is written to `out`.
+    t = s.tune = ml_collections.ConfigDict()
+    t.enabled = False
+    t.lr_factor = math.sqrt(2.0)  # ratio of neighbouring grid LRs
+    t.lr_points = 5  # initial grid points per size, centred on the rule's prediction
+    t.max_extend = 3  # grid points that may be added beyond each edge of the initial grid
+    t.batch_factor = 2.0  # ratio of neighbouring grid batch sizes
+    t.batch_points = 1  # 1: batch size not swept
+    t.b2 = ()  # Adam beta2 values crossed with the grid (empty: not swept)
+    t.metric = "val/loss"  # eval.jsonl metric whose final value decides (lower is better)
+    t.bootstrap = 1000  # bootstrap replicates of the fits' CIs
+    t.out = "tuned.json"  # written in the sweep root
 
     x = s.resources = ml_collections.ConfigDict()
     x.cpus = 1.0  # per process (Ray resource request)
@@ -359,6 +380,10 @@ def _rule_value(rule: ml_collections.ConfigDict, what: str, n: int, base_value: 
         return rule.ref_value * (n / rule.ref_n) ** rule.exponent
     if rule.rule == "mup":
         return rule.ref_value or base_value
+    if rule.rule == "tuned":
+        from scaling.sweeps import tuning
+
+        return tuning.tuned_value(rule, what, n)
     raise SweepError(f"sweep.{what}.rule={rule.rule!r}: must be one of {list(RULE_KINDS[what])}")
 
 
@@ -376,6 +401,10 @@ def _check_rule(sweep: ml_collections.ConfigDict, what: str) -> None:
     if rule.rule == "power" and (rule.ref_n <= 0 or rule.ref_value <= 0):
         raise SweepError(f"sweep.{what}: rule 'power' needs ref_n > 0 and ref_value > 0 "
                          f"(got ref_n={rule.ref_n}, ref_value={rule.ref_value})")
+    if rule.rule == "tuned":
+        from scaling.sweeps import tuning
+
+        tuning.load_tuned(rule, what)
 
 
 def apply_rules(config: ml_collections.ConfigDict, sweep: ml_collections.ConfigDict, n: int,
@@ -450,7 +479,8 @@ def run_name(axes: dict[str, Any], n: int, d: int, labels: dict[str, str],
         parts.append(f"C{format_flops(budget)}")
     parts += [f"N{format_count(n)}", f"D{format_count(d)}"]
     for field, value in axes.items():
-        if field in ("N_target", "D_target", "tokens_per_param", "C_budget", "seed"):
+        if field in ("N_target", "D_target", "tokens_per_param", "C_budget", "seed", "lr_step",
+                     "batch_step"):
             continue
         default = "" if isinstance(value, str) else field.rsplit(".", 1)[-1]
         label = labels.get(field, default)
@@ -485,6 +515,9 @@ def _validate_top(sweep: ml_collections.ConfigDict) -> None:
                          "integer >= -1 (0: no cap, -1: the base split's size)")
     for what in ("batch", "lr"):
         _check_rule(sweep, what)
+    from scaling.sweeps import tuning
+
+    tuning.check_tune(sweep)
     x = sweep.resources
     if x.processes < 1:
         raise SweepError(f"sweep.resources.processes={x.processes}: must be >= 1")
@@ -496,12 +529,16 @@ def _validate_top(sweep: ml_collections.ConfigDict) -> None:
                          f"(> 0) and aspect_slack={f.aspect_slack} (>= 1) are required")
 
 
-def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None) -> list[Run]:
+def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None,
+           lr_steps: dict[float, tuple[int, int]] | None = None) -> list[Run]:
     """Returns the sweep's runs in a stable order; raises SweepError naming any problem.
 
     (size, budget) pairs left out of an IsoFLOP budget for having fewer than `min_steps` steps
-    are described in `skipped` when a list is given.
+    are described in `skipped` when a list is given. `lr_steps`: with `tune.enabled`, each target
+    N's (lowest, highest) LR grid step (default: the initial grid; see `tuning.grid_product`).
     """
+    from scaling.sweeps import tuning
+
     _validate_top(sweep)
     base = copy.deepcopy(sweep.base)
     try:
@@ -541,7 +578,9 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None) -
     runs: list[Run] = []
     per_budget: dict[float, int] = {}
     too_small: dict[float, list[str]] = {}
-    for target, combo, seed in itertools.product(sizes, combos, list(sweep.seeds)):
+    for target, combo, seed in tuning.grid_product(sweep, sizes, combos, list(sweep.seeds),
+                                                   lr_steps):
+        grid_steps, combo = tuning.split_point(combo)
         config = copy.deepcopy(base)
         if target is not None:
             for field, value in shapes[target][0].items():
@@ -560,6 +599,7 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None) -
             raise SweepError(f"sweep: run with {combo or 'the base config'}"
                              f"{'' if target is None else f', N={target:g}'}: {err}") from None
         apply_rules(config, sweep, nums["n"], set(combo))
+        combo = {**combo, **tuning.apply_point(config, sweep, grid_steps)}
         nums = model_numbers(config)
         n, fpt, tps = nums["n"], nums["flops_per_token"], nums["tokens_per_step"]
 
@@ -736,4 +776,8 @@ def load_sweep(path: str) -> ml_collections.ConfigDict:
         raise SweepError(f"cannot load sweep config {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    sweep = module.get_config()
+    from scaling.sweeps import tuning
+
+    tuning.resolve_paths(sweep, p)
+    return sweep
