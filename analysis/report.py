@@ -145,7 +145,8 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
     arms = list(pd.unique(runs[arm])) if arm else []
     base_arm = arms[0] if arms else None
     loss_metric = _loss_metric(df)
-    n_label, c_label = f"N ({conv.n_text})", f"C (FLOPs; {conv.c_text})"
+    n_label = f"{conv.n_text} N"
+    c_label = "compute C = 6ND (FLOPs)" if conv.compute == "6ND" else "compute C = D × measured FLOPs/token"
 
     def baseline_only(d: pd.DataFrame) -> pd.DataFrame:
         return d[d[arm] == base_arm] if arm and arm in d.columns else d
@@ -268,9 +269,9 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
     if curves:
         R.p("Sigmoid vs flat/linear by BIC (transition only if the sigmoid's BIC is lower by ≥ 2).")
         R.table(pd.DataFrame(em_rows))
-        xl = "training compute C (FLOPs)" if em_x == "C" else "parameters N"
+        xl = c_label if em_x == "C" else n_label
         R.figure(plots.plot_emergence(curves, xl), "emergence",
-                 "Exact match of the final checkpoints with sigmoid fits (discrete metrics)")
+                 f"Exact match of the final checkpoints with sigmoid fits (discrete metrics). {conv.describe()}")
     else:
         R.skip("Emergence (discrete)", "no '<task>/exact_match' metrics")
         R.p("Skipped: no exact-match metrics.")
@@ -291,7 +292,7 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
         R.p(f"{task}: power law on answer cross-entropy; predicted exact match p^ℓ with ℓ = {ell:g} ({how}); "
             f"RMS error vs measured exact match {res.rmse_em:.3f}.")
         R.figure(plots.plot_discrete_continuous(res, task), f"continuous_{task}",
-                 f"{task}: continuous (cross-entropy) vs discrete (exact match) metric")
+                 f"{task}: continuous (cross-entropy) vs discrete (exact match) metric vs N. {conv.describe()}")
         cont_done = True
     if not cont_done:
         R.skip("Emergence (continuous)", "no '<task>/answer_logprob' metric with ≥ 4 runs")
@@ -305,7 +306,7 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
         R.p(f"A subtask counts as learned when its exact match ≥ {subtask_threshold:g}.")
         R.table(fin_l[["run_id", "N", "D", "n_learned", "n_subtasks"]].sort_values("N"))
         R.figure(plots.plot_subtasks(wide, "D", learned, subtask_threshold), "subtasks",
-                 "Per-subtask curves and learned subtasks vs N")
+                 f"Per-subtask curves and learned subtasks vs N. {conv.describe()}")
     else:
         R.skip("Per-subtask curves", "no '<task>/subtask_<i>/<metric>' metrics")
         R.p("Skipped: no per-subtask metrics.")
@@ -328,7 +329,7 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
             tab = ablation_table(fa, arm, baseline=base_arm, bootstrap=bootstrap, seed=seed,
                                  emergence=em_df, emergence_x=em_x_abl if em_df is not None else "C")
             R.p(f"Arms of axis `{arm}`; baseline `{base_arm}`. Differences: paired bootstrap over "
-                f"shared configurations where the arms share them.")
+                f"shared configurations where the arms share them. {conv.describe()}.")
             R.table(tab)
             R.summary["ablation"] = json.loads(tab.to_json(orient="records"))
             R.figure(plots.plot_forest(tab[tab["arm"] != base_arm]), "ablation_forest",
