@@ -210,3 +210,28 @@ def test_report_does_not_turn_an_error_into_a_skipped_section(tmp_path, monkeypa
     monkeypatch.setattr(report_mod, "approach2", broken)
     with pytest.raises(ValueError, match="a bug"):
         build_report(root, tmp_path / "rep", bootstrap=0)
+
+
+def test_cli_analyze_passes_the_convention_and_run_selection_flags(tmp_path, monkeypatch):
+    import analysis.report as report_mod
+
+    seen = {}
+
+    def fake(roots, out, **kw):
+        seen.update(kw)
+        return tmp_path / "report.md"
+
+    monkeypatch.setattr(report_mod, "build_report", fake)
+    (tmp_path / "sweep").mkdir()
+    assert analyze_cli.main(["scaling analyze", str(tmp_path / "sweep"), "--out", str(tmp_path / "r")]) == 0
+    assert (seen["params"], seen["compute"], seen["include_incomplete"], seen["budget_axis"]) == \
+        ("nonembed", "measured", False, "C_budget")
+    assert analyze_cli.main(["scaling analyze", str(tmp_path / "sweep"), "--out", str(tmp_path / "r"),
+                             "--params", "total", "--compute", "6ND", "--include-incomplete",
+                             "--budget-axis", "train.flops_budget"]) == 0
+    assert (seen["params"], seen["compute"], seen["include_incomplete"], seen["budget_axis"]) == \
+        ("total", "6ND", True, "train.flops_budget")
+    with pytest.raises(SystemExit):
+        analyze_cli.main(["scaling analyze", str(tmp_path / "sweep"), "--out", "r", "--compute", "5ND"])
+    with pytest.raises(ValueError, match="compute"):
+        build_report(tmp_path / "sweep", tmp_path / "bad", compute="5ND")
