@@ -857,6 +857,8 @@ def fit_flops_per_token(N: Any, C: Any, D: Any) -> tuple[float, float]:
     be passed as ``flops_per_token`` to `compute_optimal_ci`. With a single distinct N the exponent
     is fixed at gamma = 1 and k is the least-squares (geometric-mean) value of C/(D·N).
     """
+    from analysis.errors import InsufficientData  # local: this edit stays inside the function
+
     N, C, D = (np.asarray(v, dtype=float).ravel() for v in (N, C, D))
     if not len(N) == len(C) == len(D):
         raise ValueError(f"fit_flops_per_token: N, C, D have lengths {len(N)}, {len(C)}, {len(D)}")
@@ -864,7 +866,7 @@ def fit_flops_per_token(N: Any, C: Any, D: Any) -> tuple[float, float]:
         f = C / D
     ok = np.isfinite(N) & np.isfinite(f) & (N > 0) & (f > 0)
     if not ok.any():
-        raise ValueError("fit_flops_per_token: no point with finite, positive N, C and D")
+        raise InsufficientData("fit_flops_per_token: no point with finite, positive N, C and D")
     ln_n, ln_f = np.log(N[ok]), np.log(f[ok])
     if len(np.unique(N[ok])) < 2:
         return float(np.exp(np.mean(ln_f - ln_n))), 1.0
@@ -872,18 +874,24 @@ def fit_flops_per_token(N: Any, C: Any, D: Any) -> tuple[float, float]:
     return float(np.exp(ln_k)), float(gamma)
 
 
-def compute_optimal_ci(fit: FitResult, C: Sequence[float] | np.ndarray, level: float = 0.95,
-                       flops_per_token: tuple[float, float] | None = None) -> pd.DataFrame:
+def compute_optimal_ci(fit: FitResult, C: Sequence[float] | np.ndarray, level: float = 0.95, *,
+                       flops_per_token: tuple[float, float] | str) -> pd.DataFrame:
     """Returns N_opt (params), D_opt (tokens), D/N at budgets C (FLOPs) with bootstrap CIs.
 
-    flops_per_token: (k, gamma) of FLOPs per token ≈ k·N^gamma (see `fit_flops_per_token`), making
-    the budget constraint C = k·N^gamma·D; None: Chinchilla's C = 6ND. Closed form (`laws.n_opt`):
+    flops_per_token (required: no convention is assumed): (k, gamma) of FLOPs per token ≈ k·N^gamma
+    (see `fit_flops_per_token`, with the same N the fit uses), making the budget constraint
+    C = k·N^gamma·D; or the string "6ND" for Chinchilla's C = 6ND. Closed form (`laws.n_opt`):
     N_opt = G·(C/k)^a, D_opt = C/(k·N_opt^gamma), with a = beta/(alpha + gamma·beta) (column "a",
     its CI "a_low"/"a_high") and b = alpha/(alpha + gamma·beta) the exponent of D_opt. CIs of
     tokens per parameter (D_opt/N_opt of each bootstrap refit) are "tpp_low"/"tpp_high".
     """
     C = np.atleast_1d(np.asarray(C, dtype=float))
-    k, gamma = (6.0, 1.0) if flops_per_token is None else (float(v) for v in flops_per_token)
+    if isinstance(flops_per_token, str):
+        if flops_per_token != "6ND":
+            raise ValueError(f"flops_per_token must be (k, gamma) or '6ND', got {flops_per_token!r}")
+        k, gamma = 6.0, 1.0
+    else:
+        k, gamma = (float(v) for v in flops_per_token)
     co = L.compute_optimal(chinchilla_params(fit), C, flops_per_param_token=k, flops_exponent=gamma)
     df = pd.DataFrame({"C": C, "N_opt": co.N_opt, "D_opt": co.D_opt,
                        "tokens_per_param": co.tokens_per_parameter, "a": co.a, "b": co.b, "G": co.G})

@@ -5,7 +5,9 @@ bins, the lowest loss reached at that compute — gives (C, N, D) on the frontie
 ln N_opt = ln k + a·ln C, ln D_opt = ln k_D + b·ln C are fitted by least squares. CIs: bootstrap
 over runs (a resample redraws whole runs, since checkpoints of one run are correlated).
 
-Approach 2 (`approach2`, IsoFLOP): for each budget C, the minimum of ln(loss) over ln N — by an
+Approach 2 (`approach2`, IsoFLOP): runs are grouped by their sweep's budget axis (`budget`, e.g. the
+run.json axis "C_budget"); runs without it fall back to grouping measured C within rel_tol. For each
+budget C, the minimum of ln(loss) over ln N — by an
 Akima spline (scipy.interpolate.Akima1DInterpolator) on a fine grid, or by a parabola — is N*(C);
 budgets whose minimum sits at an end of the grid are dropped; ln N* = ln k + a·ln C is fitted by
 least squares (as Porian et al. 2024). CIs: bootstrap resampling the models within each budget
@@ -22,7 +24,9 @@ import numpy as np
 import pandas as pd
 from scipy.interpolate import Akima1DInterpolator
 
-__all__ = ["LogLogFit", "fit_loglog", "group_budgets", "isoflop_optima", "IsoFlopResult", "approach2",
+from analysis.errors import InsufficientData
+
+__all__ = ["LogLogFit", "fit_loglog", "group_budgets", "budget_groups", "isoflop_optima", "IsoFlopResult", "approach2",
            "loss_frontier", "Approach1Result", "approach1"]
 
 
@@ -68,7 +72,7 @@ def fit_loglog(C: Any, y: Any, *, bootstrap: int = 1000, seed: int = 0, level: f
     lc, ly = lc[ok], ly[ok]
     n = len(lc)
     if n < 2:
-        raise ValueError(f"fit_loglog: need at least 2 points, got {n}")
+        raise InsufficientData(f"fit_loglog: need at least 2 points, got {n}")
     a, b = _wls(lc, ly, np.ones(n))
     resid = ly - (a * lc + b)
     sst = float(np.sum((ly - ly.mean()) ** 2))
@@ -101,8 +105,33 @@ def group_budgets(C: Any, rel_tol: float = 0.02) -> np.ndarray:
     return labels
 
 
+def budget_groups(C: Any, budget: Any | None = None, rel_tol: float = 0.02
+                  ) -> list[tuple[np.ndarray, float, str]]:
+    """Returns one (point indices, budget C in FLOPs, "axis" | "tolerance") per IsoFLOP budget.
+
+    Points with a finite `budget` (the sweep's budget axis) are grouped by it exactly and the group's
+    C is that budget; the rest (no axis) fall back to `group_budgets` on measured C within rel_tol,
+    their C the geometric mean.
+    """
+    C = np.asarray(C, dtype=float)
+    b = np.full(len(C), np.nan) if budget is None else np.asarray(budget, dtype=float)
+    if b.shape != C.shape:
+        raise ValueError(f"budget has {b.shape} values for {C.shape} points")
+    groups: list[tuple[np.ndarray, float, str]] = []
+    has = np.isfinite(b)
+    for v in np.unique(b[has]):
+        groups.append((np.nonzero(has & (b == v))[0], float(v), "axis"))
+    rest = np.nonzero(~has)[0]
+    if len(rest):
+        labels = group_budgets(C[rest], rel_tol)
+        for lab in np.unique(labels):
+            idx = rest[labels == lab]
+            groups.append((idx, float(np.exp(np.mean(np.log(C[idx])))), "tolerance"))
+    return sorted(groups, key=lambda g: g[1])
+
+
 def _budget_optimum(lnN: np.ndarray, lnL: np.ndarray, lnD: np.ndarray | None, c_b: float, method: str,
-                    grid_size: int, min_points: int):
+                    grid_size: int, min_points: int, flops_per_token: tuple[float, float] | None = None):
     """Returns (n_star, d_star, loss_star, reason, grid, curve) for one budget ("" reason = kept)."""
     order = np.argsort(lnN, kind="stable")
     lnN, lnL = lnN[order], lnL[order]
@@ -135,21 +164,28 @@ def _budget_optimum(lnN: np.ndarray, lnL: np.ndarray, lnD: np.ndarray | None, c_
     if lnD is not None:
         ud = np.bincount(inv, weights=lnD[order]) / cnt
         d_star = float(np.exp(np.interp(x_star, ux, ud)))
+    elif flops_per_token is not None:
+        k, gamma = flops_per_token
+        d_star = c_b / (k * float(np.exp(x_star)) ** gamma)
     else:
-        d_star = c_b / (6.0 * float(np.exp(x_star)))
+        d_star = nan
     return float(np.exp(x_star)), d_star, float(np.exp(y_star)), "", grid, yy
 
 
 def isoflop_optima(C: Any, N: Any, loss: Any, D: Any | None = None, *, method: str = "akima",
-                   grid_size: int = 1000, rel_tol: float = 0.02, min_points: int = 3
+                   grid_size: int = 1000, rel_tol: float = 0.02, min_points: int = 3,
+                   budget: Any | None = None, flops_per_token: tuple[float, float] | None = None
                    ) -> tuple[pd.DataFrame, dict[float, tuple[np.ndarray, np.ndarray]]]:
-    """Returns per-budget optima (C FLOPs, N_star params, D_star tokens, loss_star, kept, reason) and curves.
+    """Returns per-budget optima (C FLOPs, grouping, N_star params, D_star tokens, loss_star, kept, reason) and curves.
 
+    Budgets come from `budget_groups` (the sweep's budget axis `budget` where given, else measured C
+    within rel_tol; column "grouping" says which).
     The curves dict maps each budget C to (N grid, interpolated loss) for plotting.
     method: "akima" (spline of ln loss vs ln N, argmin on a grid of grid_size points) or "parabola"
     (least-squares quadratic of ln loss in ln N through the 5 sizes centred on the lowest loss; its
     vertex, dropped if outside the sampled range).
-    D_star interpolates ln D linearly in ln N when D is given, else C/(6 N_star).
+    D_star interpolates ln D linearly in ln N when D is given, else C/(k·N_star^gamma) with
+    (k, gamma) = flops_per_token, else NaN (no FLOPs-per-token convention is assumed).
     """
     if method not in ("akima", "parabola"):
         raise ValueError(f"method must be 'akima' or 'parabola', got {method!r}")
@@ -157,60 +193,67 @@ def isoflop_optima(C: Any, N: Any, loss: Any, D: Any | None = None, *, method: s
     lnN = np.log(np.asarray(N, dtype=float))
     lnL = np.log(np.asarray(loss, dtype=float))
     lnD = None if D is None else np.log(np.asarray(D, dtype=float))
-    labels = group_budgets(C, rel_tol)
     rows, curves = [], {}
-    for lab in np.unique(labels):
-        idx = np.nonzero(labels == lab)[0]
-        c_b = float(np.exp(np.mean(np.log(C[idx]))))
+    for idx, c_b, how in budget_groups(C, budget, rel_tol):
         n_s, d_s, l_s, reason, grid, yy = _budget_optimum(
-            lnN[idx], lnL[idx], None if lnD is None else lnD[idx], c_b, method, grid_size, min_points)
+            lnN[idx], lnL[idx], None if lnD is None else lnD[idx], c_b, method, grid_size, min_points,
+            flops_per_token)
         if grid is not None:
             curves[c_b] = (np.exp(grid), np.exp(yy))
-        rows.append({"C": c_b, "n_points": len(np.unique(lnN[idx])), "N_star": n_s, "D_star": d_s,
-                     "loss_star": l_s, "kept": reason == "", "reason": reason})
+        rows.append({"C": c_b, "grouping": how, "n_points": len(np.unique(lnN[idx])), "N_star": n_s,
+                     "D_star": d_s, "loss_star": l_s, "kept": reason == "", "reason": reason})
     return pd.DataFrame(rows), curves
 
 
 @dataclass
 class IsoFlopResult:
-    """Approach 2: per-budget optima, and N*(C) ∝ C^a, D*(C) ∝ C^b fits with CIs."""
+    """Approach 2: per-budget optima, and N*(C) ∝ C^a, D*(C) ∝ C^b fits with CIs (d_fit None without D)."""
 
     optima: pd.DataFrame
     n_fit: LogLogFit
-    d_fit: LogLogFit
+    d_fit: LogLogFit | None
     curves: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     method: str = "akima"
 
     def to_dict(self) -> dict[str, Any]:
         """Returns a JSON-serializable summary (exponents, coefficients, CIs, budgets used)."""
-        return {"method": self.method, "N_opt": self.n_fit.to_dict(), "D_opt": self.d_fit.to_dict(),
-                "budgets_kept": int(self.optima["kept"].sum()), "budgets_total": len(self.optima)}
+        return {"method": self.method, "N_opt": self.n_fit.to_dict(),
+                "D_opt": None if self.d_fit is None else self.d_fit.to_dict(),
+                "budgets_kept": int(self.optima["kept"].sum()), "budgets_total": len(self.optima),
+                "grouping": sorted(set(self.optima["grouping"]))}
 
 
 def approach2(C: Any, N: Any, loss: Any, D: Any | None = None, *, method: str = "akima",
               grid_size: int = 1000, bootstrap: int = 1000, seed: int = 0, level: float = 0.95,
-              rel_tol: float = 0.02, ci_method: str = "points") -> IsoFlopResult:
+              rel_tol: float = 0.02, ci_method: str = "points", budget: Any | None = None,
+              flops_per_token: tuple[float, float] | None = None) -> IsoFlopResult:
     """Returns the IsoFLOP (approach 2) fit: N*(C) = k·C^a (params), D*(C) = k_D·C^b (tokens), with CIs.
+
+    budget: each point's value of the sweep's budget axis (FLOPs; NaN where a run has none), see
+    `budget_groups`. D*(C) needs D or flops_per_token = (k, gamma) (C = k·N^gamma·D); without
+    either, d_fit is None.
 
     ci_method "points": each bootstrap replicate resamples the models within every budget (with
     replacement), redoes the per-budget minima (dropping edge minima) and the line fit, so the CIs
     include the uncertainty of each argmin; "budgets": pairs bootstrap over the kept (C, N*) optima.
     """
-    optima, curves = isoflop_optima(C, N, loss, D, method=method, grid_size=grid_size, rel_tol=rel_tol)
+    optima, curves = isoflop_optima(C, N, loss, D, method=method, grid_size=grid_size, rel_tol=rel_tol,
+                                    budget=budget, flops_per_token=flops_per_token)
     kept = optima[optima["kept"]]
     if len(kept) < 2:
-        raise ValueError(f"approach2: {len(kept)} budgets with an interior minimum; need at least 2")
+        raise InsufficientData(f"approach2: {len(kept)} budgets with an interior minimum; need at least 2")
+    with_d = D is not None or flops_per_token is not None
     if ci_method not in ("points", "budgets"):
         raise ValueError(f"ci_method must be 'points' or 'budgets', got {ci_method!r}")
     boot_budgets = bootstrap if ci_method == "budgets" else 0
     nf = fit_loglog(kept["C"], kept["N_star"], bootstrap=boot_budgets, seed=seed, level=level)
-    df = fit_loglog(kept["C"], kept["D_star"], bootstrap=boot_budgets, seed=seed, level=level)
+    df = fit_loglog(kept["C"], kept["D_star"], bootstrap=boot_budgets, seed=seed, level=level) if with_d else None
     if ci_method == "points" and bootstrap > 0:
         Cv, Nv, Lv = (np.asarray(v, dtype=float) for v in (C, N, loss))
         Dv = None if D is None else np.asarray(D, dtype=float)
-        labels = group_budgets(Cv, rel_tol)
-        groups = [np.nonzero(labels == lab)[0] for lab in np.unique(labels)]
-        cbs = [float(np.exp(np.mean(np.log(Cv[g])))) for g in groups]
+        grouped = budget_groups(Cv, budget, rel_tol)
+        groups = [g for g, _, _ in grouped]
+        cbs = [c for _, c, _ in grouped]
         lnN, lnL = np.log(Nv), np.log(Lv)
         lnD = None if Dv is None else np.log(Dv)
         rng = np.random.default_rng(seed)
@@ -220,17 +263,20 @@ def approach2(C: Any, N: Any, loss: Any, D: Any | None = None, *, method: str = 
             for g, c_b in zip(groups, cbs):
                 i = rng.choice(g, size=len(g), replace=True)
                 n_s, d_s, _, reason, _, _ = _budget_optimum(
-                    lnN[i], lnL[i], None if lnD is None else lnD[i], c_b, method, grid_size, 3)
+                    lnN[i], lnL[i], None if lnD is None else lnD[i], c_b, method, grid_size, 3,
+                    flops_per_token)
                 if not reason:
                     lc.append(math.log(c_b))
                     ln_.append(math.log(n_s))
-                    ld_.append(math.log(d_s))
+                    ld_.append(math.log(d_s) if with_d else math.nan)
             if len(lc) >= 2:
                 lc_a = np.array(lc)
                 sa.append(_wls(lc_a, np.array(ln_), np.ones(len(lc)))[0])
                 sb.append(_wls(lc_a, np.array(ld_), np.ones(len(lc)))[0])
         lo, hi = 50 * (1 - level), 50 * (1 + level)
         for fit, arr in ((nf, np.asarray(sa, dtype=float)), (df, np.asarray(sb, dtype=float))):
+            if fit is None:
+                continue
             arr = arr[np.isfinite(arr)]
             if len(arr):
                 fit.boot_a = arr
@@ -286,12 +332,16 @@ class Approach1Result:
 
 def approach1(C: Any, loss: Any, N: Any, D: Any, run: Any | None = None, *, n_bins: int = 40,
               bootstrap: int = 200, seed: int = 0, level: float = 0.95) -> Approach1Result:
-    """Returns approach 1: the frontier and ln N_opt, ln D_opt vs ln C fits (CIs: bootstrap over runs)."""
+    """Returns approach 1: the frontier and ln N_opt, ln D_opt vs ln C fits (CIs: bootstrap over runs).
+
+    Pass evaluation loss at checkpoints (e.g. val/loss rows), not per-batch training loss: the
+    frontier takes a minimum per FLOP bin, and a minimum over noisy batch losses is biased low.
+    """
     C, loss, N, D = (np.asarray(v, dtype=float) for v in (C, loss, N, D))
     run = np.arange(len(C)).astype(str).astype(object) if run is None else np.asarray(run, dtype=object)
     fr = loss_frontier(C, loss, N, D, run, n_bins=n_bins)
     if len(fr) < 2:
-        raise ValueError("approach1: fewer than 2 frontier points")
+        raise InsufficientData("approach1: fewer than 2 frontier points")
     nf = fit_loglog(fr["C"], fr["N"], bootstrap=0)
     df = fit_loglog(fr["C"], fr["D"], bootstrap=0)
     if bootstrap > 0:

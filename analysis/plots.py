@@ -99,10 +99,12 @@ def _size_colorbar(fig, ax, norm, label: str = "parameters N") -> None:
 
 @_styled
 def plot_loss_vs_compute(curves: pd.DataFrame, frontier: pd.DataFrame | None = None,
-                         power_fit: FitResult | None = None) -> plt.Figure:
+                         power_fit: FitResult | None = None, *, n_label: str = "parameters N",
+                         c_label: str = "training compute C (FLOPs)") -> plt.Figure:
     """Returns loss vs compute per run (colour = N), the lowest-loss frontier, and an optional L(C) fit.
 
-    curves: columns run_id, C (FLOPs), value (loss, nats/token), N (parameters).
+    curves: columns run_id, C (FLOPs), value (loss, nats/token), N (parameters); n_label, c_label
+    name the N and C conventions on the axes.
     """
     fig, (ax,) = _fig(width=5.0, height=3.6)
     norm = _size_norm(curves["N"])
@@ -121,30 +123,36 @@ def plot_loss_vs_compute(curves: pd.DataFrame, frontier: pd.DataFrame | None = N
             ax.fill_between(cg, band[0], band[1], color="r", alpha=0.15, lw=0, label="95% CI")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("training compute C (FLOPs)")
+    ax.set_xlabel(c_label)
     ax.set_ylabel("loss (nats/token)")
     ax.set_title("Loss vs compute")
-    _size_colorbar(fig, ax, norm)
+    _size_colorbar(fig, ax, norm, n_label)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper right", frameon=False)
     return fig
 
 
 @_styled
-def plot_isoflop(points: pd.DataFrame, result: Any) -> plt.Figure:
+def plot_isoflop(points: pd.DataFrame, result: Any, *, n_label: str = "parameters N",
+                 c_label: str = "compute C (FLOPs)") -> plt.Figure:
     """Returns IsoFLOP curves (loss vs N per budget, minima marked) and N*(C) with its fit and CI band.
 
-    points: columns C (FLOPs), N (parameters), loss (nats/token); result: isoflop.IsoFlopResult.
+    points: columns C (FLOPs), N (parameters), loss (nats/token), and optionally budget (the
+    IsoFLOP budget each point was grouped into, FLOPs; else C within 2 % groups them);
+    result: isoflop.IsoFlopResult.
     """
     fig, (ax, ax2) = _fig(ncols=2, width=4.4, height=3.4)
     opt = result.optima
     norm = LogNorm(vmin=opt["C"].min(), vmax=max(opt["C"].max(), opt["C"].min() * 1.01))
     cmap = plt.get_cmap("plasma")
     from analysis.isoflop import group_budgets
-    labels = group_budgets(points["C"].to_numpy(float))
+    if "budget" in points.columns:
+        labels = points["budget"].to_numpy(float)
+    else:
+        labels = group_budgets(points["C"].to_numpy(float))
     for lab in np.unique(labels):
         g = points[labels == lab].sort_values("N")
-        c = float(np.exp(np.mean(np.log(g["C"]))))
+        c = float(lab) if "budget" in points.columns else float(np.exp(np.mean(np.log(g["C"]))))
         col = cmap(norm(c))
         ax.plot(g["N"], g["loss"], "o", ms=3, color=col)
         key = min(result.curves, key=lambda k: abs(math.log(k / c))) if result.curves else None
@@ -155,7 +163,7 @@ def plot_isoflop(points: pd.DataFrame, result: Any) -> plt.Figure:
     ax.plot(kept["N_star"], kept["loss_star"], "k*", ms=6, label="minimum per budget")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("parameters N")
+    ax.set_xlabel(n_label)
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"IsoFLOP curves ({result.method})")
     ax.legend(frameon=False)
@@ -175,8 +183,8 @@ def plot_isoflop(points: pd.DataFrame, result: Any) -> plt.Figure:
                          label="95% CI of a (pivot at mean ln C)")
     ax2.set_xscale("log")
     ax2.set_yscale("log")
-    ax2.set_xlabel("compute C (FLOPs)")
-    ax2.set_ylabel("compute-optimal parameters N*")
+    ax2.set_xlabel(c_label)
+    ax2.set_ylabel(f"compute-optimal N* ({n_label})")
     ax2.set_title("Compute-optimal model size")
     ax2.legend(frameon=False)
     return fig

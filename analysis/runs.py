@@ -26,10 +26,16 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_runs", "load_run", "run_table", "final_values", "find_run_dirs", "COLUMNS"]
+__all__ = ["load_runs", "load_run", "run_table", "final_values", "find_run_dirs", "COLUMNS", "run_state",
+           "USABLE_STATES", "select_runs", "Convention", "apply_convention", "BUDGET_AXIS"]
 
 COLUMNS = ["run_id", "run_name", "run_dir", "status", "source", "step", "metric", "value", "N",
-           "N_nonembed", "D", "C"]
+           "N_nonembed", "D", "C", "flops_per_token"]
+# The axis `scaling.sweeps.spec` writes into run.json "axes" for an IsoFLOP budget (FLOPs). Spelled
+# out here because analysis/ never imports the training code.
+BUDGET_AXIS = "C_budget"
+# Run states whose numbers enter fits by default (see `run_state`).
+USABLE_STATES = ("completed",)
 _TRAIN_SKIP = {"step", "tokens", "flops", "time"}
 _RUN_FILES = ("run.json", "metrics.jsonl", "eval.jsonl", "config.json", "status.json")
 
@@ -186,6 +192,7 @@ def load_run(run_dir: str | os.PathLike, manifest_entry: dict[str, Any] | None =
             if math.isnan(n_total) and not math.isnan(n_row):
                 n_total = n_row
     df = pd.DataFrame(rows, columns=["source", "step", "metric", "value", "D", "C", "N", "N_nonembed"])
+    df["flops_per_token"] = _num(info.get("flops_per_token"))
     for k, v in base.items():
         df[k] = v
     for k, v in axes.items():
@@ -193,8 +200,23 @@ def load_run(run_dir: str | os.PathLike, manifest_entry: dict[str, Any] | None =
     run_info = {**base, "axes": axes, "N": n_total, "N_nonembed": n_ne, "config": config,
                 "flops_per_token": _num(info.get("flops_per_token")),
                 "tokens_per_step": _num(info.get("tokens_per_step")),
-                "num_steps": _num(info.get("num_steps")), "error": status.get("error")}
+                "num_steps": _num(info.get("num_steps")), "error": status.get("error"),
+                "step": _num(status.get("step"))}
+    run_info["state"] = run_state(run_info["status"], run_info["error"])
     return df, run_info
+
+
+def run_state(status: str, error: Any = None) -> str:
+    """Returns the run's state: completed | diverged | failed | interrupted | running | pending | unknown.
+
+    "diverged" is a failed run whose error is a non-finite loss (FloatingPointError), as the sweep
+    runner marks it; "unknown" is a run without a readable status.json.
+    """
+    if status == "failed" and str(error or "").startswith("FloatingPointError"):
+        return "diverged"
+    if status in ("completed", "failed", "interrupted", "running", "pending"):
+        return status
+    return "unknown"
 
 
 def _as_list(roots: str | os.PathLike | Iterable[str | os.PathLike]) -> list[pathlib.Path]:
@@ -219,7 +241,7 @@ def load_runs(roots: str | os.PathLike | Sequence[str | os.PathLike]) -> pd.Data
 
 
 def run_table(roots: str | os.PathLike | Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """Returns one row per run: id, name, status, N, N_nonembed, axes, flops_per_token, num_steps."""
+    """Returns one row per run: id, name, status, state, step, error, N, N_nonembed, axes, flops_per_token, num_steps."""
     rows = []
     for root in _as_list(roots):
         for d, entry in find_run_dirs(root):
@@ -237,3 +259,72 @@ def final_values(df: pd.DataFrame, metric: str) -> pd.DataFrame:
         return sub
     idx = sub.groupby("run_id")["step"].idxmax()
     return sub.loc[idx].reset_index(drop=True)
+
+
+def select_runs(df: pd.DataFrame, runs: pd.DataFrame, *, include_incomplete: bool = False
+                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Returns (rows of the usable runs, their run_table rows, the excluded runs with why).
+
+    Usable: state in USABLE_STATES (completed); failed, diverged, interrupted, still running,
+    pending and status-less runs are excluded with their state as the reason, unless
+    include_incomplete (then every run is kept and nothing is excluded).
+    """
+    if runs.empty:
+        return df, runs, pd.DataFrame(columns=["run", "state", "step", "reason"])
+    keep = pd.Series(True, index=runs.index) if include_incomplete else runs["state"].isin(USABLE_STATES)
+    excluded = runs[~keep]
+    table = pd.DataFrame({"run": excluded["run_name"], "state": excluded["state"],
+                          "step": excluded["step"],
+                          "reason": [e if isinstance(e, str) and e else f"status {s}" for e, s in
+                                     zip(excluded["error"], excluded["state"])]})
+    kept_ids = set(runs.loc[keep, "run_id"])
+    return df[df["run_id"].isin(kept_ids)], runs[keep], table.reset_index(drop=True)
+
+
+class Convention:
+    """Which N and which C every fit uses: params "nonembed" | "total"; compute "measured" | "6ND"."""
+
+    def __init__(self, params: str = "nonembed", compute: str = "measured"):
+        if params not in ("nonembed", "total"):
+            raise ValueError(f"params must be 'nonembed' or 'total', got {params!r}")
+        if compute not in ("measured", "6ND"):
+            raise ValueError(f"compute must be 'measured' or '6ND', got {compute!r}")
+        self.params, self.compute = params, compute
+
+    @property
+    def n_text(self) -> str:
+        """Returns the words for N (e.g. "non-embedding parameters")."""
+        return "non-embedding parameters" if self.params == "nonembed" else "total parameters"
+
+    @property
+    def c_text(self) -> str:
+        """Returns the words for C (FLOPs)."""
+        if self.compute == "6ND":
+            return f"6·N·D with N = {self.n_text} (asked for)"
+        return "D × the run's measured training FLOPs per token (run.json)"
+
+    def describe(self) -> str:
+        """Returns one sentence naming N and C, for every table and figure caption."""
+        return f"N = {self.n_text}; C = {self.c_text}"
+
+    def to_dict(self) -> dict[str, str]:
+        """Returns {"params", "compute", "text"}."""
+        return {"params": self.params, "compute": self.compute, "text": self.describe()}
+
+
+def apply_convention(df: pd.DataFrame, conv: Convention) -> pd.DataFrame:
+    """Returns a copy of df whose "N" is the convention's count and "C" its compute (FLOPs).
+
+    The total count moves to "N_total". Measured C is D × the run's flops_per_token from run.json
+    (the logged "flops" where run.json has none); "6ND" is 6·N·D with the chosen N.
+    """
+    out = df.copy()
+    out["N_total"] = out["N"]
+    if conv.params == "nonembed":
+        out["N"] = out["N_nonembed"]
+    if conv.compute == "6ND":
+        out["C"] = 6.0 * out["N"] * out["D"]
+    elif "flops_per_token" in out.columns:
+        fpt = out["flops_per_token"].astype(float)
+        out["C"] = (out["D"] * fpt).where(fpt.notna() & (fpt > 0), out["C"])
+    return out

@@ -255,9 +255,11 @@ def run_experiment(module: Any, root: str | os.PathLike, scale: str = DEFAULT_SC
                    analyze_only: bool = False, progress: bool = True) -> dict[str, Any]:
     """Trains, evaluates and analyses one experiment in `root`; returns {'status', 'timings', ...}.
 
-    status is 'completed' (report written), 'interrupted' (SIGINT/SIGTERM during training: run the
-    same call again to continue) or 'failed' (some run failed; the report is still written from
-    the runs that completed). timings are wall seconds per phase.
+    status is 'completed' (report written with every figure), 'incomplete' (report written, but a
+    figure of module.FIGURES could not be drawn for lack of data; see its notes), 'interrupted'
+    (SIGINT/SIGTERM during training: run the same call again to continue) or 'failed' (some run
+    failed, the report is still written from the runs that completed; or the analysis raised, which
+    is recorded in ROOT/experiment.json and re-raised). timings are wall seconds per phase.
     """
     from scaling.sweeps import runner
 
@@ -309,14 +311,28 @@ def run_experiment(module: Any, root: str | os.PathLike, scale: str = DEFAULT_SC
     t = time.time()
     out_dir = root / REPORT_DIR
     boot = BOOTSTRAP[scale] if bootstrap is None else int(bootstrap)
-    summary = module.analyze(root, out_dir, scale, boot)
+    try:
+        summary = module.analyze(root, out_dir, scale, boot)
+    except Exception:
+        timings["analyze_s"] = time.time() - t
+        record("failed")  # the analysis raised: recorded, then re-raised unchanged
+        raise
     timings["analyze_s"] = time.time() - t
     timings["total_s"] = time.time() - t0
-    summary = dict(summary, scale=scale, timings=timings)
+    missing = missing_figures(module, summary)
+    if missing and status == "completed":
+        status = "incomplete"
+    summary = dict(summary, scale=scale, timings=timings, status=status, figures_missing=missing)
     write_json(out_dir / "experiment.json", summary)
     record(status)
     return {"status": status, "timings": timings, "counts": counts, "root": str(root),
             "report": str(out_dir / "experiment.md"), "summary": summary}
+
+
+def missing_figures(module: Any, summary: Mapping[str, Any]) -> list[str]:
+    """Returns the stems of module.FIGURES that the analysis did not draw (see `figure`)."""
+    drawn = summary.get("figures") or {}
+    return [stem for stem in module.FIGURES if not drawn.get(stem)]
 
 
 def default_workers(scale: str, backend: str) -> int:
@@ -332,12 +348,27 @@ def default_workers(scale: str, backend: str) -> int:
 # ------------------------------------------------------------------------------ data helpers
 
 
-def load(roots: Sequence[pathlib.Path] | pathlib.Path) -> pd.DataFrame:
-    """Returns the long DataFrame of analysis.runs.load_runs for the given sweep roots."""
-    from analysis.runs import load_runs
+def load(roots: Sequence[pathlib.Path] | pathlib.Path, notes: list[str] | None = None,
+         include_incomplete: bool = False) -> pd.DataFrame:
+    """Returns the long DataFrame of analysis.runs.load_runs for the sweep roots, completed runs only.
+
+    Failed, diverged, interrupted and unfinished runs are left out (their last checkpoint is not a
+    result) unless include_incomplete; each one left out is logged and added to `notes`.
+    """
+    from analysis.runs import load_runs, run_table, select_runs
 
     roots = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
-    return load_runs([r for r in roots if pathlib.Path(r).exists()])
+    roots = [r for r in roots if pathlib.Path(r).exists()]
+    df = load_runs(roots)
+    if df.empty:
+        return df
+    df, _, excluded = select_runs(df, run_table(roots), include_incomplete=include_incomplete)
+    for r in excluded.itertuples():
+        msg = f"run {r.run} left out of the analysis: {r.state} ({r.reason})"
+        log.warning(msg)
+        if notes is not None:
+            notes.append(msg)
+    return df
 
 
 def curves(df: pd.DataFrame, metric: str, source: str | None = None) -> pd.DataFrame:
@@ -381,12 +412,20 @@ def loglog_fit(x: Iterable[float], y: Iterable[float], bootstrap: int, seed: int
     return {"slope": f.a, "ci": list(f.ci_a), "k": f.k, "n": f.n, "r2": f.r2}
 
 
-def fit_or_none(fn: Callable[[], Any], what: str, notes: list[str]) -> Any:
-    """Returns fn(), or None after noting why `what` could not be fitted (ValueError/RuntimeError)."""
+def fit_or_none(fn: Callable[[], Any], what: str, notes: list[str],
+                expected: tuple[type[Exception], ...] = ()) -> Any:
+    """Returns fn(), or None after noting why `what` could not be fitted.
+
+    Only a data shortage (`analysis.errors.InsufficientData`) and the caller's `expected` outcome
+    types count as "not fitted"; anything else (KeyError, IndexError, a ValueError from a bug)
+    propagates.
+    """
+    from analysis.errors import InsufficientData
+
     try:
         return fn()
-    except (ValueError, RuntimeError, KeyError, IndexError, np.linalg.LinAlgError) as err:
-        notes.append(f"{what}: not fitted ({err})")
+    except (InsufficientData, *expected) as err:
+        notes.append(f"{what}: not fitted ({type(err).__name__}: {err})")
         log.warning("%s: not fitted (%s)", what, err)
         return None
 
@@ -425,45 +464,42 @@ def legend(ax: Any) -> None:
         ax.legend(frameon=False, fontsize=7)
 
 
-def figure(out_dir: pathlib.Path, stem: str, draw: Callable[[], Any], notes: list[str]) -> str:
+def figure(out_dir: pathlib.Path, stem: str, draw: Callable[[], Any], notes: list[str]) -> str | None:
     """Saves the figure `draw()` returns as <stem>.png/.pdf; returns the PNG path (relative).
 
-    If drawing or saving fails (e.g. no data on a log axis because runs failed), a placeholder
-    figure naming the error is saved instead and the error is noted, so a report always has its
-    figures.
+    A draw function whose data is short raises `analysis.errors.InsufficientData`: the figure is then
+    not drawn, the reason is noted, and None is returned (the study records the missing figure and
+    is not "completed"). Any other exception propagates: a bug never becomes a placeholder.
     """
     import matplotlib.pyplot as plt
 
+    from analysis.errors import InsufficientData
+
     try:
-        return save_figure(draw(), out_dir, stem)
-    except Exception as err:  # noqa: BLE001 - a figure never takes the report down
+        fig = draw()
+    except InsufficientData as err:
         plt.close("all")
-        notes.append(f"figure {stem}: not drawn ({type(err).__name__}: {err})")
+        notes.append(f"figure {stem}: not drawn ({err})")
         log.warning("figure %s: not drawn (%s)", stem, err)
-        fig, ax = plt.subplots(figsize=(4.0, 2.0))
-        ax.text(0.5, 0.5, f"{stem}: no data to draw\n({type(err).__name__})", ha="center",
-                va="center", fontsize=8)
-        ax.set_axis_off()
-        return save_figure(fig, out_dir, stem)
+        return None
+    return save_figure(fig, out_dir, stem)
 
 
 def generic_report(roots: Sequence[pathlib.Path], out_dir: pathlib.Path, bootstrap: int,
                    title: str, notes: list[str]) -> dict[str, Any]:
-    """Runs analysis.report.build_report into out_dir; returns its summary.json (or {} on failure)."""
+    """Runs analysis.report.build_report into out_dir; returns its summary.json (errors propagate).
+
+    The report's skipped sections (too little data) are added to `notes`.
+    """
     from analysis.report import build_report
 
     roots = [r for r in roots if pathlib.Path(r).exists()]
-    try:
-        # arm_axis="": the experiments analyse their own arms, so the generic report has none
-        build_report(roots, out_dir, bootstrap=bootstrap, title=title, arm_axis="")
-    except Exception as err:  # noqa: BLE001 - the experiment's own report still gets written
-        notes.append(f"generic report failed: {type(err).__name__}: {err}")
-        log.exception("analysis.report.build_report failed")
-        return {}
-    try:
-        return json.loads((out_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    # arm_axis="": the experiments analyse their own arms, so the generic report has none
+    build_report(roots, out_dir, bootstrap=bootstrap, title=title, arm_axis="")
+    summary = json.loads((out_dir / "summary.json").read_text())
+    for s in summary.get("skipped", []):
+        notes.append(f"generic report, {s['section']}: skipped ({s['reason']})")
+    return summary
 
 
 def write_markdown(out_dir: pathlib.Path, module: Any, sections: list[str],
@@ -475,7 +511,7 @@ def write_markdown(out_dir: pathlib.Path, module: Any, sections: list[str],
     if figures:
         lines += ["", "## Figures", ""]
         for stem, rel in figures.items():
-            lines += [f"![{stem}]({rel})", ""]
+            lines += [f"![{stem}]({rel})" if rel else f"*{stem}: not drawn (see Notes)*", ""]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     lines += ["", "The generic scaling report (all sweeps) is in `report.md` next to this file."]

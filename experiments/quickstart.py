@@ -79,40 +79,49 @@ def sweeps(scale: str, data_dir: str = "", tfds_name: str = "") -> dict[str, ml_
 
 
 def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: int) -> dict[str, Any]:
-    """Returns the Chinchilla fit, compute-optimal frontier and emergence numbers; writes the report."""
+    """Returns the Chinchilla fit, compute-optimal frontier and emergence numbers; writes the report.
+
+    One set of numbers: the generic report (report.md, summary.json) is built first, and every number
+    the two share (runs, N, D, C, final losses, the L(N, D) fit, FLOPs per token, the compute-optimal
+    allocation, approach 2) is read from it, so experiment.md cannot disagree with it. N is the
+    non-embedding count, C = D × each run's measured FLOPs per token.
+    """
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
     from analysis.emergence import fit_emergence
-    from analysis.fit import compute_optimal_ci, fit_chinchilla, fit_flops_per_token
+    from analysis.errors import InsufficientData
+    from analysis.runs import Convention, apply_convention
 
     notes: list[str] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     sweep_root = root / "isoflop"
-    df = common.load(sweep_root)
+    generic = common.generic_report([sweep_root], out_dir, bootstrap, "Quickstart: IsoFLOP grid", notes)
+    conv = generic.get("convention", {}).get("text", Convention().describe())
+    df = common.load(sweep_root, notes)
+    df = apply_convention(df, Convention()) if len(df) else df
     val = common.curves(df, "val/loss", "eval") if len(df) else None
-    fin = common.final(df, "val/loss") if len(df) else None
-    budgets = _budgets(df)
-    figures: dict[str, str] = {}
-    summary: dict[str, Any] = {"experiment": NAME, "runs": []}
-    if fin is not None and len(fin):
-        fin = fin.assign(budget=[budgets.get(r, math.nan) for r in fin["run_id"]])
-        summary["runs"] = [{"run": r.run_name, "N": r.N_nonembed, "D": r.D, "C": r.C,
-                            "budget": r.budget, "val_loss": r.value} for r in fin.itertuples()]
+    figures: dict[str, str | None] = {}
+    summary: dict[str, Any] = {"experiment": NAME, "convention": generic.get("convention"),
+                               "runs_excluded": generic.get("runs_excluded", [])}
+    runs = [r for r in generic.get("runs", []) if r["loss_metric"] == "val/loss"]
+    summary["runs"] = [{"run": r["run"], "N": r["N"], "N_total": r["N_total"], "D": r["D"], "C": r["C"],
+                        "budget": r["budget"], "val_loss": r["loss"]} for r in runs]
 
     # 1. loss vs compute over all checkpoints, colour = N
     def _draw1() -> Any:
+        if val is None or not len(val[val["C"] > 0]):
+            raise InsufficientData("no val/loss at a checkpoint with FLOPs")
         fig, ax = plt.subplots(figsize=(5.0, 3.6))
-        if val is not None and len(val):
-            v = val[val["C"] > 0]
-            norm = LogNorm(vmin=v["N_nonembed"].min(), vmax=max(v["N_nonembed"].max(), v["N_nonembed"].min() * 1.01))
-            for run_id, g in v.groupby("run_id"):
-                ax.plot(g["C"], g["value"], "-", lw=1, color=plt.get_cmap("viridis")(norm(g["N_nonembed"].iloc[0])))
-            sm = plt.cm.ScalarMappable(norm=norm, cmap="viridis")
-            fig.colorbar(sm, ax=ax, label="non-embedding parameters N")
+        v = val[val["C"] > 0]
+        norm = LogNorm(vmin=v["N"].min(), vmax=max(v["N"].max(), v["N"].min() * 1.01))
+        for run_id, g in v.groupby("run_id"):
+            ax.plot(g["C"], g["value"], "-", lw=1, color=plt.get_cmap("viridis")(norm(g["N"].iloc[0])))
+        sm = plt.cm.ScalarMappable(norm=norm, cmap="viridis")
+        fig.colorbar(sm, ax=ax, label="non-embedding parameters N")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("training compute C (FLOPs)")
+        ax.set_xlabel("training compute C = D x measured FLOPs/token")
         ax.set_ylabel("validation loss (nats/byte)")
         ax.set_title("Loss vs compute (every checkpoint)", fontsize=9)
         return fig
@@ -120,25 +129,28 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
     figures["qs_loss_vs_compute"] = common.figure(out_dir, "qs_loss_vs_compute", _draw1, notes)
 
     # 2. IsoFLOP profiles: final loss vs N per budget; the measured minimum per budget
+    by_budget: dict[float, list[dict[str, Any]]] = {}
+    for r in summary["runs"]:
+        if math.isfinite(r["budget"] if r["budget"] is not None else math.nan):
+            by_budget.setdefault(float(r["budget"]), []).append(r)
     best: list[dict[str, Any]] = []
-    if fin is not None and len(fin):
-        for b, g in sorted(fin.groupby("budget"), key=lambda t: t[0]):
-            j = g["value"].idxmin()
-            best.append({"budget": float(b), "N_best": float(g.loc[j, "N_nonembed"]),
-                         "D_best": float(g.loc[j, "D"]), "loss_best": float(g.loc[j, "value"]),
-                         "interior": bool(g["N_nonembed"].min() < g.loc[j, "N_nonembed"]
-                                          < g["N_nonembed"].max())})
+    for b, g in sorted(by_budget.items()):
+        m = min(g, key=lambda r: r["val_loss"])
+        ns = [r["N"] for r in g]
+        best.append({"budget": b, "N_best": m["N"], "D_best": m["D"], "loss_best": m["val_loss"],
+                     "interior": bool(min(ns) < m["N"] < max(ns))})
     summary["isoflop_minima"] = best
 
     def _draw2() -> Any:
+        if not best:
+            raise InsufficientData("no completed run with a budget axis and a final val/loss")
         fig, ax = plt.subplots(figsize=(5.0, 3.6))
-        if fin is not None and len(fin):
-            groups = sorted(fin.groupby("budget"), key=lambda t: t[0])
-            for i, ((b, g), m) in enumerate(zip(groups, best)):
-                g = g.sort_values("N_nonembed")
-                ax.plot(g["N_nonembed"], g["value"], "o-", color=f"C{i}", ms=4, label=f"C = {b:.1e}")
-                ax.plot([m["N_best"]], [m["loss_best"]], "*", color=f"C{i}", ms=11)
-            common.legend(ax)
+        for i, m in enumerate(best):
+            g = sorted(by_budget[m["budget"]], key=lambda r: r["N"])
+            ax.plot([r["N"] for r in g], [r["val_loss"] for r in g], "o-", color=f"C{i}", ms=4,
+                    label=f"C = {m['budget']:.1e}")
+            ax.plot([m["N_best"]], [m["loss_best"]], "*", color=f"C{i}", ms=11)
+        common.legend(ax)
         ax.set_xscale("log")
         ax.set_xlabel("non-embedding parameters N")
         ax.set_ylabel("final validation loss (nats/byte)")
@@ -147,39 +159,31 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
 
     figures["qs_isoflop"] = common.figure(out_dir, "qs_isoflop", _draw2, notes)
 
-    # 3. Chinchilla fit (approach 3) and the compute-optimal frontier with CIs
-    chin, co = None, None
-    if fin is not None and len(fin) >= 6 and fin["N_nonembed"].nunique() >= 2 and fin["D"].nunique() >= 2:
-        chin = common.fit_or_none(lambda: fit_chinchilla(fin["N_nonembed"], fin["D"], fin["value"],
-                                                         bootstrap=bootstrap), "Chinchilla fit", notes)
-    else:
-        notes.append("Chinchilla fit: needs >= 6 runs with distinct N and D")
+    # 3. Chinchilla fit (approach 3) and the compute-optimal frontier with CIs: the generic report's
+    chin = generic.get("chinchilla")
+    co = generic.get("compute_optimal_curve")
     if chin is not None:
-        p = chin.params
-        # C = D x FLOPs/token(N), with FLOPs/token = k N^gamma fitted to the runs' own accounting
-        flops_fit = fit_flops_per_token(fin["N_nonembed"], fin["C"], fin["D"])
-        summary["flops_per_token_fit"] = {"coef": flops_fit[0], "exponent": flops_fit[1]}
-        grid_budgets = sorted({float(b) for b in fin["budget"] if math.isfinite(b)})
-        co = compute_optimal_ci(chin, np.geomspace(fin["C"].min() / 3, fin["C"].max() * 30, 30),
-                                flops_per_token=flops_fit)
-        at = compute_optimal_ci(chin, grid_budgets, flops_per_token=flops_fit)
-        six = compute_optimal_ci(chin, grid_budgets)
-        summary["chinchilla"] = {"params": p, "ci": {k: list(v) for k, v in chin.ci.items()},
-                                 "rms_ln_residual": chin.rms, "n_points": chin.n_points,
-                                 "a": float(at["a"].iloc[0]), "b": float(at["b"].iloc[0]),
-                                 "a_ci": [float(at["a_low"].iloc[0]), float(at["a_high"].iloc[0])],
-                                 "a_6ND": float(six["a"].iloc[0]),
-                                 "a_6ND_ci": [float(six["a_low"].iloc[0]), float(six["a_high"].iloc[0])]}
-        summary["compute_optimal"] = at.to_dict(orient="records")
-        summary["compute_optimal_6ND"] = six.to_dict(orient="records")
+        at = generic["compute_optimal"]
+        summary["flops_per_token_fit"] = generic["flops_per_token_fit"]
+        summary["chinchilla"] = {"params": chin["params"], "ci": chin["ci"], "rms_ln_residual": chin["rms_residual"],
+                                 "n_points": chin["n_points"], "a": at[0]["a"], "b": at[0]["b"],
+                                 "a_ci": [at[0]["a_low"], at[0]["a_high"]]}
+        summary["compute_optimal"] = at
+    if "approach2" in generic:
+        summary["approach2"] = generic["approach2"]
 
     def _draw3() -> Any:
+        if co is None and not best:
+            raise InsufficientData("no L(N, D) fit and no IsoFLOP minimum")
         fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.4))
         if co is not None:
-            axes[0].plot(co["C"], co["N_opt"], "C0-", label="N_opt(C) from the fit")
-            axes[1].plot(co["C"], co["tokens_per_param"], "C1-", label="D_opt / N_opt")
-            axes[0].fill_between(co["C"], co["N_opt_low"], co["N_opt_high"], color="C0", alpha=0.2, lw=0)
-            axes[1].fill_between(co["C"], co["tpp_low"], co["tpp_high"], color="C1", alpha=0.2, lw=0)
+            cc = [r["C"] for r in co]
+            axes[0].plot(cc, [r["N_opt"] for r in co], "C0-", label="N_opt(C) from the fit")
+            axes[1].plot(cc, [r["tokens_per_param"] for r in co], "C1-", label="D_opt / N_opt")
+            axes[0].fill_between(cc, [r["N_opt_low"] for r in co], [r["N_opt_high"] for r in co],
+                                 color="C0", alpha=0.2, lw=0)
+            axes[1].fill_between(cc, [r["tpp_low"] for r in co], [r["tpp_high"] for r in co],
+                                 color="C1", alpha=0.2, lw=0)
         for b in best:
             axes[0].plot([b["budget"]], [b["N_best"]], "k*", ms=9)
             axes[1].plot([b["budget"]], [b["D_best"] / b["N_best"]], "k*", ms=9)
@@ -189,7 +193,7 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
             ax.set_yscale("log")
             ax.set_xlabel("training compute C (FLOPs, measured accounting)")
             common.legend(ax)
-        axes[0].set_ylabel("compute-optimal N (parameters)")
+        axes[0].set_ylabel("compute-optimal N (non-embedding parameters)")
         axes[1].set_ylabel("tokens per parameter")
         fig.suptitle("Compute-optimal frontier of the L(N, D) fit, C = D x FLOPs/token(N) "
                      "(shaded: bootstrap 95% CI)", fontsize=9)
@@ -204,76 +208,67 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
     if e is not None and len(e) >= 6 and e["value"].max() > e["value"].min():
         emerg = common.fit_or_none(lambda: fit_emergence(e["C"], e["value"], bootstrap=bootstrap),
                                    "emergence sigmoid", notes)
+    elif e is not None and len(e):
+        notes.append(f"emergence sigmoid: not fitted ({len(e)} checkpoints, exact match "
+                     f"{'constant' if e['value'].max() == e['value'].min() else 'varies'}; need ≥ 6 that vary)")
     if emerg is not None:
         summary["emergence"] = {"verdict": emerg.verdict, "transition": emerg.transition,
                                 "x0_log10_flops": emerg.x0, "x0_ci": list(emerg.x0_ci),
                                 "final_max_exact_match": float(e.groupby("run_id").tail(1)["value"].max())}
 
     def _draw4() -> Any:
+        if e is None or not len(e):
+            raise InsufficientData(f"no {TASK}/exact_match at a checkpoint with FLOPs")
         fig, ax = plt.subplots(figsize=(5.0, 3.6))
-        if e is not None and len(e):
-            norm = LogNorm(vmin=e["N_nonembed"].min(), vmax=max(e["N_nonembed"].max(), e["N_nonembed"].min() * 1.01))
-            ax.scatter(e["C"], e["value"], c=e["N_nonembed"], norm=norm, cmap="viridis", s=8)
-            if emerg is not None:
-                cg = np.geomspace(e["C"].min(), e["C"].max(), 200)
-                ax.plot(cg, emerg.fit.predict(cg[:, None]), "k-", lw=1,
-                        label="sigmoid fit" + ("" if emerg.transition else " (no transition by BIC)"))
-                if emerg.transition and emerg.x0_in_range:
-                    ax.axvline(emerg.x_emergence, color="k", ls=":", lw=1)
-                common.legend(ax)
+        norm = LogNorm(vmin=e["N"].min(), vmax=max(e["N"].max(), e["N"].min() * 1.01))
+        ax.scatter(e["C"], e["value"], c=e["N"], norm=norm, cmap="viridis", s=8)
+        if emerg is not None:
+            cg = np.geomspace(e["C"].min(), e["C"].max(), 200)
+            ax.plot(cg, emerg.fit.predict(cg[:, None]), "k-", lw=1,
+                    label="sigmoid fit" + ("" if emerg.transition else " (no transition by BIC)"))
+            if emerg.transition and emerg.x0_in_range:
+                ax.axvline(emerg.x_emergence, color="k", ls=":", lw=1)
+            common.legend(ax)
         ax.axhline(0.1, color="0.5", ls="--", lw=0.8)
         ax.set_xscale("log")
-        ax.set_xlabel("training compute C (FLOPs)")
+        ax.set_xlabel("training compute C = D x measured FLOPs/token")
         ax.set_ylabel("recall exact match (fraction)")
         ax.set_title("Associative recall vs compute (dashed: chance 1/10)", fontsize=9)
         return fig
 
     figures["qs_emergence"] = common.figure(out_dir, "qs_emergence", _draw4, notes)
 
-    generic = common.generic_report([sweep_root], out_dir, bootstrap, "Quickstart: IsoFLOP grid", notes)
-    if "approach2" in generic:
-        summary["approach2"] = generic["approach2"]
-
-    sections = ["## Measured", ""]
+    sections = ["## Measured", "", f"Convention (as in `report.md`): {conv}.", ""]
     if summary["runs"]:
         sections += [common.table([{"run": r["run"], "N": r["N"], "D": r["D"], "C": r["C"],
                                     "val loss": r["val_loss"]} for r in summary["runs"]]), ""]
+    if summary["runs_excluded"]:
+        sections += [f"{len(summary['runs_excluded'])} runs left out of every fit (did not complete): "
+                     + ", ".join(f"{r['run']} ({r['state']})" for r in summary["runs_excluded"]) + ".", ""]
     if chin is not None:
-        c = summary["chinchilla"]
+        c, f = summary["chinchilla"], summary["flops_per_token_fit"]
         sections += ["L(N, D) = E + A/N^α + B/D^β (approach 3; 95% bootstrap CIs):", "",
                      common.table([{"param": k, "estimate [95% CI]": common.fmt_ci(v, c["ci"].get(k))}
                                    for k, v in c["params"].items()]), "",
                      f"Allocation exponents under the measured FLOPs per token: N_opt ∝ C^{c['a']:.3f} "
-                     f"(95% CI [{c['a_ci'][0]:.3g}, {c['a_ci'][1]:.3g}]), D_opt ∝ C^{c['b']:.3f}; under "
-                     f"C = 6ND: N_opt ∝ C^{c['a_6ND']:.3f} (95% CI [{c['a_6ND_ci'][0]:.3g}, "
-                     f"{c['a_6ND_ci'][1]:.3g}]).", "",
+                     f"(95% CI [{common.fmt_ci(c['a_ci'][0], None)}, {common.fmt_ci(c['a_ci'][1], None)}]), "
+                     f"D_opt ∝ C^{c['b']:.3f}.", "",
                      "Compute-optimal allocation at the grid's budgets, from the fit, with C = D x "
-                     "FLOPs per token of the model family (fitted to the runs: "
-                     f"{summary['flops_per_token_fit']['coef']:.3g} x N^{summary['flops_per_token_fit']['exponent']:.3f}"
-                     " FLOPs/token; unembedding and attention make it far more than 6N at these "
-                     "sizes); 95% bootstrap CIs:", "",
+                     f"FLOPs per token of the model family (fitted to the runs: {f['coef']:.4g} x "
+                     f"N^{f['exponent']:.4f} FLOPs/token; unembedding and attention make it far more than "
+                     "6N at these sizes); 95% bootstrap CIs:", "",
                      common.table([{"C": r["C"], "N_opt [95% CI]": common.fmt_ci(r["N_opt"], [r["N_opt_low"], r["N_opt_high"]]),
                                     "D_opt": r["D_opt"],
                                     "tokens/param [95% CI]": common.fmt_ci(r["tokens_per_param"], [r["tpp_low"], r["tpp_high"]])}
-                                   for r in summary["compute_optimal"]]), "",
-                     "With Chinchilla's C = 6ND convention instead: tokens per parameter "
-                     + ", ".join(f"{r['tokens_per_param']:.3g} at C = {r['C']:.0e}"
-                                 for r in summary["compute_optimal_6ND"]) + ".", ""]
+                                   for r in summary["compute_optimal"]]), ""]
     if best:
         sections += ["Lowest-loss run per budget (IsoFLOP minimum on the grid):", "",
                      common.table(best), ""]
     if "emergence" in summary:
-        e = summary["emergence"]
-        sections += [f"Recall emergence vs compute: {e['verdict']}; sigmoid midpoint "
-                     f"10^{common.fmt_ci(e['x0_log10_flops'], e['x0_ci'])} FLOPs; best final exact "
-                     f"match {e['final_max_exact_match']:.3f} (chance 0.1).", ""]
+        em_s = summary["emergence"]
+        sections += [f"Recall emergence vs compute: {em_s['verdict']}; sigmoid midpoint "
+                     f"10^{common.fmt_ci(em_s['x0_log10_flops'], em_s['x0_ci'])} FLOPs; best final exact "
+                     f"match {em_s['final_max_exact_match']:.3f} (chance 0.1).", ""]
     summary.update(figures=figures, notes=notes)
     common.write_markdown(out_dir, sys.modules[__name__], sections, figures, notes)
     return summary
-
-
-def _budgets(df) -> dict[str, float]:
-    """Returns run_id -> IsoFLOP budget (FLOPs) from the runs' axes."""
-    if df is None or not len(df) or "C_budget" not in df.columns:
-        return {}
-    return df.groupby("run_id")["C_budget"].first().astype(float).to_dict()

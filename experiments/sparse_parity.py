@@ -314,8 +314,9 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
     def fit_both(xs: np.ndarray, ys: np.ndarray, what: str
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
         plain = common.loglog_fit(xs, ys, bootstrap)
-        trunc = common.fit_or_none(lambda: fit_truncated_power(xs, ys, bootstrap), what,
-                                   notes) or {"a": math.nan, "ci": [math.nan, math.nan]}
+        # fit_truncated_power raises RuntimeError when no start converges: an outcome, not a bug
+        trunc = common.fit_or_none(lambda: fit_truncated_power(xs, ys, bootstrap), what, notes,
+                                   expected=(RuntimeError,)) or {"a": math.nan, "ci": [math.nan, math.nan]}
         return ({"exponent": -plain["slope"], "ci": sorted(-c for c in plain["ci"]),
                  "r2": plain.get("r2")}, trunc)
 

@@ -172,7 +172,7 @@ def test_compute_optimal_ci_under_a_flops_per_token_law():
     fit = fit_chinchilla(N, D, L, bootstrap=16, seed=0)
     C = np.geomspace(1e18, 1e22, 3)
     k, gamma = 40.0, 0.85
-    old, same = compute_optimal_ci(fit, C), compute_optimal_ci(fit, C, flops_per_token=(6.0, 1.0))
+    old, same = compute_optimal_ci(fit, C, flops_per_token="6ND"), compute_optimal_ci(fit, C, flops_per_token=(6.0, 1.0))
     pd.testing.assert_frame_equal(old, same, check_exact=True)
     df = compute_optimal_ci(fit, C, flops_per_token=(k, gamma))
     p = chinchilla_params(fit)

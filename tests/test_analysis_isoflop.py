@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from analysis import laws
+from analysis.errors import InsufficientData
 from analysis.isoflop import approach1, approach2, fit_loglog, group_budgets, isoflop_optima, loss_frontier
 
 P = laws.ChinchillaParams(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
@@ -25,7 +26,7 @@ def _isoflop_grid(noise=0.0, seed=0):
 
 def test_approach2_recovers_allocation_exponent():
     C, N, L = _isoflop_grid()
-    res = approach2(C, N, L, bootstrap=200)
+    res = approach2(C, N, L, bootstrap=200, flops_per_token=(6.0, 1.0))
     # noiseless, 9 sizes per budget over a factor 64: Akima argmin within 0.01 of β/(α+β)
     assert res.n_fit.a == pytest.approx(A_TRUE, abs=0.01)
     assert res.d_fit.a == pytest.approx(1 - A_TRUE, abs=0.01)
@@ -94,3 +95,46 @@ def test_approach1_frontier_recovers_allocation():
     assert res.n_fit.a == pytest.approx(A_TRUE, abs=0.05)
     assert res.d_fit.a == pytest.approx(1 - A_TRUE, abs=0.05)
     assert res.n_fit.ci_a[0] <= res.n_fit.a <= res.n_fit.ci_a[1]
+
+
+def test_budgets_come_from_the_sweep_axis_not_a_tolerance_on_measured_c():
+    # Two budgets 4% apart: a 5% tolerance on measured C merges them into one IsoFLOP profile;
+    # the sweep's budget axis keeps them apart. Measured C scatters ±1% around each budget (steps
+    # are rounded), which the axis ignores.
+    rng = np.random.default_rng(0)
+    C, N, L, B = [], [], [], []
+    for c in (1e19, 1.04e19, 1e20, 1e21):
+        n_opt = laws.compute_optimal(P, c).N_opt
+        for n in n_opt * np.geomspace(1 / 8, 8, 7):
+            cm = c * (1 + rng.uniform(-0.01, 0.01))
+            C.append(cm)
+            N.append(n)
+            L.append(laws.chinchilla(n, cm / (6 * n), P.E, P.A, P.B, P.alpha, P.beta))
+            B.append(c)
+    C, N, L, B = map(np.asarray, (C, N, L, B))
+    by_tol, _ = isoflop_optima(C, N, L, rel_tol=0.05)
+    assert len(by_tol) == 3  # the old grouping: two budgets merged
+    by_axis, _ = isoflop_optima(C, N, L, budget=B, rel_tol=0.05)
+    assert list(by_axis["C"]) == [1e19, 1.04e19, 1e20, 1e21]
+    assert set(by_axis["grouping"]) == {"axis"} and (by_axis["n_points"] == 7).all()
+    # runs without the axis fall back to the tolerance, and say so
+    B2 = B.copy()
+    B2[B == 1e21] = np.nan
+    mixed, _ = isoflop_optima(C, N, L, budget=B2, rel_tol=0.05)
+    assert list(mixed["grouping"]) == ["axis", "axis", "axis", "tolerance"]
+    res = approach2(C, N, L, budget=B, flops_per_token=(6.0, 1.0), bootstrap=20)
+    assert res.to_dict()["grouping"] == ["axis"] and res.optima["kept"].sum() == 4
+    assert res.n_fit.a == pytest.approx(A_TRUE, abs=0.02)
+
+
+def test_d_star_uses_the_given_flops_per_token_and_never_assumes_6nd():
+    C, N, L = _isoflop_grid()
+    opt, _ = isoflop_optima(C, N, L)
+    assert opt["D_star"].isna().all()  # no D and no convention: no D*
+    k, gamma = 40.0, 0.9
+    opt, _ = isoflop_optima(C, N, L, flops_per_token=(k, gamma))
+    np.testing.assert_allclose(opt["D_star"], opt["C"] / (k * opt["N_star"] ** gamma), rtol=1e-12)
+    res = approach2(C, N, L, bootstrap=0)
+    assert res.d_fit is None and res.to_dict()["D_opt"] is None
+    with pytest.raises(InsufficientData):
+        approach2(C[:9], N[:9], L[:9], bootstrap=0)

@@ -4,8 +4,10 @@ import json
 import logging
 
 import numpy as np
+import pytest
 
-from analysis.runs import final_values, find_run_dirs, load_runs, run_table
+from analysis.runs import (Convention, apply_convention, final_values, find_run_dirs, load_runs, run_table,
+                           select_runs)
 from analysis.synthetic import make_sweep, write_run
 
 
@@ -85,3 +87,49 @@ def test_run_dir_root_and_missing_path(tmp_path, caplog):
     (tmp_path / "loose" / "a").mkdir(parents=True)
     write_run(tmp_path / "loose" / "a" / "r1", run_id="r1", N=1e6, D=1e7, axes={}, tasks=False)
     assert set(load_runs(tmp_path / "loose")["run_id"]) == {"r1"}
+
+
+def test_failed_diverged_interrupted_and_running_runs_are_excluded_and_listed(tmp_path):
+    root = tmp_path / "sweep"
+    entries = []
+    for i, (state, error) in enumerate([("completed", None), ("completed", None), ("failed", "OSError: disk"),
+                                         ("failed", "FloatingPointError: loss is nan at step 7"),
+                                         ("interrupted", None), ("running", None)]):
+        entries.append(write_run(root / f"r{i}", run_id=f"r{i}", N=1e6 * (i + 1), D=1e7, axes={}, tasks=False,
+                                 status=state))
+        if error:
+            (root / f"r{i}" / "status.json").write_text(json.dumps({"status": state, "step": 3, "error": error}))
+    (root / "r6").mkdir()
+    write_run(root / "r6", run_id="r6", N=1e6, D=1e7, axes={}, tasks=False)
+    (root / "r6" / "status.json").unlink()  # no status: not known to be complete
+    df, runs = load_runs(root), run_table(root)
+    assert list(runs.sort_values("run_id")["state"]) == ["completed", "completed", "failed", "diverged",
+                                                          "interrupted", "running", "unknown"]
+    kept, kept_runs, excluded = select_runs(df, runs)
+    assert set(kept["run_id"]) == {"r0", "r1"} and set(kept_runs["run_id"]) == {"r0", "r1"}
+    assert sorted(excluded["run"]) == ["r2", "r3", "r4", "r5", "r6"]
+    reasons = dict(zip(excluded["run"], excluded["reason"]))
+    assert reasons["r2"] == "OSError: disk" and reasons["r3"].startswith("FloatingPointError")
+    assert reasons["r4"] == "status interrupted"
+    # asked for: every run kept, nothing excluded
+    kept, kept_runs, excluded = select_runs(df, runs, include_incomplete=True)
+    assert kept["run_id"].nunique() == 7 and excluded.empty
+
+
+def test_convention_uses_each_runs_own_n_and_flops_per_token(tmp_path):
+    d = tmp_path / "r"
+    write_run(d, run_id="r", N=1e6, D=1e7, axes={}, tasks=False)
+    info = json.loads((d / "run.json").read_text())
+    info["flops_per_token"] = 9.5e6  # the measured accounting, not 6N
+    (d / "run.json").write_text(json.dumps(info))
+    df = load_runs(d)
+    out = apply_convention(df, Convention())
+    np.testing.assert_allclose(out["N"], 0.9e6 * np.ones(len(out)), rtol=1e-6)  # non-embedding
+    np.testing.assert_allclose(out["N_total"], df["N"])
+    np.testing.assert_allclose(out["C"], out["D"] * 9.5e6, rtol=1e-12)
+    six = apply_convention(df, Convention("total", "6ND"))
+    np.testing.assert_allclose(six["C"], 6 * df["N"] * df["D"], rtol=1e-12)
+    assert "non-embedding" in Convention().describe() and "measured" in Convention().describe()
+    assert "6·N·D" in Convention(compute="6ND").describe()
+    with pytest.raises(ValueError, match="params"):
+        Convention(params="embedding")

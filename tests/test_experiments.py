@@ -99,8 +99,37 @@ def test_tiny_experiment_writes_its_report(name, tmp_path, stdlib_tiny_data_dir)
             assert set(common.checkpoint_steps(run_dir)) <= common.evaluated_steps(run_dir)
     assert len(runs) == sum(len(common.run_dirs(root / s)) for s in module.sweeps("tiny"))
     assert summary["figures"]
+    assert summary["status"] == "completed" and summary["figures_missing"] == []
+    if name == "quickstart":
+        _check_quickstart_agrees_with_generic_report(root, summary)
     if name == "sparse_parity":
         _check_sparse_parity_ce(root, module, summary, tmp_path)
+
+
+def _check_quickstart_agrees_with_generic_report(root: pathlib.Path, summary: dict) -> None:
+    """experiment.json/md and the generic report in the same report/ share one set of numbers."""
+    out = root / common.REPORT_DIR
+    gen = json.loads((out / "summary.json").read_text())
+    assert summary["convention"] == gen["convention"] and summary["convention"]["params"] == "nonembed"
+    gruns = {r["run"]: r for r in gen["runs"]}
+    infos = [json.loads((d / "run.json").read_text()) for d in common.run_dirs(root / "isoflop")]
+    infos = {i["name"]: i for i in infos}
+    assert len(summary["runs"]) == len(gruns) == len(infos) == 4
+    for r in summary["runs"]:
+        g = gruns[r["run"]]
+        assert (r["N"], r["D"], r["C"], r["val_loss"], r["budget"]) == (g["N"], g["D"], g["C"], g["loss"],
+                                                                         g["budget"])
+        # N is the non-embedding count and C = D x the run's own FLOPs per token (run.json)
+        assert r["N"] == infos[r["run"]]["n_params_nonembed"]
+        assert r["C"] == pytest.approx(r["D"] * infos[r["run"]]["flops_per_token"], rel=1e-12)
+    for key in ("chinchilla", "approach2"):
+        assert (key in summary) == (key in gen)
+    if "chinchilla" in gen:
+        assert summary["compute_optimal"] == gen["compute_optimal"]
+    md, rep = (out / "experiment.md").read_text(), (out / "report.md").read_text()
+    for r in summary["runs"]:
+        for v in (r["N"], r["D"], r["C"], r["val_loss"]):
+            assert format(v, ".4g") in md and format(v, ".4g") in rep, (r["run"], v)
 
 
 def _png_size(path: pathlib.Path) -> tuple[int, int]:

@@ -14,6 +14,11 @@ the frontier (approach 1), IsoFLOP curves (approach 2), the L(N, D) fit and resi
 with a backtest, emergence curves (discrete and continuous metrics), per-subtask curves and an
 ablation forest plot. Each section appears only when its data exists; the report lists the skipped
 ones and why. Missing or corrupt run files are reported as warnings and skipped.
+
+Convention: N is the non-embedding parameter count and C = D x the run's own measured FLOPs per
+token (run.json); --params total and --compute 6ND ask for the others. Only completed runs enter
+the fits: failed, diverged, interrupted and running runs are listed with their state and error
+(--include-incomplete fits them too). IsoFLOP budgets come from the sweep's budget axis (C_budget).
 """
 
 
@@ -34,6 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subtask-threshold", type=float, default=0.9,
                         help="metric value at which a subtask counts as learned (default 0.9)")
     parser.add_argument("--title", default="Scaling analysis", help="report title")
+    parser.add_argument("--params", choices=("nonembed", "total"), default="nonembed",
+                        help="which parameter count is N in every fit (default: nonembed)")
+    parser.add_argument("--compute", choices=("measured", "6ND"), default="measured",
+                        help="C = D x the run's measured FLOPs per token (default), or 6ND")
+    parser.add_argument("--include-incomplete", action="store_true",
+                        help="fit failed, diverged, interrupted and running runs too (their last "
+                             "logged values); by default they are listed and left out")
+    parser.add_argument("--budget-axis", default="C_budget", metavar="AXIS",
+                        help="run axis holding each run's IsoFLOP budget in FLOPs (default C_budget); "
+                             "runs without it are grouped by measured C within 5%%")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"scaling analyze: error: not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     path = build_report(args.roots, args.out, bootstrap=args.bootstrap, seed=args.seed,
-                        arm_axis=args.arm_axis, subtask_threshold=args.subtask_threshold, title=args.title)
+                        arm_axis=args.arm_axis, subtask_threshold=args.subtask_threshold, title=args.title,
+                        params=args.params, compute=args.compute, include_incomplete=args.include_incomplete,
+                        budget_axis=args.budget_axis)
     print(f"report written to {path} (and {path.with_suffix('.html').name})")
     return 0
 

@@ -240,6 +240,9 @@ def _print(result: dict, label: str | None, out) -> None:
     if result["law"] == "isoflop":
         for key, name in (("N_opt", "N*(C) = k*C^a"), ("D_opt", "D*(C) = k*C^b")):
             r = result[key]
+            if r is None:  # no D column: D* is not derived from an assumed FLOPs-per-token rule
+                print(f"{head}{name}: not fitted (give a D column to fit it)", file=out)
+                continue
             ci = (f" [{_fmt(r['ci_a'][0])}, {_fmt(r['ci_a'][1])}]" if all(map(math.isfinite, r["ci_a"]))
                   else "")
             print(f"{head}{name}: exponent {_fmt(r['a'])}{ci}, "
