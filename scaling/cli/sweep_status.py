@@ -15,8 +15,10 @@ DESCRIPTION = """Argument: DIR, a sweep root made by `scaling sweep`.
 Shows the runs of the sweep in DIR: name, status, step / total steps, last logged training loss,
 last validation loss (val/loss in eval.jsonl, @ its step), N (non-embedding parameters),
 D (tokens), C (training FLOPs), attempts and the error of failed runs, read from
-DIR/manifest.json and each run directory's status.json, metrics.jsonl and eval.jsonl. It only
-reads files, so it is safe while the sweep runs.
+DIR/manifest.json and each run directory's status.json, metrics.jsonl and eval.jsonl. A run whose
+status.json says "running" while no worker process holds it (the worker was killed) shows as
+"stale"; the next `scaling sweep` resumes it. It only reads files, so it is safe while the sweep
+runs.
 
 examples:
   scaling sweep-status sweeps/isoflop
@@ -39,15 +41,21 @@ def collect(root: str | pathlib.Path) -> dict[str, Any]:
         metrics = manifest_lib.last_metrics(run_dir) or {}
         val = manifest_lib.last_metrics(run_dir, name="eval.jsonl", metric="val/loss") or {}
         run = manifest_lib.read_json(run_dir / "run.json") or {}
+        state = status["status"]
+        error = status.get("error") or entry.get("error")
+        if state == "running" and not manifest_lib.run_process_alive(run_dir):
+            state = "stale"  # the process that wrote "running" is gone (killed, or lost)
+            error = error or ("status.json says running but no process holds the run; the next "
+                              "`scaling sweep` resumes it")
         rows.append({
-            "name": entry["name"], "id": entry["id"], "status": status["status"],
+            "name": entry["name"], "id": entry["id"], "status": state,
             "manifest_status": entry.get("status"),
             "step": int(metrics.get("step", status.get("step") or 0)),
             "num_steps": int(run.get("num_steps", entry.get("steps", 0)) or 0),
             "loss": metrics.get("loss"), "val_loss": val.get("value"),
             "val_step": val.get("step"), "n": entry.get("n"), "d": entry.get("d"),
             "c": entry.get("c"), "attempts": entry.get("attempts", 0),
-            "error": status.get("error") or entry.get("error"), "dir": entry["dir"]})
+            "error": error, "dir": entry["dir"]})
     return {"root": str(root), "name": manifest.get("name", ""),
             "runner_active": runner_active(root), "runs": rows}
 
@@ -80,8 +88,6 @@ def render(info: dict[str, Any]) -> str:
     counts: dict[str, int] = {}
     for r in info["runs"]:
         status = r["status"]
-        if status == "running" and not info["runner_active"]:
-            status = "stopped"  # the runner died; the next `scaling sweep` resumes it
         counts[status] = counts.get(status, 0) + 1
         loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
         val = "-" if r.get("val_loss") is None else f"{r['val_loss']:.4f}@{r['val_step']}"
@@ -104,7 +110,7 @@ def main(argv: list[str]) -> int:
     flags.DEFINE_boolean("json", False, "Print the rows as JSON instead of a table.",
                          flag_values=fv)
     flags.DEFINE_float("watch", 0.0, "Refresh every this many seconds until interrupted (0: once).",
-                       flag_values=fv)
+                       lower_bound=0.0, flag_values=fv)
     from scaling.cli.sweep import normalize_argv
 
     rest = common.parse(fv, normalize_argv(argv), DESCRIPTION)

@@ -56,7 +56,8 @@ class Job:
 
     run: Run
     run_dir: pathlib.Path
-    attempt: int
+    attempt: int  # attempts in this invocation (1, 2, ...): what the retry limit counts
+    number: int = 0  # attempts of the run over all invocations: the manifest's and log's number
     started: float = dataclasses.field(default_factory=time.time)
     handle: Any = None  # backend-specific
 
@@ -175,7 +176,7 @@ class LocalBackend:
                              num_processes=num, process_id=pid)
             env[worker_lib.PARENT_ENV] = str(os.getpid())
             with open(job.run_dir / log_name(pid), "a", encoding="utf-8") as logf:
-                logf.write(attempt_header(job.run.name, job.attempt, pid, num))
+                logf.write(attempt_header(job.run.name, job.number or job.attempt, pid, num))
                 logf.flush()
                 procs.append(subprocess.Popen(worker_command(job.run_dir), stdout=logf,
                                               stderr=subprocess.STDOUT, env=env,
@@ -484,11 +485,12 @@ def run_sweep(sweep: ml_collections.ConfigDict, root: str | os.PathLike, *,
                 while (queue or bk.active()) and not stop.requested:
                     while queue and bk.has_capacity() and not stop.requested:
                         run, attempt = queue.pop(0)
-                        job = Job(run=run, run_dir=root / run.dir, attempt=attempt)
+                        number = int(entries[run.id].get("attempts", 0)) + 1
+                        job = Job(run=run, run_dir=root / run.dir, attempt=attempt, number=number)
                         bk.start(job)
-                        entries[run.id]["attempts"] = int(entries[run.id].get("attempts", 0)) + 1
+                        entries[run.id]["attempts"] = number
                         update(run, status="running", error=None)
-                        log.info("started %s (attempt %d)", run.name, attempt)
+                        log.info("started %s (attempt %d)", run.name, number)
                     for job, code in bk.poll(0.5):
                         retry = _finish(job, code, retries, update, stopping=False)
                         if retry:

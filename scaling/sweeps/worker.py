@@ -51,7 +51,9 @@ def _lock(run_dir: pathlib.Path, process_id: int):
     """Returns an open file holding an exclusive flock on the run for this process (blocks)."""
     import fcntl
 
-    f = open(run_dir / f".lock.p{process_id}", "a+")
+    from scaling.sweeps.manifest import worker_lock_path
+
+    f = open(worker_lock_path(run_dir, process_id), "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
