@@ -225,8 +225,8 @@ def data_vocab_size(config: ml_collections.ConfigDict) -> tuple[int, str] | None
         params = d.task.params.to_dict()
         try:
             task = tasks.make_task(d.task.name, params)
-        except (TypeError, ValueError) as err:
-            raise ConfigError("data.task", d.task.name, str(err)) from None
+        except (TypeError, ValueError) as err:  # the task rejects one of its knobs
+            raise ConfigError("data.task.params", params, str(err)) from None
         return int(task.vocab_size), f"task {d.task.name!r}"
     from scaling.data import tokenizers
 
@@ -265,6 +265,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         check_domains(config, {"train.num_steps": COUNT})
     check(d.source == "tfds" or bool(d.task.name), "data.task.name", d.task.name,
           f"data.source={d.source!r} needs a task")
+    if d.task.name:
+        from scaling.data import tasks
+
+        check(d.task.name in tasks.TASKS, "data.task.name", d.task.name,
+              f"unknown task; known: {sorted(tasks.TASKS)}")
     check(t.batch_size % t.microbatches == 0, "train.microbatches", t.microbatches,
           f"must divide train.batch_size={t.batch_size}")
     if d.tokenizer in ("bpe", "sentencepiece"):

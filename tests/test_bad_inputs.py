@@ -161,6 +161,8 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
     ("data.epochs", TRAIN + " --config.data.epochs=0", ("config.data.epochs=0",)),
     ("data.prefetch", TRAIN + " --config.data.prefetch=-1", ("config.data.prefetch=-1",)),
     ("data.source-needs-task", TRAIN + " --config.data.source=task", ("config.data.task.name",)),
+    ("data.task.name", TRAIN + " --config.data.source=task --config.data.task.name=parity",
+     ("config.data.task.name='parity'", "unknown task")),
     ("data.task.mix_rate", TRAIN + " --config.data.task.mix_rate=2",
      ("config.data.task.mix_rate=2",)),
     ("data.augment.span_length", TRAIN + " --config.data.augment.span_length=0",
