@@ -290,7 +290,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         check(d.seq_len <= m.max_seq_len, "data.seq_len", d.seq_len,
               f"exceeds model.max_seq_len={m.max_seq_len}")
         if m.positions == "rope":
-            check(head_dim(m) % 2 == 0, "model.head_dim", head_dim(m), "rope needs an even head_dim")
+            check(head_dim(m) % 2 == 0, "model.head_dim", head_dim(m),
+                  "rope needs an even head_dim")
         if m.parameterization == "mup":
             check_domains(config, {"model.mup_base_width": COUNT})
         _check_attention_impl(m, d.seq_len)

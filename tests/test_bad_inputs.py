@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import pathlib
 import shutil
 
@@ -104,6 +105,16 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
      "train --config " + LM_TINY + " --workdir {w}/garbage_run",
      ("garbage_run/config.json", "JSON")),
     ("train-unknown-flag", TRAIN + " --stop_aftr=3", ("stop_aftr",)),
+    # ------------------------------------------------------------------ train: data (found when
+    # the data is opened, so into a new run directory {fresh}; nothing is compiled)
+    ("train-unknown-tfds-name", "train --config " + LM_TINY + " --workdir {fresh} "
+     "--config.data.tfds_name=lm1bb", ("config.data.tfds_name='lm1bb'", "no TFDS dataset")),
+    ("train-unknown-split", "train --config " + LM_TINY + " --workdir {fresh} "
+     "--config.data.tfds_name=stdlib_corpus/tiny --config.data.tfds_data_dir={data} "
+     "--config.data.split=trian", ("config.data.split", "'trian'")),
+    ("train-budget-larger-than-corpus", "train --config " + LM_TINY + " --workdir {fresh} "
+     "--config.data.tfds_name=stdlib_corpus/tiny --config.data.tfds_data_dir={data} "
+     "--config.data.num_tokens=1000000000", ("config.data.num_tokens=1000000000", "holds only")),
     # ------------------------------------------------------------------ train: domains
     ("optim.b1", TRAIN + " --config.optim.b1=1.5", ("config.optim.b1=1.5", "[0, 1)")),
     ("optim.b2", TRAIN + " --config.optim.b2=1.0", ("config.optim.b2=1.0",)),
@@ -261,10 +272,14 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
 
 
 def _run(argv: list[str]) -> int:
+    handlers, level = list(logging.root.handlers), logging.root.level
     try:
         return cli.main(["scaling"] + argv)
     except SystemExit as exit_:  # flag parsing (absl and argparse) exits with the code
         return exit_.code if isinstance(exit_.code, int) else 1
+    finally:  # the commands log to the stderr of the moment: capsys's, closed after the case
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
 
 
 def test_the_table_is_large_and_covers_every_command():
@@ -276,9 +291,11 @@ def test_the_table_is_large_and_covers_every_command():
 
 
 @pytest.mark.parametrize("case,args,fragments", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_a_clear_error_that_changes_nothing(world, capsys, case, args, fragments):
+def test_bad_input_is_a_clear_error_that_changes_nothing(world, tmp_path, request, capsys, case,
+                                                        args, fragments):
+    data = request.getfixturevalue("stdlib_tiny_data_dir") if "{data}" in args else ""
     before = _snapshot(world)
-    argv = [a.format(w=world) for a in args.split()]
+    argv = [a.format(w=world, fresh=tmp_path / "fresh", data=data) for a in args.split()]
     code = _run(argv)
     err = capsys.readouterr().err
     assert code == 2, f"{case}: exit code {code}; stderr:\n{err}"

@@ -30,7 +30,8 @@ def setup_logging(verbose: bool = False) -> None:
 
 def new_flag_values(argv: list[str] | None = None, with_config: bool = True,
                     config_help: str = "") -> flags.FlagValues:
-    """Returns a fresh FlagValues (optionally with `--config FILE` and `--config.a.b=v` overrides)."""
+    """Returns a fresh FlagValues (with --verbose, --debug and optionally `--config FILE` and
+    `--config.a.b=v` overrides)."""
     fv = flags.FlagValues()
     if with_config:
         config_flags.DEFINE_config_file(

@@ -130,8 +130,7 @@ def main(argv: list[str]) -> int:
                 return 0
             time.sleep(fv.watch)
             print()
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as err:  # not a sweep root, or a corrupt manifest
+        return common.fail(str(err), fv.debug)
     except KeyboardInterrupt:
         return 0
