@@ -231,6 +231,8 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
      "--config.axes=({{'optim.wieght_decay':(0.1,)}},)", ("optim.wieght_decay",)),
     ("sweep-axis-bad-value", "sweep --config {w}/sweep.py --root {w}/root "
      "--config.axes=({{'optim.b1':(0.9,1.5)}},)", ("config.optim.b1=1.5",)),
+    ("sweep-base-vocab", "sweep --config {w}/sweep.py --root {w}/root "
+     "--config.base.model.vocab_size=200", ("sweep.base", "config.model.vocab_size=200")),
     ("sweep-min-steps", "sweep --config {w}/sweep.py --root {w}/root --config.min_steps=0",
      ("sweep.min_steps=0",)),
     ("sweep-max-unique-tokens", "sweep --config {w}/sweep.py --root {w}/root "

@@ -95,3 +95,18 @@ def test_attempt_numbers_agree_between_manifest_and_log(tmp_path, monkeypatch):
         numbers = [int(n) for n in re.findall(r"attempt (\d+) process", log_text)]
         assert entry["attempts"] == 2 * invocation
         assert numbers == list(range(1, 2 * invocation + 1))
+
+
+def test_a_run_with_an_invalid_config_json_fails_once_naming_the_file(tmp_path):
+    from scaling.sweeps import manifest as manifest_lib
+    from scaling.sweeps import runner, testing
+
+    sweep = testing.tiny_sweep(sizes=(3.4e3,))
+    root = tmp_path / "root"
+    runner.pending_commands(sweep, root)  # prepares the run directory without training
+    entry = manifest_lib.read_manifest(root)["runs"][0]
+    (root / entry["dir"] / "config.json").write_text("{broken")
+    result = runner.run_sweep(sweep, root, max_retries=2, progress=False)
+    entry = result["runs"][0]
+    assert entry["status"] == "failed" and entry["attempts"] == 1  # not retried
+    assert "config.json: is not valid JSON" in entry["error"]

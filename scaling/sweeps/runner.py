@@ -8,8 +8,8 @@
    axes, status.json 'pending') and merges the runs into root/manifest.json by id.
 3. The scheduler starts every run that is not completed (and not diverged, unless
    `retry_failed`) on the backend and records each transition in the manifest (rewritten
-   atomically). A run that fails is retried up to `max_retries` times (a non-finite loss is not
-   retried: it would diverge again); it is then marked failed with its log (run_dir/train.log)
+   atomically). A run that fails is retried up to `max_retries` times (a non-finite loss or an
+   invalid config.json is not retried: it would fail again); it is then marked failed with its log (run_dir/train.log)
    kept, and the other runs go on. A partial run resumes from its latest checkpoint (the training
    loop does that). SIGINT/SIGTERM to the runner stop the workers with SIGTERM, which makes each
    save a checkpoint, and mark them interrupted; a SIGKILLed runner takes its workers down with it
@@ -543,7 +543,8 @@ def _finish(job: Job, code: int, retries: int, update: Any, stopping: bool) -> b
             "status": "failed", "step": int(status.get("step") or 0), "error": error,
             "time": time.time()})
     diverged = _is_diverged(status, code)
-    if not diverged and job.attempt <= retries:
+    bad_input = code == worker_lib.EXIT_USAGE  # its config.json is invalid: it would fail again
+    if not diverged and not bad_input and job.attempt <= retries:
         log.warning("run %s attempt %d failed (%s); retrying", job.run.name, job.attempt, error)
         update(job.run, status="pending", error=error)
         return True

@@ -44,6 +44,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from scaling import config as config_lib
+from scaling import validation
 
 BUDGET_AXES = ("tokens", "tokens_per_param", "flops")
 RULE_KINDS = {"batch": ("constant", "table", "power"),
@@ -528,6 +529,7 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None) -
     base = copy.deepcopy(sweep.base)
     try:
         config_lib.validate(base)
+        validation.check_vocab(base)
     except config_lib.ConfigError as err:
         raise SweepError(f"sweep.base: {err}") from None
     groups = _axis_groups(sweep, base)
