@@ -254,133 +254,26 @@ def logical_rules(config: ml_collections.ConfigDict) -> tuple[tuple[str, Any], .
 
 # ------------------------------------------------------------------------------------ validation
 
-
-def _check(cond: bool, field: str, value: Any, why: str) -> None:
-    if not cond:
-        raise ConfigError(field, value, why)
-
-
-def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
-def _positive(config: ml_collections.ConfigDict, fields: Iterable[str]) -> None:
-    for f in fields:
-        v = _get(config, f)
-        _check(isinstance(v, (int, float)) and v > 0, f, v, "must be positive")
-
-
 # cuDNN fused (flash) attention: half-precision inputs, a head dim that is a multiple of 8 and at
 # most 256 on Hopper or later, 128 before (that per-GPU bound is checked where the model is built).
 CUDNN_ATTENTION_DTYPES = ("bfloat16", "float16")
 CUDNN_MAX_HEAD_DIM = 256
 CUDNN_MAX_HEAD_DIM_PRE_HOPPER = 128
 
-
-def _check_attention_impl(m: ml_collections.ConfigDict, seq_len: int) -> None:
-    if m.attention_impl == "einsum":
-        return
-    _check(m.attn_dropout == 0, "model.attn_dropout", m.attn_dropout,
-           f"model.attention_impl={m.attention_impl!r} (fused) has no attention dropout; "
-           "use 'einsum' or set it to 0")
-    if m.attention_impl == "cudnn":
-        _check(m.dtype in CUDNN_ATTENTION_DTYPES, "model.dtype", m.dtype,
-               f"model.attention_impl='cudnn' needs one of {list(CUDNN_ATTENTION_DTYPES)}")
-        k = head_dim(m)
-        _check(k % 8 == 0 and k <= CUDNN_MAX_HEAD_DIM, "model.head_dim", k,
-               f"model.attention_impl='cudnn' needs a multiple of 8 that is "
-               f"<= {CUDNN_MAX_HEAD_DIM} (<= {CUDNN_MAX_HEAD_DIM_PRE_HOPPER} before Hopper)")
-        _check(seq_len % 2 == 0, "data.seq_len", seq_len,
-               "model.attention_impl='cudnn' needs an even length (cuDNN's backward pass)")
+# Subtrees whose keys are free-form (task-specific knobs), so not compared with the defaults.
+FREE_FORM_FIELDS = ("data.task.params",)
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
-    """Raises ConfigError (naming the field and value) if `config` cannot run on `num_devices`."""
-    for field, allowed in ENUMS.items():
-        v = _get(config, field)
-        _check(v in allowed, field, v, f"must be one of {list(allowed)}")
-    m, d, t, o = config.model, config.data, config.train, config.optim
-    _positive(config, ["train.batch_size", "train.microbatches", "data.seq_len",
-                       "train.log_every", "optim.lr"])
-    if d.num_tokens == 0:
-        _positive(config, ["train.num_steps"])
-    _check(d.num_tokens >= 0, "data.num_tokens", d.num_tokens, "must be >= 0")
-    _check(d.epochs > 0, "data.epochs", d.epochs, "must be positive")
-    _check(0 <= d.task.mix_rate <= 1, "data.task.mix_rate", d.task.mix_rate, "must be in [0, 1]")
-    _check(d.task.num_examples >= 0, "data.task.num_examples", d.task.num_examples, "must be >= 0")
-    _check(d.source == "tfds" or bool(d.task.name), "data.task.name", d.task.name,
-           f"data.source={d.source!r} needs a task")
-    for f in ("model.embed_dropout", "model.attn_dropout", "model.resid_dropout",
-              "data.augment.token_substitution", "data.augment.span_mask"):
-        v = _get(config, f)
-        _check(0.0 <= v < 1.0, f, v, "must be in [0, 1)")
-    _check(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", t.label_smoothing,
-           "must be in [0, 1)")
-    _check(t.z_loss >= 0, "train.z_loss", t.z_loss, "must be >= 0")
-    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
-    _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
-    _check(0 <= o.final_lr_frac <= 1, "optim.final_lr_frac", o.final_lr_frac, "must be in [0, 1]")
-    _check(0 < o.wsd_decay_frac <= 1, "optim.wsd_decay_frac", o.wsd_decay_frac, "must be in (0, 1]")
-    _check(t.batch_size % t.microbatches == 0, "train.microbatches", t.microbatches,
-           f"must divide train.batch_size={t.batch_size}")
+    """Raises ConfigError (naming the field and value) if `config` cannot run on `num_devices`.
 
-    if m.kind == "transformer":
-        _positive(config, ["model.d_model", "model.n_layers", "model.n_heads",
-                           "model.max_seq_len"])
-        _check(m.vocab_size >= 0, "model.vocab_size", m.vocab_size, "must be >= 0")
-        _check(m.n_kv_heads >= 0, "model.n_kv_heads", m.n_kv_heads, "must be >= 0")
-        _check(m.d_ff >= 0, "model.d_ff", m.d_ff, "must be >= 0")
-        _check(m.head_dim > 0 or m.d_model % m.n_heads == 0, "model.d_model", m.d_model,
-               f"must be divisible by model.n_heads={m.n_heads}")
-        _check(m.n_heads % n_kv_heads(m) == 0, "model.n_heads", m.n_heads,
-               f"must be divisible by model.n_kv_heads={m.n_kv_heads}")
-        _check(d.seq_len <= m.max_seq_len, "data.seq_len", d.seq_len,
-               f"exceeds model.max_seq_len={m.max_seq_len}")
-        if m.positions == "rope":
-            _check(head_dim(m) % 2 == 0, "model.head_dim", head_dim(m), "rope needs an even head_dim")
-        if m.parameterization == "mup":
-            _positive(config, ["model.mup_base_width"])
-        _check_attention_impl(m, d.seq_len)
-    else:
-        _positive(config, ["model.mlp_width", "model.mlp_depth"])
+    Checks that every field is one `default_config()` declares (so a typo in a config file fails
+    like one on the command line), types, enums, the numeric domain of every field, and the
+    consistency of the model, data and mesh; see `scaling.validation`.
+    """
+    from scaling import validation
 
-    x = config.mesh
-    for axis in MESH_AXES:
-        v = x[axis]
-        _check(v == -1 or v >= 1, f"mesh.{axis}", v, "must be >= 1 (or -1 for data)")
-    _check(x.fsdp != -1 and x.tensor != -1, "mesh", (x.data, x.fsdp, x.tensor),
-           "only mesh.data may be -1")
-    known = {r[0] for r in x.rules}
-    for name, axes in x.rules:
-        for a in (axes if isinstance(axes, (list, tuple)) else [axes]):
-            _check(a is None or a in MESH_AXES, "mesh.rules", [name, axes],
-                   f"unknown mesh axis {a!r}; mesh axes are {list(MESH_AXES)}")
-    missing = {"batch", "embed", "vocab"} - known
-    _check(not missing, "mesh.rules", sorted(missing), "logical axes have no rule")
-
-    if num_devices is not None:
-        shape = mesh_shape(config, num_devices)
-        total = shape["data"] * shape["fsdp"] * shape["tensor"]
-        _check(total == num_devices, "mesh", shape,
-               f"mesh has {total} devices but {num_devices} are available")
-        dp = shape["data"] * shape["fsdp"]
-        micro = t.batch_size // t.microbatches
-        _check(micro % dp == 0, "train.batch_size", t.batch_size,
-               f"batch per microbatch ({micro}) must be divisible by the data-parallel size "
-               f"data*fsdp={dp}")
-        tp = shape["tensor"]
-        if m.kind == "transformer" and tp > 1:
-            _check(m.n_heads % tp == 0, "model.n_heads", m.n_heads,
-                   f"must be divisible by mesh.tensor={tp}")
-            _check(n_kv_heads(m) % tp == 0, "model.n_kv_heads", n_kv_heads(m),
-                   f"must be divisible by mesh.tensor={tp}")
-            _check(d_ff(m) % tp == 0, "model.d_ff", d_ff(m), f"must be divisible by mesh.tensor={tp}")
-        if m.kind == "transformer" and shape["fsdp"] > 1:
-            _check(m.d_model % shape["fsdp"] == 0, "model.d_model", m.d_model,
-                   f"must be divisible by mesh.fsdp={shape['fsdp']}")
+    validation.validate(config, num_devices)
 
 
 # ------------------------------------------------------------------------------ serialization
@@ -395,6 +288,46 @@ def from_dict(values: dict) -> ml_collections.ConfigDict:
     """Returns the defaults updated recursively with `values` (e.g. a saved config.json)."""
     config = default_config()
     config.update(values)
+    return config
+
+
+class ConfigFileError(ValueError):
+    """A config or run file that cannot be read or holds an invalid config; names the file."""
+
+    def __init__(self, path: Any, why: str):
+        self.path = str(path)
+        super().__init__(f"{path}: {why}")
+
+
+def load_json(path: Any) -> ml_collections.ConfigDict:
+    """Returns the validated config saved in a JSON file (a run's config.json).
+
+    Raises ConfigFileError naming the file if it is missing, is not JSON, or holds a config that
+    `validate` rejects (the field is named too)."""
+    import json
+    import pathlib
+
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigFileError(path, "not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigFileError(path, f"cannot be read ({err})") from None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigFileError(path, f"is not valid JSON ({err})") from None
+    if not isinstance(values, dict):
+        raise ConfigFileError(path, f"holds a JSON {type(values).__name__}, not a config object")
+    try:
+        config = from_dict(values)
+    except (TypeError, ValueError, KeyError, AttributeError) as err:  # a value of the wrong type
+        raise ConfigFileError(path, f"invalid config ({err})") from None
+    try:
+        validate(config)
+    except ConfigError as err:
+        raise ConfigFileError(path, str(err)) from None
     return config
 
 

@@ -149,3 +149,77 @@ def test_cudnn_head_dim_bound_depends_on_gpu_generation():
         setup_lib.check_platform(c, [gpu("8.0")])  # Ampere: up to 128
     c.model.head_dim = 128
     setup_lib.check_platform(c, [gpu("8.0")])
+
+
+@pytest.mark.parametrize("field,value,fragment", [
+    ("optim.b1", 1.5, "config.optim.b1=1.5: must be a finite number in [0, 1)"),
+    ("optim.b2", 1.0, "config.optim.b2=1.0"),
+    ("optim.lr", float("inf"), "config.optim.lr=inf: must be a finite number > 0"),
+    ("optim.lr", float("nan"), "config.optim.lr=nan"),
+    ("optim.clip_norm", -1.0, "config.optim.clip_norm=-1.0: must be a finite number >= 0"),
+    ("optim.eps", -1e-8, "config.optim.eps=-1e-08"),
+    ("data.eval_tokens", -5, "config.data.eval_tokens=-5: must be at least one row"),
+    ("data.eval_tokens", 100, "config.data.eval_tokens=100"),
+    ("checkpoint.every", -1, "config.checkpoint.every=-1: must be an integer >= 0"),
+    ("checkpoint.log_max", 0, "config.checkpoint.log_max=0"),
+    ("model.rope_theta", 0.0, "config.model.rope_theta=0.0: must be a finite number > 0"),
+    ("model.norm_eps", 0.0, "config.model.norm_eps=0.0"),
+    ("model.init_std", -0.02, "config.model.init_std=-0.02"),
+    ("model.head_dim", -8, "config.model.head_dim=-8"),
+    ("seed", -1, "config.seed=-1"),
+    ("train.eval_every", -10, "config.train.eval_every=-10"),
+    ("train.peak_flops", float("inf"), "config.train.peak_flops=inf"),
+    ("data.augment.span_length", 0, "config.data.augment.span_length=0"),
+    ("data.epochs", float("inf"), "config.data.epochs=inf"),
+])
+def test_numeric_domains_name_the_field(field, value, fragment):
+    c = config_lib.default_config()
+    _set(c, field, value)
+    with pytest.raises(config_lib.ConfigError) as info:
+        config_lib.validate(c)
+    assert fragment in str(info.value)
+
+
+def test_unknown_field_set_in_a_config_file_is_an_error_naming_it():
+    c = config_lib.default_config()
+    c.model.d_modle = 32  # what a typo in get_config() does: ConfigDicts accept new fields
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"config.model.d_modle=32: unknown field.*did you mean model.d_model"):
+        config_lib.validate(c)
+    c = config_lib.default_config()
+    c.optimizer = {"lr": 1e-3}
+    with pytest.raises(config_lib.ConfigError, match=r"config.optimizer=.*unknown field"):
+        config_lib.validate(c)
+    c = config_lib.default_config()
+    c.data.task.params.p = 13  # task knobs are free-form
+    config_lib.validate(c)
+
+
+def test_vocab_smaller_than_the_data_is_an_error():
+    from scaling import validation
+
+    c = config_lib.default_config()
+    c.model.vocab_size = 256
+    config_lib.validate(c)  # a model of any vocabulary is a valid model ...
+    with pytest.raises(config_lib.ConfigError, match=r"config.model.vocab_size=256: is smaller "
+                       r"than the 259 ids of the byte tokenizer"):
+        validation.check_vocab(c)  # ... but not for this data
+    c.model.vocab_size = 320
+    validation.check_vocab(c)
+    c.data.tokenizer, c.data.tokenizer_vocab_size = "bpe", 1024
+    with pytest.raises(config_lib.ConfigError, match=r"vocab_size=320.*1024 ids"):
+        validation.check_vocab(c)
+
+
+def test_load_json_names_the_file(tmp_path):
+    path = tmp_path / "config.json"
+    with pytest.raises(config_lib.ConfigFileError, match=r"config.json: not found"):
+        config_lib.load_json(path)
+    path.write_text("{garbage")
+    with pytest.raises(config_lib.ConfigFileError, match=r"config.json: is not valid JSON"):
+        config_lib.load_json(path)
+    path.write_text(json.dumps({"model": {"d_modle": 3}}))
+    with pytest.raises(config_lib.ConfigFileError, match=r"config.json: config.model.d_modle=3"):
+        config_lib.load_json(path)
+    path.write_text(config_lib.to_json(config_lib.default_config()))
+    assert config_lib.load_json(path).model.d_model == 64

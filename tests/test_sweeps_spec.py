@@ -131,7 +131,7 @@ def test_axes_product_zip_seeds_and_names():
 
 def test_tokens_per_param_and_batch_lr_rules():
     s = testing.tiny_sweep()
-    s.tokens = ()
+    s.tokens = None
     s.tokens_per_param = (2.0,)
     s.batch.rule = "table"
     s.batch.table = ((5e3, 4), (1e9, 8))
@@ -181,7 +181,7 @@ INVALID = [
     ("empty seeds", _bad(seeds=()), r"sweep.seeds: axis is empty"),
     ("zip lengths", _bad(axes=({"optim.lr": (1e-3, 2e-3), "optim.b2": (0.9,)},)),
      r"zipped fields have different lengths"),
-    ("flop budget too small", _bad(tokens=(), flops=(1e3, 1e12), min_steps=4),
+    ("flop budget too small", _bad(tokens=None, flops=(1e3, 1e12), min_steps=4),
      r"budget C=1e3 is too small for the smallest model \(N=3.38k needs >= "),
     ("token budget too small", _bad(tokens=(64,)),
      r"token budget D=64 is too small for the model with N=3.38k"),

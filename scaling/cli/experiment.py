@@ -47,14 +47,15 @@ def define_flags(argv: list[str]) -> flags.FlagValues:
                         flag_values=fv)
     flags.DEFINE_integer("workers", 0, "Runs at a time (0: 2 on the CPU scales, 1 on medium/large "
                          "with the local backend, as many as the cluster allows with Ray).",
-                         flag_values=fv)
+                         lower_bound=0, flag_values=fv)
     flags.DEFINE_string("tfds_data_dir", "", "TFDS data directory of the text corpus (default: "
                         "TFDS's own; the stdlib corpus is built there on first use).",
                         flag_values=fv)
     flags.DEFINE_string("tfds_name", "", "Text corpus of the LM experiments (default: "
                         "stdlib_corpus; required for --scale=large).", flag_values=fv)
     flags.DEFINE_integer("bootstrap", None, "Bootstrap resamples of the analysis (default per "
-                         "scale: 8 tiny, 200 small, 400 medium, 1000 large).", flag_values=fv)
+                         "scale: 8 tiny, 200 small, 400 medium, 1000 large).", lower_bound=0,
+                         flag_values=fv)
     flags.DEFINE_boolean("dry_run", False, "Print each sweep's run table and exit.",
                          flag_values=fv)
     flags.DEFINE_boolean("analyze_only", False, "Only (re)write the report from the runs there.",
@@ -91,9 +92,7 @@ def main(argv: list[str]) -> int:
         print(list_text())
         return 0
     if len(rest) != 1 or (fv.root is None and not fv.dry_run):
-        print("error: give one experiment NAME and --root DIR (or --list; see --help)",
-              file=sys.stderr)
-        return EXIT_USAGE
+        return common.fail("give one experiment NAME and --root DIR (or --list; see --help)")
     common.setup_logging(fv.verbose)
     import experiments
     from experiments import common as exp_common
@@ -102,8 +101,7 @@ def main(argv: list[str]) -> int:
     try:
         module = experiments.get(rest[0])
     except KeyError as err:
-        print(f"error: {err.args[0]}", file=sys.stderr)
-        return EXIT_USAGE
+        return common.fail(err.args[0])
 
     def run() -> int:
         try:
@@ -116,13 +114,13 @@ def main(argv: list[str]) -> int:
                     print(f"== {name}: {len(runs)} runs, {sum(r.c for r in runs):.3e} FLOPs")
                     print(runner.plan_table(runs))
                 return 0
+            from scaling.cli.sweep import check_root
+
+            check_root(fv.root)
             result = exp_common.run_experiment(
                 module, fv.root, fv.scale, backend=fv.backend, workers=fv.workers,
                 address=fv.address, data_dir=fv.tfds_data_dir, tfds_name=fv.tfds_name,
                 bootstrap=fv.bootstrap, analyze_only=fv.analyze_only, progress=fv.progress)
-        except (spec.SweepError, exp_common.ExperimentError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return EXIT_USAGE
         except KeyboardInterrupt:  # during evaluation or analysis (training handles it itself)
             print(f"{module.NAME}: interrupted; run the same command again to continue",
                   file=sys.stderr)
@@ -137,4 +135,4 @@ def main(argv: list[str]) -> int:
               f"analyze {t['analyze_s']:.0f} s); report: {result['report']}")
         return 0 if result["status"] == "completed" else EXIT_FAILED
 
-    return common.run_with_errors(run)
+    return common.run_with_errors(run, fv.debug)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from scaling.cli import common
@@ -66,14 +65,14 @@ def define_flags(argv: list[str]) -> Any:
     flags.DEFINE_string("address", None, "Ray cluster address HOST:PORT (backend ray; default: "
                         "RAY_ADDRESS or a local Ray instance).", flag_values=fv)
     flags.DEFINE_integer("workers", 0, "Runs at a time (0: 1 for local, as many as the Ray "
-                         "cluster's resources allow for ray).", flag_values=fv)
+                         "cluster's resources allow for ray).", lower_bound=0, flag_values=fv)
     flags.DEFINE_boolean("dry_run", False, "Print the run table (name, N, D, C, steps, batch, lr) "
                          "and exit without writing or training anything.", flag_values=fv)
     flags.DEFINE_boolean("prepare_only", False, "Write the run directories and manifest, print "
                          "one worker command per unfinished run (for SLURM arrays or other "
                          "schedulers) and exit without training.", flag_values=fv)
     flags.DEFINE_integer("max_retries", None, "Extra attempts per failed run (default: the "
-                         "sweep's max_retries).", flag_values=fv)
+                         "sweep's max_retries).", lower_bound=0, flag_values=fv)
     flags.DEFINE_boolean("retry_failed", False, "Also retry runs that diverged (non-finite loss) "
                          "in an earlier invocation.", flag_values=fv)
     flags.DEFINE_string("compile_cache_dir", None, "Shared JAX compilation cache directory "
@@ -91,8 +90,7 @@ def main(argv: list[str]) -> int:
     if rest is None:
         return 0
     if fv.config is None or (fv.root is None and not fv.dry_run):
-        print("error: --config and --root are required (see --help)", file=sys.stderr)
-        return 2
+        return common.fail("--config and --root are required (see --help)")
     common.setup_logging(fv.verbose)
     from ml_collections import config_flags
 
@@ -105,29 +103,26 @@ def main(argv: list[str]) -> int:
     tuning.resolve_paths(fv.config, config_flags.get_config_filename(fv["config"]), skip=given)
 
     def run() -> int:
-        try:
-            if fv.dry_run:
-                skipped: list[str] = []
-                runs = spec.expand(fv.config, skipped)
-                print(runner.plan_table(runs))
-                print(dry_run_summary(runs))
-                for line in skipped:
-                    print(f"skipped: {line}")
-                return 0
-            cache = fv.compile_cache_dir
-            if cache is not None and cache.lower() in ("none", "off", ""):
-                cache = ""
-            if fv.prepare_only:
-                for line in runner.pending_commands(fv.config, fv.root, cache):
-                    print(line)
-                return 0
-            result = runner.run_sweep(
-                fv.config, fv.root, backend=fv.backend, workers=fv.workers, address=fv.address,
-                max_retries=fv.max_retries, retry_failed=fv.retry_failed,
-                compile_cache_dir=cache, progress=fv.progress)
-        except spec.SweepError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        if fv.dry_run:
+            skipped: list[str] = []
+            runs = spec.expand(fv.config, skipped)
+            print(runner.plan_table(runs))
+            print(dry_run_summary(runs))
+            for line in skipped:
+                print(f"skipped: {line}")
+            return 0
+        check_root(fv.root)
+        cache = fv.compile_cache_dir
+        if cache is not None and cache.lower() in ("none", "off", ""):
+            cache = ""
+        if fv.prepare_only:
+            for line in runner.pending_commands(fv.config, fv.root, cache):
+                print(line)
+            return 0
+        result = runner.run_sweep(
+            fv.config, fv.root, backend=fv.backend, workers=fv.workers, address=fv.address,
+            max_retries=fv.max_retries, retry_failed=fv.retry_failed,
+            compile_cache_dir=cache, progress=fv.progress)
         counts = ", ".join(f"{k} {v}" for k, v in result["counts"].items() if v)
         print(f"sweep {result['status']}: {counts}")
         if result.get("tuning"):
@@ -135,7 +130,23 @@ def main(argv: list[str]) -> int:
         return {"completed": 0, "interrupted": EXIT_INTERRUPTED}.get(result["status"],
                                                                     EXIT_SOME_FAILED)
 
-    return common.run_with_errors(run)
+    return common.run_with_errors(run, fv.debug)
+
+
+def check_root(root: str) -> None:
+    """Returns None; raises a user error naming --root if it cannot hold a sweep."""
+    import pathlib
+
+    from scaling.sweeps import manifest as manifest_lib
+
+    path = pathlib.Path(root)
+    if path.exists() and not path.is_dir():
+        raise common.UsageError(f"--root={root}: exists and is not a directory")
+    parent = next((p for p in [path, *path.parents] if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise common.UsageError(f"--root={root}: {parent} is not a directory")
+    if path.is_dir():
+        manifest_lib.read_manifest(path)  # a corrupt manifest: name the file before any run
 
 
 def dry_run_summary(runs: list) -> str:

@@ -15,8 +15,10 @@ DESCRIPTION = """Argument: DIR, a sweep root made by `scaling sweep`.
 Shows the runs of the sweep in DIR: name, status, step / total steps, last logged training loss,
 last validation loss (val/loss in eval.jsonl, @ its step), N (non-embedding parameters),
 D (tokens), C (training FLOPs), loss spikes, attempts and the error of failed runs, read from
-DIR/manifest.json and each run directory's status.json, metrics.jsonl and eval.jsonl. It only
-reads files, so it is safe while the sweep runs.
+DIR/manifest.json and each run directory's status.json, metrics.jsonl and eval.jsonl. A run whose
+status.json says "running" while no worker process holds it (the worker was killed) shows as
+"stale"; the next `scaling sweep` resumes it. It only reads files, so it is safe while the sweep
+runs.
 
 spikes: "T/V (R)": T rises of the training loss (rolling mean over 10 logged steps) and V rises of
 the validation loss more than 0.5 nats above their running minimum after warmup, and R the
@@ -45,15 +47,21 @@ def collect(root: str | pathlib.Path) -> dict[str, Any]:
         val = manifest_lib.last_metrics(run_dir, name="eval.jsonl", metric="val/loss") or {}
         run = manifest_lib.read_json(run_dir / "run.json") or {}
         spikes = spikes_lib.run_spikes(run_dir) if run_dir.is_dir() else None
+        state = status["status"]
+        error = status.get("error") or entry.get("error")
+        if state == "running" and not manifest_lib.run_process_alive(run_dir):
+            state = "stale"  # the process that wrote "running" is gone (killed, or lost)
+            error = error or ("status.json says running but no process holds the run; the next "
+                              "`scaling sweep` resumes it")
         rows.append({
-            "name": entry["name"], "id": entry["id"], "status": status["status"],
+            "name": entry["name"], "id": entry["id"], "status": state,
             "manifest_status": entry.get("status"),
             "step": int(metrics.get("step", status.get("step") or 0)),
             "num_steps": int(run.get("num_steps", entry.get("steps", 0)) or 0),
             "loss": metrics.get("loss"), "val_loss": val.get("value"),
             "val_step": val.get("step"), "n": entry.get("n"), "d": entry.get("d"),
             "c": entry.get("c"), "attempts": entry.get("attempts", 0),
-            "error": status.get("error") or entry.get("error"), "dir": entry["dir"],
+            "error": error, "dir": entry["dir"],
             "spikes": None if spikes is None else {k: v.to_dict() for k, v in spikes.items()},
             "spikes_cell": "-" if spikes is None else spikes_lib.format_spikes(spikes)})
     return {"root": str(root), "name": manifest.get("name", ""),
@@ -89,8 +97,6 @@ def render(info: dict[str, Any]) -> str:
     counts: dict[str, int] = {}
     for r in info["runs"]:
         status = r["status"]
-        if status == "running" and not info["runner_active"]:
-            status = "stopped"  # the runner died; the next `scaling sweep` resumes it
         counts[status] = counts.get(status, 0) + 1
         loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
         val = "-" if r.get("val_loss") is None else f"{r['val_loss']:.4f}@{r['val_step']}"
@@ -114,7 +120,7 @@ def main(argv: list[str]) -> int:
     flags.DEFINE_boolean("json", False, "Print the rows as JSON instead of a table.",
                          flag_values=fv)
     flags.DEFINE_float("watch", 0.0, "Refresh every this many seconds until interrupted (0: once).",
-                       flag_values=fv)
+                       lower_bound=0.0, flag_values=fv)
     from scaling.cli.sweep import normalize_argv
 
     rest = common.parse(fv, normalize_argv(argv), DESCRIPTION)
@@ -134,8 +140,7 @@ def main(argv: list[str]) -> int:
                 return 0
             time.sleep(fv.watch)
             print()
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as err:  # not a sweep root, or a corrupt manifest
+        return common.fail(str(err), fv.debug)
     except KeyboardInterrupt:
         return 0

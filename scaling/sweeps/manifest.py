@@ -21,6 +21,12 @@ import time
 from typing import Any, Iterable
 
 MANIFEST_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """A sweep root whose manifest.json cannot be read; the message names the file."""
+
+
 STATUSES = ("pending", "running", "completed", "failed", "interrupted")
 
 
@@ -57,14 +63,17 @@ def manifest_path(root: str | os.PathLike) -> pathlib.Path:
 
 
 def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
-    """Returns the manifest of `root` (an empty version-1 manifest if there is none)."""
+    """Returns the manifest of `root` (an empty version-1 manifest if there is none).
+
+    Raises ManifestError naming the file if it is not a version-1 manifest."""
     value = read_json(manifest_path(root))
     if value is None:
         if manifest_path(root).exists():
-            raise ValueError(f"{manifest_path(root)} is not valid JSON")
+            raise ManifestError(f"{manifest_path(root)}: not a valid JSON object (move it away "
+                                "to start the sweep root afresh)")
         return {"version": MANIFEST_VERSION, "runs": []}
     if value.get("version") != MANIFEST_VERSION:
-        raise ValueError(f"{manifest_path(root)}: unsupported manifest version "
+        raise ManifestError(f"{manifest_path(root)}: unsupported manifest version "
                          f"{value.get('version')!r} (expected {MANIFEST_VERSION})")
     return value
 
@@ -125,3 +134,24 @@ def last_metrics(run_dir: str | os.PathLike, max_bytes: int = 65536,
         if isinstance(row, dict) and (metric is None or row.get("metric") == metric):
             return row
     return None
+
+
+def worker_lock_path(run_dir: str | os.PathLike, process_id: int = 0) -> pathlib.Path:
+    """Returns the file a worker process of the run holds an exclusive flock on while it runs."""
+    return pathlib.Path(run_dir) / f".lock.p{process_id}"
+
+
+def run_process_alive(run_dir: str | os.PathLike) -> bool:
+    """Returns True if a live worker process holds the run's lock (process 0's)."""
+    import fcntl
+
+    path = worker_lock_path(run_dir)
+    if not path.exists():
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False

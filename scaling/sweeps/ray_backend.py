@@ -119,7 +119,7 @@ class RayBackend:
             opts["scheduling_strategy"] = strategy
         num = int(self.resources.processes)
         ref = self._process.options(**opts).remote(
-            str(job.run_dir), job.run.name, job.attempt, process_id, num, coordinator,
+            str(job.run_dir), job.run.name, job.number or job.attempt, process_id, num, coordinator,
             int(self.resources.devices_per_process), self.cache_dir)
         job.handle["refs"][process_id] = ref
         self._waiting[ref] = (job, "task", process_id)

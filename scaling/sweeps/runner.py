@@ -8,8 +8,8 @@
    axes, status.json 'pending') and merges the runs into root/manifest.json by id.
 3. The scheduler starts every run that is not completed (and not diverged, unless
    `retry_failed`) on the backend and records each transition in the manifest (rewritten
-   atomically). A run that fails is retried up to `max_retries` times (a non-finite loss is not
-   retried: it would diverge again); it is then marked failed with its log (run_dir/train.log)
+   atomically). A run that fails is retried up to `max_retries` times (a non-finite loss or an
+   invalid config.json is not retried: it would fail again); it is then marked failed with its log (run_dir/train.log)
    kept, and the other runs go on. A partial run resumes from its latest checkpoint (the training
    loop does that). SIGINT/SIGTERM to the runner stop the workers with SIGTERM, which makes each
    save a checkpoint, and mark them interrupted; a SIGKILLed runner takes its workers down with it
@@ -56,7 +56,8 @@ class Job:
 
     run: Run
     run_dir: pathlib.Path
-    attempt: int
+    attempt: int  # attempts in this invocation (1, 2, ...): what the retry limit counts
+    number: int = 0  # attempts of the run over all invocations: the manifest's and log's number
     started: float = dataclasses.field(default_factory=time.time)
     handle: Any = None  # backend-specific
 
@@ -175,7 +176,7 @@ class LocalBackend:
                              num_processes=num, process_id=pid)
             env[worker_lib.PARENT_ENV] = str(os.getpid())
             with open(job.run_dir / log_name(pid), "a", encoding="utf-8") as logf:
-                logf.write(attempt_header(job.run.name, job.attempt, pid, num))
+                logf.write(attempt_header(job.run.name, job.number or job.attempt, pid, num))
                 logf.flush()
                 procs.append(subprocess.Popen(worker_command(job.run_dir), stdout=logf,
                                               stderr=subprocess.STDOUT, env=env,
@@ -520,11 +521,12 @@ def train_runs(sweep: ml_collections.ConfigDict, runs: list[Run], root: str | os
                 while (queue or bk.active()) and not stop.requested:
                     while queue and bk.has_capacity() and not stop.requested:
                         run, attempt = queue.pop(0)
-                        job = Job(run=run, run_dir=root / run.dir, attempt=attempt)
+                        number = int(entries[run.id].get("attempts", 0)) + 1
+                        job = Job(run=run, run_dir=root / run.dir, attempt=attempt, number=number)
                         bk.start(job)
-                        entries[run.id]["attempts"] = int(entries[run.id].get("attempts", 0)) + 1
+                        entries[run.id]["attempts"] = number
                         update(run, status="running", error=None)
-                        log.info("started %s (attempt %d)", run.name, attempt)
+                        log.info("started %s (attempt %d)", run.name, number)
                     for job, code in bk.poll(0.5):
                         retry = _finish(job, code, retries, update, stopping=False)
                         if retry:
@@ -577,7 +579,8 @@ def _finish(job: Job, code: int, retries: int, update: Any, stopping: bool) -> b
             "status": "failed", "step": int(status.get("step") or 0), "error": error,
             "time": time.time()})
     diverged = _is_diverged(status, code)
-    if not diverged and job.attempt <= retries:
+    bad_input = code == worker_lib.EXIT_USAGE  # its config.json is invalid: it would fail again
+    if not diverged and not bad_input and job.attempt <= retries:
         log.warning("run %s attempt %d failed (%s); retrying", job.run.name, job.attempt, error)
         update(job.run, status="pending", error=error)
         return True

@@ -5,10 +5,10 @@ A sweep config file (`configs/sweeps/<name>.py`) defines `get_config()` returnin
 
     base        a full run config (`scaling.config.default_config()` with overrides)
     family      the model-size rule that turns a target N into a shape (see `family_shape`)
-    sizes       target non-embedding parameter counts N (empty: the base model only)
+    sizes       target non-embedding parameter counts N (unset: the base model only)
     tokens | tokens_per_param | flops
                 the data axis: trained-token budgets D, ratios D/N, or IsoFLOP compute budgets C
-                (FLOPs); at most one of the three is non-empty
+                (FLOPs); at most one of the three is set (an empty one is an error)
     axes        any config fields as axes: a list of groups, each a dict {field: [values]}; the
                 fields of one group are zipped (equal lengths), groups are combined by product
     seeds       `config.seed` values (an axis of their own)
@@ -43,8 +43,10 @@ import re
 from typing import Any, Iterable
 
 import ml_collections
+from ml_collections import config_dict
 
 from scaling import config as config_lib
+from scaling import validation
 
 BUDGET_AXES = ("tokens", "tokens_per_param", "flops")
 RULE_KINDS = {"batch": ("constant", "table", "power", "tuned"),
@@ -134,10 +136,12 @@ def default_sweep() -> ml_collections.ConfigDict:
     f.width_multiple = 8  # MLP family: mlp_width is a multiple of this (depth from base)
     f.tolerance = 0.1  # the chosen shape's N must be within this relative error of the target
 
-    s.sizes = ()  # target non-embedding N
-    s.tokens = ()  # trained-token budgets D
-    s.tokens_per_param = ()  # D = ratio * N
-    s.flops = ()  # IsoFLOP compute budgets C (training FLOPs)
+    # The size and data axes are unset (None) by default: no size axis runs the base model, no
+    # data axis its own length. Set to an empty sequence they are an error, like any empty axis.
+    s.sizes = config_dict.placeholder(tuple)  # target non-embedding N
+    s.tokens = config_dict.placeholder(tuple)  # trained-token budgets D
+    s.tokens_per_param = config_dict.placeholder(tuple)  # D = ratio * N
+    s.flops = config_dict.placeholder(tuple)  # IsoFLOP compute budgets C (training FLOPs)
     s.min_steps = 4  # fewest optimizer steps a run may have
     # Text runs whose budget D exceeds this many unique tokens train on that many unique tokens
     # for D / max_unique_tokens epochs (each epoch reshuffled) instead of failing: 0 = no cap (a
@@ -495,14 +499,21 @@ def _validate_top(sweep: ml_collections.ConfigDict) -> None:
     for key in sweep.keys():
         if key not in known:
             raise SweepError(f"sweep.{key}: unknown sweep field; known fields are {sorted(known)}")
-    used = [a for a in BUDGET_AXES if len(sweep[a])]
+    for a in ("sizes",) + BUDGET_AXES:
+        if sweep[a] is None:
+            continue
+        if not len(sweep[a]):
+            unset = "the base model only" if a == "sizes" else "the base run length"
+            raise SweepError(f"sweep.{a}: axis is empty (leave it unset, None, for {unset})")
+    used = [a for a in BUDGET_AXES if sweep[a]]
     if len(used) > 1:
         raise SweepError(f"sweep: at most one of {list(BUDGET_AXES)} may be set, got {used}")
     for a in ("sizes",) + BUDGET_AXES:
-        for v in sweep[a]:
-            if not isinstance(v, (int, float)) or v <= 0:
-                raise SweepError(f"sweep.{a}: value {v!r} must be a positive number")
-        if len(set(sweep[a])) != len(sweep[a]):
+        for v in sweep[a] or ():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v <= 0:
+                raise SweepError(f"sweep.{a}: value {v!r} must be a finite positive number")
+        if len(set(sweep[a] or ())) != len(sweep[a] or ()):
             raise SweepError(f"sweep.{a}: has duplicate values {list(sweep[a])}")
     if not len(sweep.seeds):
         raise SweepError("sweep.seeds: axis is empty (use [0] for one seed)")
@@ -521,9 +532,21 @@ def _validate_top(sweep: ml_collections.ConfigDict) -> None:
     x = sweep.resources
     if x.processes < 1:
         raise SweepError(f"sweep.resources.processes={x.processes}: must be >= 1")
+    for field in ("cpus", "gpus", "tpu_chips", "devices_per_process"):
+        if not math.isfinite(x[field]) or x[field] < 0:
+            raise SweepError(f"sweep.resources.{field}={x[field]!r}: must be a finite number >= 0")
+    if sweep.batch.multiple < 1:
+        raise SweepError(f"sweep.batch.multiple={sweep.batch.multiple}: must be >= 1")
     if sweep.max_retries < 0:
         raise SweepError(f"sweep.max_retries={sweep.max_retries}: must be >= 0")
     f = sweep.family
+    if not 1 <= f.min_layers <= f.max_layers:
+        raise SweepError(f"sweep.family.min_layers={f.min_layers}, max_layers={f.max_layers}: "
+                         "need 1 <= min_layers <= max_layers")
+    if not (math.isfinite(f.tolerance) and f.tolerance > 0) or f.width_multiple < 1 \
+            or not (math.isfinite(f.ff_ratio) and f.ff_ratio >= 0):
+        raise SweepError(f"sweep.family: tolerance={f.tolerance} (> 0), width_multiple="
+                         f"{f.width_multiple} (>= 1) and ff_ratio={f.ff_ratio} (>= 0) are required")
     if f.head_dim <= 0 or f.head_dim % 2 or f.aspect <= 0 or f.aspect_slack < 1:
         raise SweepError(f"sweep.family: head_dim={f.head_dim} (even, > 0), aspect={f.aspect} "
                          f"(> 0) and aspect_slack={f.aspect_slack} (>= 1) are required")
@@ -543,6 +566,7 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None,
     base = copy.deepcopy(sweep.base)
     try:
         config_lib.validate(base)
+        validation.check_vocab(base)
     except config_lib.ConfigError as err:
         raise SweepError(f"sweep.base: {err}") from None
     groups = _axis_groups(sweep, base)
@@ -552,23 +576,23 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None,
         if field in axis_fields:
             raise SweepError(f"sweep.axes: field {field!r} cannot be an axis ({why})")
     budget_fields = {"data.num_tokens", "train.num_steps"} & axis_fields
-    if budget_fields and any(len(sweep[a]) for a in BUDGET_AXES):
+    if budget_fields and any(sweep[a] for a in BUDGET_AXES):
         raise SweepError(f"sweep.axes: {sorted(budget_fields)} conflict with the data axis "
                          f"({'/'.join(BUDGET_AXES)}), which sets the run length")
     x = sweep.resources
     num_devices = x.processes * x.devices_per_process if x.devices_per_process > 0 else None
     resolved_base = resolve(base)
     kind = resolved_base.model.kind
-    budget_kind = next((a for a in BUDGET_AXES if len(sweep[a])), None)
+    budget_kind = next((a for a in BUDGET_AXES if sweep[a]), None)
     if kind != "mlp" and budget_kind is not None and resolved_base.data.epochs != 1:
         raise SweepError(f"sweep: token/FLOP budgets need base.data.epochs == 1, got "
                          f"{resolved_base.data.epochs} (use data.num_tokens and data.epochs as "
                          "axes for repeated-data studies)")
 
     unique_cap = _unique_cap(sweep, resolved_base) if kind != "mlp" and budget_kind else None
-    sizes: list[float | None] = list(sweep.sizes) or [None]
+    sizes: list[float | None] = list(sweep.sizes or ()) or [None]
     shapes: dict[float, tuple[dict[str, int], int]] = {}
-    for target in sweep.sizes:
+    for target in sweep.sizes or ():
         shapes[target] = family_shape(resolved_base.model, target, sweep.family)
 
     combos = [dict(itertools.chain.from_iterable(
@@ -766,6 +790,9 @@ def load_sweep(path: str) -> ml_collections.ConfigDict:
     p = pathlib.Path(path)
     if p.suffix == ".json":
         values = json.loads(p.read_text())
+        for axis in ("sizes",) + BUDGET_AXES:  # older sweep.json files wrote unset axes as []
+            if values.get(axis) == []:
+                values[axis] = None
         sweep = default_sweep()
         base = config_lib.from_dict(values.pop("base", {}))
         sweep.update(values)

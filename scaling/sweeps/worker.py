@@ -7,14 +7,13 @@ compilation cache directory comes from SCALING_COMPILE_CACHE_DIR. The worker hol
 lock on RUN_DIR/.lock.p<process> while it runs, so a restarted sweep never trains the same run in
 two processes at once (it waits for a dying predecessor to finish its checkpoint), and it dies
 with its parent (the sweep runner or Ray task) via SIGTERM, which the loop turns into a saved
-checkpoint. Exit codes: 0 completed, 1 failed, 3 interrupted (SIGTERM), 4 diverged (non-finite
-loss).
+checkpoint. Exit codes: 0 completed, 1 failed, 2 bad run directory or config.json, 3 interrupted
+(SIGTERM), 4 diverged (non-finite loss).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import pathlib
@@ -51,7 +50,9 @@ def _lock(run_dir: pathlib.Path, process_id: int):
     """Returns an open file holding an exclusive flock on the run for this process (blocks)."""
     import fcntl
 
-    f = open(run_dir / f".lock.p{process_id}", "a+")
+    from scaling.sweeps.manifest import worker_lock_path
+
+    f = open(worker_lock_path(run_dir, process_id), "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -86,13 +87,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {run_dir}/config.json not found (prepare the run with `scaling sweep`)",
               file=sys.stderr)
         return EXIT_USAGE
+    from scaling import config as config_lib
+    from scaling import validation
+
+    try:  # a bad config.json is named in one line (the runner records the log's last error)
+        config = config_lib.load_json(run_dir / "config.json")
+        validation.check_vocab(config)
+    except (config_lib.ConfigFileError, config_lib.ConfigError) as err:
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_USAGE
     _die_with_parent()
     from scaling.cli import common
 
     common.setup_logging(False)
     import jax
 
-    from scaling import config as config_lib
     from scaling import distributed
     from scaling.sweeps import cache
 
@@ -104,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     lock = _lock(run_dir, jax.process_index())
     try:
         cache.enable_from_env()
-        config = config_lib.from_dict(json.loads((run_dir / "config.json").read_text()))
         from scaling.train.loop import train
 
         summary = train(config, run_dir)
