@@ -20,7 +20,8 @@ import time
 import numpy as np
 from scipy.optimize import minimize
 
-from analysis.fit import _distinct_best, fit_chinchilla, hoffmann_grid
+from analysis.fit import fit_chinchilla, hoffmann_grid
+from analysis.resample import distinct_minima
 from analysis.synthetic import chinchilla_points
 
 
@@ -78,6 +79,9 @@ def main() -> None:
     print(f"JAX  grid only (warm)         : {grid_only:7.2f} s wall")
     print("     fit:", {k: round(v, 4) for k, v in fit.params.items()},
           f"objective {fit.objective:.6g}, converged {fit.n_converged}/{fit.n_starts}")
+    print(f"     bootstrap: {fit.n_bootstrap}/{fit.n_bootstrap_requested} replicates succeeded "
+          f"({fit.n_bootstrap_failed} failed), {fit.n_bootstrap_starts} start(s) per refit "
+          f"(search: {fit.bootstrap_search})")
     print("     95% CI alpha", tuple(round(v, 4) for v in fit.ci["alpha"]),
           "beta", tuple(round(v, 4) for v in fit.ci["beta"]))
 
@@ -94,7 +98,7 @@ def main() -> None:
         t0 = time.perf_counter()
         xs, fs = _scipy_fit(sub, lnN, lnD, t, np.ones(n), options=opts)
         t_grid_sub = time.perf_counter() - t0
-        seeds = np.vstack([fit.raw[None], xs[_distinct_best(xs, fs, 4)]])[:4]
+        seeds = np.vstack([fit.raw[None], xs[distinct_minima(xs, fs, 4)]])[:4]
         rng = np.random.default_rng(1)
         t0 = time.perf_counter()
         for _ in range(args.scipy_boot):
