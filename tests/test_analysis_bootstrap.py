@@ -128,3 +128,28 @@ def test_cluster_resamples_move_whole_groups():
     x = np.geomspace(1e7, 1e10, 6)
     with pytest.raises(ValueError, match="at least 2 groups"):
         fit_power_law(x, laws.power_law(x, 1.8, 300.0, 0.3), bootstrap=5, groups=np.zeros(6))
+
+
+def test_cli_fit_prints_replicate_counts_and_clusters_runs(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from scaling.cli import fit as fit_cli
+    C, L, run = _runs(0, n_runs=6, n_ckpt=5)
+    pd.DataFrame({"C": C, "loss": L, "run": [f"r{i}" for i in run]}).to_csv(tmp_path / "ck.csv", index=False)
+    out = tmp_path / "fit.json"
+    rc = fit_cli.main(["scaling fit", str(tmp_path / "ck.csv"), "--law", "power-c", "--bootstrap", "30",
+                       "--cluster", "run", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    res = json.loads(out.read_text())["all"]
+    assert res["n_groups"] == 6 and res["n_bootstrap_requested"] == 30
+    assert res["n_bootstrap"] + res["n_bootstrap_failed"] == 30
+    assert f"bootstrap: {res['n_bootstrap']}/30 replicates used" in printed and "resampling 6 clusters" in printed
+    assert fit_cli.main(["scaling fit", str(tmp_path / "ck.csv"), "--law", "power-c", "--cluster", "nope"]) == 2
+    assert "--cluster" in capsys.readouterr().err
+    # 16 copies of one row: refused, naming the count of distinct points
+    pd.DataFrame({"N": [1e8] * 16, "loss": [3.0] * 16}).to_csv(tmp_path / "one.csv", index=False)
+    assert fit_cli.main(["scaling fit", str(tmp_path / "one.csv"), "--law", "kaplan"]) == 2
+    assert "1 distinct input points" in capsys.readouterr().err
