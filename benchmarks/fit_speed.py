@@ -5,8 +5,9 @@ log-normal noise. The JAX fit (analysis.fit.fit_chinchilla: batched L-BFGS, one 
 timed cold (first call, includes XLA compilation) and warm (second call). The baseline is a Python
 loop of scipy.optimize.minimize(method="L-BFGS-B") with the same objective and an exact NumPy
 gradient, one start at a time, with the JAX fit's tolerances ("matched") and with scipy's defaults;
-it runs on a measured subset (every k-th grid start and a few bootstrap refits, 4 starts each as in
-the JAX bootstrap) and the full-work time is extrapolated linearly, as printed.
+it runs on a measured subset (every k-th grid start and a few bootstrap refits from the 4 best
+distinct minima) and the full-work time is extrapolated linearly, as printed. The JAX bootstrap
+refits start from every full-fit minimum that can win a resample (printed: starts per refit).
 
 Run: python benchmarks/fit_speed.py [--points 250] [--bootstrap 1000] [--scipy-starts 150]
 """
