@@ -84,7 +84,7 @@ def test_failed_replicates_are_counted_not_hidden():
 TRUE_C = dict(E=1.7, A=2e3, alpha=0.15)
 
 
-def _runs(seed, n_runs=8, n_ckpt=8):
+def _runs(seed, n_runs=8, n_ckpt=16):
     """Returns (C, loss, run id): each run's checkpoints share a run effect (2%) plus 0.2% noise."""
     rng = np.random.default_rng(seed)
     C = (np.geomspace(1e16, 1e19, n_runs)[:, None] * np.geomspace(1 / 30, 1, n_ckpt)[None]).ravel()
