@@ -11,9 +11,11 @@ Each step evaluates one trial point per slot: an accepted (Armijo) trial updates
 history and gives a new direction; a rejected one shrinks the step by safeguarded quadratic
 interpolation, so slots never wait on each other's line searches. Curvature pairs with s·y ≤ 0
 are skipped, so the inverse-Hessian approximation stays positive definite. A task stops when the
-relative decrease of f at an accepted step is below ``ftol``, when max|grad| < ``gtol``, when the
-line search cannot decrease f any more (all three count as converged), or after ``maxiter``
-objective evaluations (reported as not converged).
+relative decrease of f at an accepted step is below ``ftol`` or when max|grad| < ``gtol`` (both
+count as converged), or, not converged, after ``maxiter`` objective evaluations or when the line
+search fails (``max_ls`` rejected trials, or a step too small to change x) twice in a row: the
+first failure drops the curvature history and retries along steepest descent, as L-BFGS-B does;
+a second failure stops the task without claiming convergence.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ class LbfgsResult(NamedTuple):
 
     x: np.ndarray  # (T, P) minimizers
     f: np.ndarray  # (T,) objective values at x (inf if the start was not finite)
-    converged: np.ndarray  # (T,) bool: stopped by a tolerance (not by maxiter / failed search)
+    converged: np.ndarray  # (T,) bool: stopped by the gtol / ftol test (not maxiter, not a failed search)
     iterations: np.ndarray  # (T,) objective evaluations used by each task
+    line_search_failed: np.ndarray  # (T,) bool: stopped because the line search failed twice
 
 
 def _two_loop(g, s_hist, y_hist, rho, gamma):
@@ -80,7 +83,8 @@ def _chunk(fun, st, fresh, X, t, w, chunk, maxiter, max_ls, gtol, ftol):
         s=jnp.where(fr[:, None, None], 0.0, st["s"]), y=jnp.where(fr[:, None, None], 0.0, st["y"]),
         rho=jnp.where(fr[:, None], 0.0, st["rho"]), it=jnp.where(fr, 0, st["it"]),
         nls=jnp.where(fr, 0, st["nls"]), done=jnp.where(fr, False, st["done"]),
-        conv=jnp.where(fr, False, st["conv"]),
+        conv=jnp.where(fr, False, st["conv"]), lsf=jnp.where(fr, False, st["lsf"]),
+        retried=jnp.where(fr, False, st["retried"]),
     )
 
     def cond(c):
@@ -128,12 +132,25 @@ def _chunk(fun, st, fresh, X, t, w, chunk, maxiter, max_ls, gtol, ftol):
         dead = ok & ~jnp.isfinite(fn)  # a start where the objective is not finite
         tiny = t_shr * jnp.max(jnp.abs(d), axis=-1) <= 1e-14 * (1.0 + jnp.max(jnp.abs(x), axis=-1))
         ls_fail = ~ok & ~done & ((nls >= max_ls) | tiny)
-        conv = (st["conv"] | stop_tol | ls_fail) & ~dead
-        new_done = done | stop_tol | ls_fail | dead | (it >= maxiter)
+        # first failure: forget the curvature pairs and retry from x along -gamma0·g (steepest
+        # descent with the first-step scaling); a second failure in a row stops, unconverged
+        retry = ls_fail & ~st["retried"]
+        give_up = ls_fail & st["retried"]
+        gamma0 = 1.0 / jnp.maximum(1.0, jnp.max(jnp.abs(g), axis=-1))
+        d_sd = -g * gamma0[:, None]
+        conv = (st["conv"] | stop_tol) & ~dead
+        new_done = done | stop_tol | give_up | dead | (it >= maxiter)
+        d_out = jnp.where(ok[:, None], d_new, jnp.where(retry[:, None], d_sd, d))
+        gd_out = jnp.where(ok, gd_new, jnp.where(retry, jnp.sum(g * d_sd, axis=-1), gd))
+        step_out = jnp.where(ok | retry, 1.0, t_shr)
+        keep_hist = ~retry
         return k + 1, dict(
-            x=x_acc, f=f_acc, g=g_acc, d=jnp.where(ok[:, None], d_new, d),
-            step=jnp.where(ok, 1.0, t_shr), gd=jnp.where(ok, gd_new, gd),
-            s=s_hist, y=y_hist, rho=rho, gamma=gamma, it=it, nls=nls, done=new_done, conv=conv)
+            x=x_acc, f=f_acc, g=g_acc, d=d_out, step=step_out, gd=gd_out,
+            s=jnp.where(keep_hist[:, None, None], s_hist, 0.0),
+            y=jnp.where(keep_hist[:, None, None], y_hist, 0.0),
+            rho=jnp.where(keep_hist[:, None], rho, 0.0), gamma=jnp.where(retry, gamma0, gamma),
+            it=it, nls=jnp.where(retry, 0, nls), done=new_done, conv=conv,
+            lsf=st["lsf"] | give_up, retried=(st["retried"] | retry) & ~ok)
 
     _, st = jax.lax.while_loop(cond, body, (jnp.asarray(0), st))
     return st
@@ -180,6 +197,7 @@ def batched_lbfgs(fun: Objective, x0: np.ndarray, X: np.ndarray, t: np.ndarray,
     out_f = np.full(T, np.inf)
     out_c = np.zeros(T, dtype=bool)
     out_it = np.zeros(T, dtype=np.int64)
+    out_l = np.zeros(T, dtype=bool)
 
     owner = np.full(W, -1)
     xs = np.repeat(x0[:1], W, axis=0)
@@ -197,7 +215,8 @@ def batched_lbfgs(fun: Objective, x0: np.ndarray, X: np.ndarray, t: np.ndarray,
                   nls=jnp.zeros(W, jnp.int32),
                   s=jnp.zeros((W, history, P), f64), y=jnp.zeros((W, history, P), f64),
                   rho=jnp.zeros((W, history), f64), gamma=jnp.ones(W, f64),
-                  it=jnp.zeros(W, jnp.int32), done=jnp.asarray(owner < 0), conv=jnp.zeros(W, bool))
+                  it=jnp.zeros(W, jnp.int32), done=jnp.asarray(owner < 0), conv=jnp.zeros(W, bool),
+                  lsf=jnp.zeros(W, bool), retried=jnp.zeros(W, bool))
         Xj, tj = jnp.asarray(Xp), jnp.asarray(tp)
         wj = jnp.asarray(ws)
         while np.any(owner >= 0):
@@ -208,10 +227,10 @@ def batched_lbfgs(fun: Objective, x0: np.ndarray, X: np.ndarray, t: np.ndarray,
             finished = np.nonzero(done & (owner >= 0))[0]
             if len(finished):
                 x_h, f_h = np.asarray(st["x"]), np.asarray(st["f"])
-                c_h, it_h = np.asarray(st["conv"]), np.asarray(st["it"])
+                c_h, it_h, l_h = np.asarray(st["conv"]), np.asarray(st["it"]), np.asarray(st["lsf"])
                 idx = owner[finished]
-                out_x[idx], out_f[idx], out_c[idx], out_it[idx] = (
-                    x_h[finished], f_h[finished], c_h[finished], it_h[finished])
+                out_x[idx], out_f[idx], out_c[idx], out_it[idx], out_l[idx] = (
+                    x_h[finished], f_h[finished], c_h[finished], it_h[finished], l_h[finished])
                 owner[finished] = -1
                 refill = finished[: max(0, T - nxt)]
                 if len(refill):
@@ -239,4 +258,4 @@ def batched_lbfgs(fun: Objective, x0: np.ndarray, X: np.ndarray, t: np.ndarray,
                 fresh = fresh[keep]
                 fresh[len(active):] = False
                 W = W2
-    return LbfgsResult(out_x, np.where(np.isfinite(out_f), out_f, np.inf), out_c, out_it)
+    return LbfgsResult(out_x, np.where(np.isfinite(out_f), out_f, np.inf), out_c, out_it, out_l)

@@ -9,9 +9,13 @@ Every other law (`LAWS`) is fitted the same way: a robust loss on residuals in a
 (ln y for losses, ln(1+y) for BNSL as in Caballero et al., y itself for sigmoids), a data-scaled
 grid of starts, batched L-BFGS, best start wins.
 
-Bootstrap: a resample of the points is a vector of multinomial counts, i.e. per-point weights, so
-K resamples are K weighted objectives, all minimized in one batched call, each from the
-`bootstrap_starts` best distinct minima of the full-data fit. CIs are percentile intervals.
+Bootstrap: a resample of the points (or, with ``groups``, of whole runs) is a vector of per-point
+counts, so K resamples are K weighted objectives, all minimized in one batched call
+(`analysis.resample`). Each refit starts from every distinct minimum of the full fit's grid that
+could win a resample (``bootstrap_search="basins"``), or from the whole start grid
+(``"grid"``, the reference it is tested against). A replicate fails when its best refit did not
+converge or its resample has fewer distinct inputs than parameters + 1; failures are counted and
+excluded from the CIs, which are percentile intervals.
 
 Points are put in a canonical order (sorted by inputs, then target) before fitting, so fits —
 bootstrap draws included — do not depend on the order in which points are given.
@@ -32,6 +36,8 @@ import pandas as pd
 
 from analysis import laws as L
 from analysis._optim import batched_lbfgs
+from analysis.resample import (competitive_minima, distinct_minima, distinct_per_resample, group_codes,
+                               percentile_ci, resample_weights)
 
 __all__ = [
     "Law", "FitResult", "LAWS", "get_law", "huber", "objective_value", "fit_law", "fit_chinchilla",
@@ -658,14 +664,24 @@ class FitResult:
     n_points: int
     delta: float
     n_starts: int
-    n_converged: int  # starts stopped by a tolerance (not maxiter)
+    n_converged: int  # starts stopped by the gradient / relative-change test (not maxiter or a failed search)
     n_iterations: int  # objective evaluations summed over starts
     start_objectives: np.ndarray  # final objective of every start (same units as objective)
-    boot: np.ndarray | None = None  # (K, Q) natural parameters of the bootstrap refits
+    converged: bool = True  # the best start met the convergence test
+    n_distinct: int = 0  # distinct input rows
+    # (K, Q) natural parameters of the bootstrap refits, in resample order; NaN rows: failed replicates
+    boot: np.ndarray | None = None
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     level: float = 0.95
     X: np.ndarray | None = None  # inputs (canonical order)
     y: np.ndarray | None = None
+    n_bootstrap_requested: int = 0  # resamples drawn
+    n_bootstrap: int = 0  # successful replicates (the ones the CIs use)
+    n_bootstrap_failed: int = 0  # requested − successful: unconverged refits or degenerate resamples
+    n_bootstrap_degenerate: int = 0  # of the failed: resamples with < parameters + 1 distinct inputs
+    bootstrap_search: str = ""  # "basins" or "grid" (see fit_law)
+    n_bootstrap_starts: int = 0  # starts of every bootstrap refit
+    n_groups: int | None = None  # clusters resampled (None: rows)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Returns the fitted law's prediction (units of y) at inputs X (n, len(inputs))."""
@@ -676,11 +692,12 @@ class FitResult:
         return self.law.transform(self.predict(self.X)) - self.law.transform(self.y)
 
     def summary(self) -> pd.DataFrame:
-        """Returns one row per parameter: estimate, CI low/high (percentile bootstrap)."""
+        """Returns one row per parameter: estimate, CI low/high (percentile bootstrap), replicate counts."""
         rows = []
         for k, v in self.params.items():
             lo, hi = self.ci.get(k, (math.nan, math.nan))
-            rows.append({"param": k, "estimate": v, "ci_low": lo, "ci_high": hi})
+            rows.append({"param": k, "estimate": v, "ci_low": lo, "ci_high": hi,
+                         "n_bootstrap": self.n_bootstrap, "n_bootstrap_failed": self.n_bootstrap_failed})
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict[str, Any]:
@@ -690,38 +707,18 @@ class FitResult:
             "ci": {k: list(v) for k, v in self.ci.items()}, "level": self.level,
             "objective": self.objective, "rms_residual": self.rms, "n_points": self.n_points,
             "delta": None if math.isinf(self.delta) else self.delta, "target": self.law.target,
-            "n_starts": self.n_starts, "n_converged": self.n_converged,
-            "n_bootstrap": 0 if self.boot is None else int(len(self.boot)),
+            "n_starts": self.n_starts, "n_converged": self.n_converged, "converged": self.converged,
+            "n_distinct": self.n_distinct, "n_bootstrap_requested": self.n_bootstrap_requested,
+            "n_bootstrap": self.n_bootstrap, "n_bootstrap_failed": self.n_bootstrap_failed,
+            "n_bootstrap_degenerate": self.n_bootstrap_degenerate,
+            "bootstrap_search": self.bootstrap_search, "n_bootstrap_starts": self.n_bootstrap_starts,
+            "n_groups": self.n_groups,
         }
 
 
 def _canonical(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     keys = [y] + [X[:, j] for j in range(X.shape[1] - 1, -1, -1)]
     return np.lexsort(keys)
-
-
-def _distinct_best(x: np.ndarray, f: np.ndarray, k: int) -> np.ndarray:
-    order = np.argsort(np.where(np.isfinite(f), f, np.inf), kind="stable")
-    chosen: list[int] = []
-    for i in order:
-        if not np.isfinite(f[i]):
-            break
-        if all(np.max(np.abs(x[i] - x[j]) / (1 + np.abs(x[j]))) > 1e-3 for j in chosen):
-            chosen.append(int(i))
-        if len(chosen) == k:
-            break
-    return np.array(chosen or [int(order[0])])
-
-
-def _percentile_ci(samples: np.ndarray, level: float) -> list[tuple[float, float]]:
-    lo_q, hi_q = 50 * (1 - level), 50 * (1 + level)
-    out = []
-    for j in range(samples.shape[1]):
-        s = samples[:, j]
-        s = s[np.isfinite(s)]
-        out.append((float(np.percentile(s, lo_q)), float(np.percentile(s, hi_q))) if len(s) else
-                   (math.nan, math.nan))
-    return out
 
 
 def _as_X(X: Any, law: Law) -> np.ndarray:
@@ -736,23 +733,33 @@ def _as_X(X: Any, law: Law) -> np.ndarray:
 
 
 def fit_law(law: Law | str, X: Any, y: Any, *, delta: float | None = None,
-            init: np.ndarray | None = None, bootstrap: int = 0, bootstrap_starts: int = 4,
+            init: np.ndarray | None = None, bootstrap: int = 0, bootstrap_starts: int = 32,
             seed: int = 0, level: float = 0.95, maxiter: int = 3000,
-            bootstrap_weights: np.ndarray | None = None) -> FitResult:
+            bootstrap_weights: np.ndarray | None = None, groups: Any = None,
+            bootstrap_search: str = "basins", basin_z: float = 6.0) -> FitResult:
     """Returns the best multi-start fit of a law to (X, y), with bootstrap percentile CIs if asked.
 
     X: (n, k) inputs in the law's input order (or a mapping name -> column); y: (n,) values.
     delta: Huber delta in target space (default: the law's; math.inf = least squares).
     init: (S, P) raw starts replacing the law's grid (e.g. one row for a naive single-start fit).
     bootstrap: number K of resamples (points drawn with replacement, as multinomial weights).
+    groups: (n,) labels (or (n, k) label tuples, e.g. run id and seed): the bootstrap resamples
+      whole groups, so rows of one run (its checkpoints) move together.
     bootstrap_weights: (K, n) resample counts in the caller's point order (e.g. shared by several
-      fits for a paired bootstrap); overrides ``bootstrap``.
+      fits for a paired bootstrap); overrides ``bootstrap`` and ``groups``.
+    bootstrap_search: "basins" (default): every refit starts from each distinct minimum the full
+      grid reached that can win a resample (mean disadvantage ≤ basin_z standard deviations over
+      resamples), at most ``bootstrap_starts`` of them, best first; "grid": every refit starts from
+      the whole start grid (exact, len(grid) times the work).
     """
     law = get_law(law) if isinstance(law, str) else law
+    if bootstrap_search not in ("basins", "grid"):
+        raise ValueError(f"bootstrap_search: expected 'basins' or 'grid', got {bootstrap_search!r}")
     X = _as_X(X, law)
     y = np.asarray(y, dtype=float).ravel()
     if len(y) != len(X):
         raise ValueError(f"{law.name}: {len(X)} input rows but {len(y)} values")
+    codes = None if groups is None or bootstrap_weights is not None else group_codes(groups, len(y))
     ok = np.all(np.isfinite(X), axis=1) & np.isfinite(y)
     if law.target == "log":
         ok &= y > 0
@@ -763,11 +770,17 @@ def fit_law(law: Law | str, X: Any, y: Any, *, delta: float | None = None,
         if bw.shape[1] != len(ok):
             raise ValueError(f"bootstrap_weights has {bw.shape[1]} columns for {len(ok)} points")
         bw = bw[:, ok]
-    n = len(y)
-    if n < len(law.raw_names):
-        raise ValueError(f"{law.name}: {n} usable points for {len(law.raw_names)} parameters")
+    n, n_par = len(y), len(law.raw_names)
+    n_distinct = len(np.unique(X, axis=0)) if n else 0
+    if n_distinct < n_par + 1:
+        raise ValueError(f"{law.name}: {n_distinct} distinct input points ({n} usable rows) for "
+                         f"{n_par} parameters; a fit needs at least {n_par + 1} distinct points")
     order = _canonical(X, y)
     X, y = X[order], y[order]
+    if codes is not None:
+        codes = np.unique(codes[ok][order], return_inverse=True)[1].ravel()
+        if codes.max() < 1 and bootstrap > 0:
+            raise ValueError(f"{law.name}: groups: a cluster bootstrap needs at least 2 groups, got 1")
     if bootstrap_weights is not None:
         bw = bw[:, order]
         bootstrap = len(bw)
@@ -787,38 +800,62 @@ def fit_law(law: Law | str, X: Any, y: Any, *, delta: float | None = None,
     out = FitResult(
         law=law, params={k: float(v) for k, v in zip(law.param_names, nat)}, raw=raw,
         objective=objective_value(law, raw, X, y, delta), rms=float(np.sqrt(np.mean(resid ** 2))),
-        n_points=n, delta=delta, n_starts=len(starts), n_converged=int(np.sum(res.converged)), n_iterations=int(np.sum(res.iterations)),
-        start_objectives=f_all * scale * n, level=level, X=X, y=y,
+        n_points=n, delta=delta, n_starts=len(starts), n_converged=int(np.sum(res.converged)),
+        n_iterations=int(np.sum(res.iterations)), start_objectives=f_all * scale * n,
+        converged=bool(res.converged[best]), n_distinct=n_distinct, level=level, X=X, y=y,
     )
     if bootstrap > 0:
-        seeds = res.x[_distinct_best(res.x, f_all, bootstrap_starts)]
-        m = len(seeds)
         rng = np.random.default_rng(seed)
-        W = bw if bootstrap_weights is not None else \
-            rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(float)  # (K, n)
+        W = bw if bootstrap_weights is not None else resample_weights(n, bootstrap, rng, codes)  # (K, n)
+        if bootstrap_search == "grid":
+            seeds = starts
+        else:
+            pred_SN = _predictions(law, res.x, X)
+            cand = competitive_minima(np.asarray(huber(pred_SN - t, delta)), f_all, codes, basin_z)
+            # one basin: predictions within 1e-3 of the residual RMS everywhere (or 1e-9 if exact)
+            tol = 1e-3 * out.rms + 1e-9
+            seeds = res.x[distinct_minima(pred_SN, f_all, bootstrap_starts, candidates=cand, rtol=0.0,
+                                          atol=tol)]
+        m = len(seeds)
         x0 = np.tile(seeds, (bootstrap, 1))  # lane = k*m + j
-        Wl = np.repeat(W, m, axis=0)
-        bres = batched_lbfgs(fun, x0, X, t, Wl, maxiter=maxiter)
+        bres = batched_lbfgs(fun, x0, X, t, np.repeat(W, m, axis=0), maxiter=maxiter)
         bf = np.where(np.isfinite(bres.f), bres.f, np.inf).reshape(bootstrap, m)
         pick = np.argmin(bf, axis=1)
-        braw = bres.x.reshape(bootstrap, m, -1)[np.arange(bootstrap), pick]
+        rows = np.arange(bootstrap)
+        braw = bres.x.reshape(bootstrap, m, -1)[rows, pick]
+        degenerate = distinct_per_resample(W, X) < n_par + 1
+        failed = ~np.isfinite(bf[rows, pick]) | ~bres.converged.reshape(bootstrap, m)[rows, pick] | degenerate
         boot = law.to_natural(braw)
-        boot[~np.isfinite(bf[np.arange(bootstrap), pick])] = np.nan
+        boot[failed] = np.nan
         out.boot = boot
-        out.ci = dict(zip(law.param_names, _percentile_ci(boot, level)))
+        out.ci = dict(zip(law.param_names, percentile_ci(boot, level)))
+        out.n_bootstrap_requested, out.n_bootstrap = bootstrap, int(np.sum(~failed))
+        out.n_bootstrap_failed, out.n_bootstrap_degenerate = int(np.sum(failed)), int(np.sum(degenerate))
+        out.bootstrap_search, out.n_bootstrap_starts = bootstrap_search, m
+        out.n_groups = None if codes is None else int(codes.max()) + 1
     return out
+
+
+def _predictions(law: Law, raw_SP: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Returns (S, n) target-space predictions of every parameter row at the inputs X."""
+    with jax.enable_x64(True), np.errstate(all="ignore"):
+        pred = jax.vmap(lambda th: law.predict_t(th, jnp.asarray(X)))(jnp.asarray(raw_SP, dtype=jnp.float64))
+        return np.asarray(pred)
 
 
 # ----------------------------------------------------------------------------- wrappers
 
 
 def fit_chinchilla(N: Any, D: Any, loss: Any, *, delta: float = 1e-3, bootstrap: int = 0,
-                   bootstrap_starts: int = 4, seed: int = 0, level: float = 0.95,
-                   init: np.ndarray | None = None) -> FitResult:
-    """Returns the Hoffmann approach-3 fit of L(N,D) = E + A/N^α + B/D^β (Huber on ln L, 4,500 starts)."""
+                   bootstrap_starts: int = 32, seed: int = 0, level: float = 0.95,
+                   init: np.ndarray | None = None, **kw: Any) -> FitResult:
+    """Returns the Hoffmann approach-3 fit of L(N,D) = E + A/N^α + B/D^β (Huber on ln L, 4,500 starts).
+
+    Other keywords (groups, bootstrap_search, ...) go to `fit_law`.
+    """
     X = np.column_stack([np.asarray(N, dtype=float), np.asarray(D, dtype=float)])
     return fit_law(CHINCHILLA, X, loss, delta=delta, init=init, bootstrap=bootstrap,
-                   bootstrap_starts=bootstrap_starts, seed=seed, level=level)
+                   bootstrap_starts=bootstrap_starts, seed=seed, level=level, **kw)
 
 
 def fit_power_law(x: Any, loss: Any, *, axis: str = "N", **kw: Any) -> FitResult:

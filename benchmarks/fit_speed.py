@@ -5,8 +5,9 @@ log-normal noise. The JAX fit (analysis.fit.fit_chinchilla: batched L-BFGS, one 
 timed cold (first call, includes XLA compilation) and warm (second call). The baseline is a Python
 loop of scipy.optimize.minimize(method="L-BFGS-B") with the same objective and an exact NumPy
 gradient, one start at a time, with the JAX fit's tolerances ("matched") and with scipy's defaults;
-it runs on a measured subset (every k-th grid start and a few bootstrap refits, 4 starts each as in
-the JAX bootstrap) and the full-work time is extrapolated linearly, as printed.
+it runs on a measured subset (every k-th grid start and a few bootstrap refits from the 4 best
+distinct minima) and the full-work time is extrapolated linearly, as printed. The JAX bootstrap
+refits start from every full-fit minimum that can win a resample (printed: starts per refit).
 
 Run: python benchmarks/fit_speed.py [--points 250] [--bootstrap 1000] [--scipy-starts 150]
 """
@@ -20,7 +21,8 @@ import time
 import numpy as np
 from scipy.optimize import minimize
 
-from analysis.fit import _distinct_best, fit_chinchilla, hoffmann_grid
+from analysis.fit import fit_chinchilla, hoffmann_grid
+from analysis.resample import distinct_minima
 from analysis.synthetic import chinchilla_points
 
 
@@ -78,6 +80,9 @@ def main() -> None:
     print(f"JAX  grid only (warm)         : {grid_only:7.2f} s wall")
     print("     fit:", {k: round(v, 4) for k, v in fit.params.items()},
           f"objective {fit.objective:.6g}, converged {fit.n_converged}/{fit.n_starts}")
+    print(f"     bootstrap: {fit.n_bootstrap}/{fit.n_bootstrap_requested} replicates succeeded "
+          f"({fit.n_bootstrap_failed} failed), {fit.n_bootstrap_starts} start(s) per refit "
+          f"(search: {fit.bootstrap_search})")
     print("     95% CI alpha", tuple(round(v, 4) for v in fit.ci["alpha"]),
           "beta", tuple(round(v, 4) for v in fit.ci["beta"]))
 
@@ -94,7 +99,7 @@ def main() -> None:
         t0 = time.perf_counter()
         xs, fs = _scipy_fit(sub, lnN, lnD, t, np.ones(n), options=opts)
         t_grid_sub = time.perf_counter() - t0
-        seeds = np.vstack([fit.raw[None], xs[_distinct_best(xs, fs, 4)]])[:4]
+        seeds = np.vstack([fit.raw[None], xs[distinct_minima(xs, fs, 4)]])[:4]
         rng = np.random.default_rng(1)
         t0 = time.perf_counter()
         for _ in range(args.scipy_boot):

@@ -200,3 +200,57 @@ def test_fit_flops_per_token_recovers_the_power_law():
     assert fit_flops_per_token([1e6, 1e6], [6e15, 6e15], [1e9, 1e9]) == (pytest.approx(6.0, rel=1e-12), 1.0)
     with pytest.raises(ValueError):
         fit_flops_per_token([1e6], [-1.0], [1e9])
+
+
+class _Bowl:
+    """f(x) = Σ w·(x − t)²/Σw summed over coordinates; hashable, so compiled kernels are cached."""
+
+    def __init__(self, wrong_gradient: bool):
+        self.wrong_gradient = wrong_gradient
+
+    def __call__(self, th, data):
+        import jax.numpy as jnp
+        _, t, w = data
+        return jnp.sum((th[0] - t) ** 2 * w) / jnp.sum(w) + jnp.sum(th[1:] ** 2)
+
+    def value_and_grad(self, th, data):
+        import jax
+        f, g = jax.value_and_grad(self)(th, data)
+        # a wrong-signed gradient makes every search direction uphill: the line search must fail
+        return f, -g if self.wrong_gradient else g
+
+
+def test_lbfgs_reports_a_failed_line_search_as_not_converged():
+    from analysis._optim import batched_lbfgs
+    X = np.ones((8, 1))
+    t = np.linspace(0.0, 1.0, 8)
+    x0 = np.array([[3.0, 1.0], [-2.0, 0.5]])
+    good = batched_lbfgs(_Bowl(False), x0, X, t)
+    assert good.converged.all() and not good.line_search_failed.any()
+    np.testing.assert_allclose(good.x[:, 0], t.mean(), atol=1e-6)
+    bad = batched_lbfgs(_Bowl(True), x0, X, t)
+    # the old kernel counted a failed line search as converged
+    assert not bad.converged.any()
+    assert bad.line_search_failed.all()
+    assert np.all(bad.iterations < 3000)  # it stopped on the failure, not on maxiter
+    np.testing.assert_allclose(bad.x, x0, atol=1e-6)  # no step was ever accepted
+
+
+@pytest.mark.parametrize("law,X", [
+    ("chinchilla", np.tile([[1e8, 1e10]], (16, 1))),  # 16 copies of one row
+    ("chinchilla", np.tile([[1e8, 1e10], [1e9, 1e11]], (8, 1))),  # 2 distinct points repeated
+    ("power-n", np.repeat([[1e7], [1e8], [1e9]], 5, axis=0)),  # 3 distinct points, 3 parameters
+])
+def test_fit_refuses_fewer_distinct_points_than_parameters_plus_one(law, X):
+    y = 2.0 + np.arange(len(X)) * 1e-3
+    n_distinct = len(np.unique(X, axis=0))
+    with pytest.raises(ValueError, match=f"{n_distinct} distinct input points"):
+        fit_law(law, X, y, bootstrap=10)
+
+
+def test_fit_accepts_parameters_plus_one_distinct_points_and_reports_them():
+    x = np.repeat(np.geomspace(1e7, 1e10, 4), 3)
+    f = fit_power_law(x, laws.power_law(x, 1.8, 300.0, 0.3))
+    assert f.n_distinct == 4 and f.n_points == 12
+    assert f.converged
+    assert f.to_dict()["n_distinct"] == 4

@@ -81,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", metavar="COL", help="fit each value of this column separately")
     parser.add_argument("--bootstrap", type=int, default=200, metavar="K",
                         help="bootstrap resamples for the CIs (0: none; default 200)")
+    parser.add_argument("--cluster", metavar="COL[,COL...]",
+                        help="bootstrap whole clusters of rows sharing these columns (e.g. run,seed), so "
+                             "the checkpoints of one run move together (default: rows)")
     parser.add_argument("--level", type=float, default=0.95, help="CI level (default 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--query", metavar="COL=VALUE", action="append", default=[],
@@ -201,11 +204,17 @@ def _fit_one(df, law: str, cols: dict[str, str], args: argparse.Namespace) -> di
         return {"law": "emergence", "formula": res.fit.law.formula, "x": cols["x"], "y": cols["y"],
                 **res.to_dict()}
     import numpy as np
-
     lw = get_law(_law_name(law, cols, list(df.columns)))
     X = np.column_stack([col(r) for r in lw.inputs])
+    groups = None
+    if getattr(args, "cluster", None):
+        names = [c.strip() for c in args.cluster.split(",") if c.strip()]
+        missing = [c for c in names if c not in df.columns]
+        if missing:
+            raise ValueError(f"--cluster: column(s) {missing} not in the CSV; columns: {list(df.columns)}")
+        groups = df[names].astype(str).to_numpy()
     fit = fit_law(lw, X, col(_LAW_Y.get(law, "loss")), bootstrap=args.bootstrap, seed=args.seed,
-                  level=args.level)
+                  level=args.level, groups=groups)
     return fit.to_dict()
 
 
@@ -257,7 +266,14 @@ def _print(result: dict, label: str | None, out) -> None:
         print(f"{head}  {k:>8s} = {_fmt(v)}{ci_s}", file=out)
     print(f"{head}  objective {_fmt(result['objective'])} (target {result['target']}, "
           f"delta {result['delta']}), RMS residual {_fmt(result['rms_residual'])}, "
-          f"{result['n_points']} points, {result['n_starts']} starts", file=out)
+          f"{result['n_points']} points ({result['n_distinct']} distinct), {result['n_starts']} starts, "
+          f"{result['n_converged']} converged{'' if result['converged'] else ' (NOT the best one)'}", file=out)
+    if result["n_bootstrap_requested"]:
+        unit = f"{result['n_groups']} clusters" if result["n_groups"] else "rows"
+        print(f"{head}  bootstrap: {result['n_bootstrap']}/{result['n_bootstrap_requested']} replicates "
+              f"used, {result['n_bootstrap_failed']} failed ({result['n_bootstrap_degenerate']} with too "
+              f"few distinct points); resampling {unit}; {result['n_bootstrap_starts']} starts per refit "
+              f"({result['bootstrap_search']})", file=out)
 
 
 def run(args: argparse.Namespace) -> int:
