@@ -108,6 +108,9 @@ def default_config() -> ml_collections.ConfigDict:
     m.init_std = 0.02  # standard: N(0, init_std); muP: the same at `mup_base_width`
     m.mup_base_width = 64  # muP: the width at which muP equals standard parameterization
     m.mup_output_mult = 1.0
+    # muP: the head dimension at `mup_base_width`; 0: head_dim if set, else
+    # mup_base_width // n_heads (a family that keeps the head count and grows the head size)
+    m.mup_base_head_dim = 0
     # MLP family (model.kind == 'mlp'): vector input -> `mlp_depth` hidden layers -> classes
     m.mlp_width = 128
     m.mlp_depth = 2
@@ -324,6 +327,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
     _check(0 <= o.final_lr_frac <= 1, "optim.final_lr_frac", o.final_lr_frac, "must be in [0, 1]")
     _check(0 < o.wsd_decay_frac <= 1, "optim.wsd_decay_frac", o.wsd_decay_frac, "must be in (0, 1]")
+    _check(m.mup_base_head_dim >= 0, "model.mup_base_head_dim", m.mup_base_head_dim,
+           "must be >= 0")
     _check(t.batch_size % t.microbatches == 0, "train.microbatches", t.microbatches,
            f"must divide train.batch_size={t.batch_size}")
 

@@ -560,6 +560,10 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None) -
             raise SweepError(f"sweep: run with {combo or 'the base config'}"
                              f"{'' if target is None else f', N={target:g}'}: {err}") from None
         apply_rules(config, sweep, nums["n"], set(combo))
+        if (target is not None and kind == "transformer" and config.model.parameterization == "mup"
+                and "model.mup_base_head_dim" not in combo):
+            # the family keeps the head size: muP's attention scale must not shrink with width
+            config.model.mup_base_head_dim = int(sweep.family.head_dim)
         nums = model_numbers(config)
         n, fpt, tps = nums["n"], nums["flops_per_token"], nums["tokens_per_step"]
 
