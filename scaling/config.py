@@ -57,6 +57,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "data.source": ("tfds", "task", "mixture"),
     "data.tokenizer": ("byte", "bpe", "sentencepiece", "hf"),
     "data.task.loss_on": ("answer", "all"),
+    "train.on_nonfinite": ("stop", "skip", "rewind"),
 }
 
 
@@ -163,6 +164,12 @@ def default_config() -> ml_collections.ConfigDict:
     t.eval_at_checkpoints = False
     t.peak_flops = 0.0  # per device, FLOP/s; 0: the measured matmul peak of this backend
     t.progress = True
+    # a non-finite loss, grad norm or parameter norm: stop (fail; the latest checkpoint stays the
+    # last finite one) | skip (drop that update) | rewind (to the latest checkpoint, LR scaled)
+    t.on_nonfinite = "stop"
+    t.max_skipped_steps = 20  # skip: more skipped steps than this fail the run
+    t.max_rewinds = 3  # rewind: more rewinds than this fail the run
+    t.rewind_lr_factor = 0.5  # rewind: peak and final LR are multiplied by this at each rewind
 
     # ---------------------------------------------------------------- optimizer
     o = c.optim = ml_collections.ConfigDict()
@@ -327,6 +334,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     _check(o.warmup_steps >= 0, "optim.warmup_steps", o.warmup_steps, "must be >= 0")
     _check(0 <= o.final_lr_frac <= 1, "optim.final_lr_frac", o.final_lr_frac, "must be in [0, 1]")
     _check(0 < o.wsd_decay_frac <= 1, "optim.wsd_decay_frac", o.wsd_decay_frac, "must be in (0, 1]")
+    _check(t.max_skipped_steps >= 0, "train.max_skipped_steps", t.max_skipped_steps,
+           "must be >= 0")
+    _check(t.max_rewinds >= 0, "train.max_rewinds", t.max_rewinds, "must be >= 0")
+    _check(0 < t.rewind_lr_factor < 1, "train.rewind_lr_factor", t.rewind_lr_factor,
+           "must be in (0, 1)")
     _check(m.mup_base_head_dim >= 0, "model.mup_base_head_dim", m.mup_base_head_dim,
            "must be >= 0")
     _check(t.batch_size % t.microbatches == 0, "train.microbatches", t.microbatches,
