@@ -101,6 +101,7 @@ def test_stop_fails_before_saving_and_keeps_a_finite_latest(tmp_path, stdlib_tin
     assert status["status"] == "failed" and status["step"] == 8
     assert status["nonfinite"] == {"step": BAD_STEP,
                                    "quantities": ["loss", "grad_norm", "param_norm"]}
+    assert status["error"].startswith("FloatingPointError: ")  # how the sweep runner sees it
     assert f"non-finite loss, grad_norm, param_norm at step {BAD_STEP}" in status["error"]
     state = _restore(tmp_path, config, 4)
     leaves = jax.tree.leaves(jax.device_get(state.params))

@@ -309,7 +309,8 @@ def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     except divergence.DivergenceError as err:
         status = "failed"
         details["nonfinite"] = {"step": err.step, "quantities": err.quantities}
-        _write_final_status(workdir, status, step, f"{type(err).__name__}: {err}", details)
+        # named by its base class: the sweep runner recognizes divergence by this prefix
+        _write_final_status(workdir, status, step, f"FloatingPointError: {err}", details)
         raise
     except BaseException as err:
         status = "failed"
