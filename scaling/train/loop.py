@@ -248,7 +248,8 @@ def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                     window_start, window_steps = time.perf_counter(), 0
                 logged = (step % config.train.log_every == 0 or step in save_at
                           or step == end_step)
-                saving = step in save_at or preemption.requested
+                preempted = preemption.requested  # read once: a save and the exit agree
+                saving = step in save_at or preempted
                 if logged:
                     row = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     row.update(step=step, tokens=step * tokens_per_step,
@@ -292,7 +293,7 @@ def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                     checkpointer.save(step, state, data_iter.get_state(), config)
                 if evaluator is not None and should_eval(step):
                     evaluate(state.params, step)
-                if preemption.requested:
+                if preempted:
                     status = "interrupted"
                     log.warning("SIGTERM: saved a checkpoint at step %d; exiting", step)
                     break
