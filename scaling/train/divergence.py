@@ -4,7 +4,7 @@ Every train step returns `metrics["nonfinite"]`, a bit mask of the non-finite qu
 `step.NONFINITE_BITS`). `Guard.note` folds it into a three-number device array (first bad step,
 its mask, number of bad steps) without waiting for the device; `Guard.check` reads that array at
 the points where the loop already syncs (logging) and always before a checkpoint is written, and
-applies `train.on_nonfinite`: stop (raise `DivergenceError`), skip (the step already kept the old
+applies `train.on_nonfinite`: stop (raise a FloatingPointError, see `divergence_error`), skip (the step already kept the old
 state; fail past `train.max_skipped_steps`) or rewind (the loop restores the latest checkpoint).
 """
 
@@ -18,13 +18,13 @@ import jax.numpy as jnp
 from scaling.train import step as step_lib
 
 
-class DivergenceError(FloatingPointError):
-    """A non-finite loss, grad norm or parameter norm that the divergence policy cannot absorb."""
-
-    def __init__(self, step: int, quantities: list[str], why: str = ""):
-        self.step = step
-        self.quantities = quantities
-        super().__init__(f"non-finite {', '.join(quantities)} at step {step}{why}")
+def divergence_error(step: int, quantities: list[str], why: str = "") -> FloatingPointError:
+    """Returns the error for a non-finite step the policy cannot absorb, with `.step` and
+    `.quantities` set. A plain FloatingPointError: the sweep runner and its logs recognize a
+    diverged run by that name."""
+    err = FloatingPointError(f"non-finite {', '.join(quantities)} at step {step}{why}")
+    err.step, err.quantities = step, quantities
+    return err
 
 
 @jax.jit
@@ -77,12 +77,12 @@ class Guard:
         if event is None:
             return None
         if self.policy == "stop":
-            raise DivergenceError(event.step, event.quantities,
-                                  " (train.on_nonfinite='stop'; the latest checkpoint is the "
-                                  "last finite state)")
+            raise divergence_error(event.step, event.quantities,
+                                   " (train.on_nonfinite='stop'; the latest checkpoint is the "
+                                   "last finite state)")
         if self.policy == "skip":
             if event.count > self.max_skipped_steps:
-                raise DivergenceError(
+                raise divergence_error(
                     event.step, event.quantities,
                     f" and {event.count} steps skipped in all, more than "
                     f"train.max_skipped_steps={self.max_skipped_steps}")

@@ -307,11 +307,11 @@ def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
         status = "interrupted"
         _write_final_status(workdir, status, step, f"KeyboardInterrupt: {err}", details)
         raise
-    except divergence.DivergenceError as err:
+    except FloatingPointError as err:
         status = "failed"
-        details["nonfinite"] = {"step": err.step, "quantities": err.quantities}
-        # named by its base class: the sweep runner recognizes divergence by this prefix
-        _write_final_status(workdir, status, step, f"FloatingPointError: {err}", details)
+        if hasattr(err, "quantities"):
+            details["nonfinite"] = {"step": err.step, "quantities": err.quantities}
+        _write_final_status(workdir, status, step, f"{type(err).__name__}: {err}", details)
         raise
     except BaseException as err:
         status = "failed"
@@ -340,16 +340,16 @@ def _rewind(config: ml_collections.ConfigDict, trainer: setup_lib.Trainer,
             checkpointer: ckpt_lib.Checkpointer, data_iter: Any, state: Any,
             event: divergence.Event, rewinds: list[dict[str, Any]]) -> tuple[Any, int]:
     """Restores the latest checkpoint with its LR times `train.rewind_lr_factor` (compounding
-    over rewinds to the same checkpoint); returns (state, step). Raises DivergenceError when
+    over rewinds to the same checkpoint); returns (state, step). Raises FloatingPointError when
     there is no checkpoint or `train.max_rewinds` is spent."""
     t = config.train
     checkpointer.wait()
     latest = checkpointer.latest_step()
     if latest is None:
-        raise divergence.DivergenceError(event.step, event.quantities,
-                                         " and there is no checkpoint to rewind to")
+        raise divergence.divergence_error(event.step, event.quantities,
+                                          " and there is no checkpoint to rewind to")
     if len(rewinds) >= t.max_rewinds:
-        raise divergence.DivergenceError(
+        raise divergence.divergence_error(
             event.step, event.quantities,
             f" after {len(rewinds)} rewinds (train.max_rewinds={t.max_rewinds})")
     del state  # its buffers may be donated; the checkpoint replaces it
