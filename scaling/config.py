@@ -57,6 +57,7 @@ ENUMS: dict[str, tuple[str, ...]] = {
     "data.source": ("tfds", "task", "mixture"),
     "data.tokenizer": ("byte", "bpe", "sentencepiece", "hf"),
     "data.task.loss_on": ("answer", "all"),
+    "train.on_nonfinite": ("stop", "skip", "rewind"),
 }
 
 
@@ -108,6 +109,9 @@ def default_config() -> ml_collections.ConfigDict:
     m.init_std = 0.02  # standard: N(0, init_std); muP: the same at `mup_base_width`
     m.mup_base_width = 64  # muP: the width at which muP equals standard parameterization
     m.mup_output_mult = 1.0
+    # muP: the head dimension at `mup_base_width`; 0: head_dim if set, else
+    # mup_base_width // n_heads (a family that keeps the head count and grows the head size)
+    m.mup_base_head_dim = 0
     # MLP family (model.kind == 'mlp'): vector input -> `mlp_depth` hidden layers -> classes
     m.mlp_width = 128
     m.mlp_depth = 2
@@ -160,6 +164,12 @@ def default_config() -> ml_collections.ConfigDict:
     t.eval_at_checkpoints = False
     t.peak_flops = 0.0  # per device, FLOP/s; 0: the measured matmul peak of this backend
     t.progress = True
+    # a non-finite loss, grad norm or parameter norm: stop (fail; the latest checkpoint stays the
+    # last finite one) | skip (drop that update) | rewind (to the latest checkpoint, LR scaled)
+    t.on_nonfinite = "stop"
+    t.max_skipped_steps = 20  # skip: more skipped steps than this fail the run
+    t.max_rewinds = 3  # rewind: more rewinds than this fail the run
+    t.rewind_lr_factor = 0.5  # rewind: peak and final LR are multiplied by this at each rewind
 
     # ---------------------------------------------------------------- optimizer
     o = c.optim = ml_collections.ConfigDict()

@@ -38,6 +38,19 @@ def truncate_jsonl(path: pathlib.Path, max_step: int) -> None:
     os.replace(tmp, path)
 
 
+def logged_steps(path: pathlib.Path) -> set[int]:
+    """Returns the steps that have at least one complete row in the JSONL file at `path`."""
+    if not path.exists():
+        return set()
+    steps = set()
+    for line in path.read_text().splitlines():
+        try:
+            steps.add(int(json.loads(line)["step"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # a line cut by a kill holds no complete row
+    return steps
+
+
 class JsonlWriter:
     """Appends one JSON object per line to a file, flushed and fsync'd per write."""
 
@@ -53,9 +66,14 @@ class JsonlWriter:
         os.fsync(self._file.fileno())
 
     def write_many(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Appends each row as one line."""
-        for row in rows:
-            self.write(row)
+        """Appends each row as one line, all in one write call (one step's rows land together)."""
+        text = "".join(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n"
+                       for row in rows)
+        if not text:
+            return
+        self._file.write(text)
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         """Closes the file."""

@@ -13,7 +13,8 @@ import optax
 import pytest
 
 from scaling import config as config_lib
-from scaling.models import make_model, mup
+from scaling.models import make_model, mup, transformer
+from scaling.sweeps import spec, testing
 
 FAST = {"xla_backend_optimization_level": 0}  # tiny programs: compile time dominates
 
@@ -107,12 +108,12 @@ STEPS = 5
 LR = 1e-2
 
 
-def coord_stats(parameterization: str, width: int) -> dict[str, float]:
+def coord_stats(parameterization: str, width: int, **overrides: Any) -> dict[str, float]:
     """Mean |activation| at init and after STEPS Adam steps (with muP LR multipliers)."""
     # One unrolled layer: the scanned stack costs ~40% more compile time for no extra coverage
     # of the muP rules (lr_multipliers on scanned trees is tested above).
     cfg = transformer_cfg(d_model=width, parameterization=parameterization, n_layers=1,
-                          scan_layers=False)
+                          scan_layers=False, **overrides)
     model = make_model(cfg)
     x = jax.random.randint(jax.random.key(1), (8, 16), 0, cfg.vocab_size)
     mults = mup.lr_multipliers(shapes(cfg), cfg)
@@ -125,6 +126,19 @@ def coord_stats(parameterization: str, width: int) -> dict[str, float]:
     def activations(p: Any) -> tuple[jax.Array, jax.Array]:
         logits, state = model.apply({"params": p}, x[:, :-1], mutable=["intermediates"])
         return logits, state["intermediates"]["final_hidden"][0]
+
+    def attention_logits(p: Any) -> jax.Array:
+        """Mean |scale * q.k| over the causal pairs of layer 0, from the model's own q, k."""
+        _, state = model.apply({"params": p}, x[:, :-1], capture_intermediates=True,
+                               mutable=["intermediates"])
+        h_BTD = state["intermediates"]["layers_0"]["attn_norm"]["__call__"][0]
+        attn = p["layers_0"]["attn"]
+        q_BTHK = transformer.rope(jnp.einsum("BTD,DHK->BTHK", h_BTD, attn["q"]), cfg.rope_theta)
+        k_BTHK = transformer.rope(jnp.einsum("BTD,DHK->BTHK", h_BTD, attn["k"]), cfg.rope_theta)
+        s_BHTS = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK, k_BTHK) * mup.attention_scale(cfg)
+        t = s_BHTS.shape[-1]
+        causal_TS = jnp.tril(jnp.ones((t, t), bool))
+        return jnp.sum(jnp.abs(s_BHTS) * causal_TS) / (causal_TS.sum() * s_BHTS.size / t / t)
 
     @jax.jit
     def run(key: jax.Array) -> dict[str, jax.Array]:
@@ -141,6 +155,7 @@ def coord_stats(parameterization: str, width: int) -> dict[str, float]:
         mean_abs = lambda a: jnp.mean(jnp.abs(a))  # noqa: E731
         loss0 = optax.softmax_cross_entropy_with_integer_labels(logits0, x[:, 1:]).mean()
         return {"logits": mean_abs(logits), "hidden0": mean_abs(hidden0),
+                "attn0": attention_logits(params), "attn": attention_logits(trained),
                 "dhidden": mean_abs(hidden - hidden0), "loss0": loss0,
                 "q_std": jnp.std(params["layers_0"]["attn"]["q"]),
                 "emb_std": jnp.std(params["embedding"])}
@@ -183,3 +198,44 @@ def test_coordinate_check() -> None:
     # Sanity: at init the loss is ~ln(64) = 4.16 (within 5%) at every width.
     for row in mup_rows.values():
         assert row["loss0"] == pytest.approx(math.log(64), rel=0.05)
+
+
+# The sweeps' size family (scaling.sweeps.spec.family_shape) keeps the head size fixed and grows
+# the head count: n_heads = d_model / family.head_dim.
+FAMILY_HEAD_DIM = 8
+
+
+def family_overrides(width: int, base_head_dim: int = FAMILY_HEAD_DIM) -> dict[str, int]:
+    return {"n_heads": width // FAMILY_HEAD_DIM, "mup_base_head_dim": base_head_dim}
+
+
+def test_coordinate_check_fixed_head_size_family() -> None:
+    rows = {w: coord_stats("mup", w, **family_overrides(w)) for w in WIDTHS}
+    # head_dim does not grow, so the attention scale must not change: 1/sqrt(8) at every width
+    for w in WIDTHS:
+        cfg = transformer_cfg(d_model=w, parameterization="mup", **family_overrides(w))
+        assert mup.attention_scale(cfg) == pytest.approx(1 / math.sqrt(FAMILY_HEAD_DIM))
+    # Measured (widths 32..256, 4..32 heads of size 8; lr 1e-2, 5 Adam steps), max/min over
+    # widths: mean |attention logit| at init 1.05, after training 1.51 (0.092 -> 0.061, flat from
+    # 64 to 128); logits 1.17, dhidden 1.03, hidden0 1.02. The rule that assumed a fixed head
+    # count (base head dim = mup_base_width // n_heads) gives at width 256 attention logits 2.85x
+    # smaller at init and 4.3x smaller than width 32's after training (asserted below).
+    assert spread(rows, "attn0") < 1.2, rows
+    assert spread(rows, "attn") < 2.0, rows
+    for key in ("logits", "dhidden", "hidden0"):
+        assert spread(rows, key) < 1.5, (key, rows)
+    wrong = coord_stats("mup", WIDTHS[-1], **family_overrides(WIDTHS[-1], base_head_dim=0))
+    assert rows[WIDTHS[-1]]["attn0"] / wrong["attn0"] > 2.0, (rows, wrong)
+    assert rows[WIDTHS[0]]["attn"] / wrong["attn"] > 3.0, (rows, wrong)
+
+
+def test_mup_sweep_family_sets_base_head_dim() -> None:
+    s = testing.tiny_sweep(sizes=(3.4e3, 3e4, 2e5))  # d_model 16, 24, 48: 2, 3, 6 heads
+    s.lr.rule = "mup"
+    s.lr.base_width = 16
+    runs = spec.expand(s)
+    assert len({r.config.model.n_heads for r in runs}) > 1  # the head count grows
+    for r in runs:
+        m = r.config.model
+        assert m.mup_base_head_dim == s.family.head_dim == config_lib.head_dim(m)
+        assert mup.attention_scale(m) == pytest.approx(1 / math.sqrt(s.family.head_dim))

@@ -47,3 +47,41 @@ def test_gradient_accumulation_equals_full_batch(micro, full_batch_step):
     np.testing.assert_allclose(m["weight"], ref_m["weight"])
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def _nan_weights(batch: dict) -> dict:
+    return dict(batch, weights=np.full_like(batch["weights"], np.nan))
+
+
+def test_nonfinite_mask_names_the_quantities():
+    from scaling.train import step as step_lib
+
+    assert step_lib.nonfinite_names(0) == []
+    assert step_lib.nonfinite_names(5) == ["loss", "param_norm"]
+    mask = step_lib.nonfinite_mask({"loss": jnp.float32(1.0), "grad_norm": jnp.float32(jnp.inf),
+                                    "param_norm": jnp.float32(2.0)})
+    assert int(mask) == 2
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nonfinite_step_is_flagged_and_skip_keeps_the_old_state(policy):
+    from scaling.train import setup as setup_lib
+
+    config = helpers.tiny_lm_config(**{"train.on_nonfinite": policy})
+    devices = jax.devices()[:1]
+    trainer = setup_lib.build(config, devices)
+    batch = helpers.random_batch(config)
+    step = trainer.jit_train_step(batch)
+    state = trainer.init_state()
+    state, metrics = step(state, batch)  # a finite step
+    assert int(metrics["nonfinite"]) == 0
+    before = jax.device_get((state.params, state.opt_state))
+    state, metrics = step(state, _nan_weights(batch))  # the donated state is replaced
+    assert int(metrics["nonfinite"]) == 7  # loss, grad norm and parameter norm
+    assert int(state.step) == 2
+    after = jax.device_get((state.params, state.opt_state))
+    if policy == "skip":
+        for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
+            np.testing.assert_array_equal(a, b)
+    else:
+        assert all(np.isnan(leaf).all() for leaf in jax.tree.leaves(after[0]))

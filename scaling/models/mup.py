@@ -28,9 +28,12 @@ Adam LR multiplier         1 for every leaf                       hidden matrice
                                                                   vector-like 1
 =========================  =====================================  ==================
 
-(T: Transformer.) ``base_head_dim`` is the head dimension at the base width: ``model.head_dim``
-when it is set explicitly (then head_dim does not grow with width and the muP scale equals the
-standard one), else ``mup_base_width // n_heads``. The output multiplier is the "readout"
+(T: Transformer.) ``base_head_dim`` is the head dimension at the base width. It depends on how
+the size family grows the attention, which one config cannot tell: ``model.mup_base_head_dim``
+when set (a sweep's size family keeps the head size fixed and grows the head count, so it sets
+this to ``family.head_dim``: the scale is then ``1/sqrt(head_dim)`` at every width, as it must be
+when head_dim does not grow); else ``model.head_dim`` when set explicitly (fixed head size); else
+``mup_base_width // n_heads`` (the head count is fixed and head_dim grows with width). The output multiplier is the "readout"
 formulation: the unembedding (tied or not) keeps a width-independent init and LR, and its
 contribution to the logits is divided by ``m``; this is equivalent to Table 3's output-weight init
 variance ~ 1/fan_in^2 and LR ~ 1/fan_in. With ``mup_output_mult == 1`` muP coincides exactly with
@@ -81,8 +84,13 @@ def attention_scale(model_cfg: ml_collections.ConfigDict) -> float:
     k = config_lib.head_dim(model_cfg)
     if not is_mup(model_cfg):
         return 1.0 / math.sqrt(k)
-    base_k = model_cfg.head_dim or model_cfg.mup_base_width // model_cfg.n_heads
-    return math.sqrt(base_k) / k
+    return math.sqrt(base_head_dim(model_cfg)) / k
+
+
+def base_head_dim(model_cfg: ml_collections.ConfigDict) -> int:
+    """Returns the head dimension at mup_base_width (see the module docstring), in units."""
+    return (model_cfg.get("mup_base_head_dim", 0) or model_cfg.head_dim
+            or model_cfg.mup_base_width // model_cfg.n_heads)
 
 
 def output_multiplier(model_cfg: ml_collections.ConfigDict) -> float:

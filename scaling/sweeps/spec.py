@@ -624,6 +624,10 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None,
                              f"{'' if target is None else f', N={target:g}'}: {err}") from None
         apply_rules(config, sweep, nums["n"], set(combo))
         combo = {**combo, **tuning.apply_point(config, sweep, grid_steps)}
+        if (target is not None and kind == "transformer" and config.model.parameterization == "mup"
+                and "model.mup_base_head_dim" not in combo):
+            # the family keeps the head size: muP's attention scale must not shrink with width
+            config.model.mup_base_head_dim = int(sweep.family.head_dim)
         nums = model_numbers(config)
         n, fpt, tps = nums["n"], nums["flops_per_token"], nums["tokens_per_step"]
 

@@ -13,13 +13,17 @@ train step until the step budget is spent. It writes the run directory:
     workdir/checkpoints/    orbax checkpoints at the configured steps
 
 SIGTERM (preemption) makes the loop save a checkpoint at the current step and return cleanly.
+A resume first compares the checkpoint's config with the requested one (`check_resume`) and
+refuses a change that alters the run before anything in the directory is written. On resume, a
+checkpoint whose evaluation rows are missing (a kill between save and evaluation) is evaluated
+before training goes on. Non-finite steps are handled by `train.on_nonfinite` (see
+`scaling.train.divergence`); no checkpoint is written from a state that has seen one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import pathlib
 import signal
@@ -28,7 +32,6 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
-import numpy as np
 
 from scaling import checkpoint as ckpt_lib
 from scaling import config as config_lib
@@ -36,7 +39,9 @@ from scaling import data as data_lib
 from scaling import metrics_writer
 from scaling import perf
 from scaling.models import accounting
+from scaling.train import divergence
 from scaling.train import setup as setup_lib
+from scaling.train import step as step_lib
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +55,14 @@ def write_json_atomic(path: pathlib.Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_status(workdir: pathlib.Path, status: str, step: int, error: str | None = None) -> None:
-    """Writes `workdir/status.json` atomically."""
+def write_status(workdir: pathlib.Path, status: str, step: int, error: str | None = None,
+                 **details: Any) -> None:
+    """Writes `workdir/status.json` atomically (status, step, error, time and any `details`)."""
     if jax.process_index() != 0:
         return
     write_json_atomic(workdir / "status.json",
-                      {"status": status, "step": int(step), "error": error, "time": time.time()})
+                      {"status": status, "step": int(step), "error": error, "time": time.time(),
+                       **details})
 
 
 def run_description(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -126,16 +133,35 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     """
     workdir = pathlib.Path(workdir)
     config_lib.validate(config, jax.device_count())  # before touching data or devices
-    config = data_lib.resolve(config, workdir)
-    config_lib.validate(config, jax.device_count())
-    num_steps = config_lib.train_steps(config)
-    run = prepare_workdir(config, workdir, num_steps)
-    write_status(workdir, "running", 0)
-    checkpointer = None
-    metrics_file = eval_file = tb = None
-    step = 0
-    try:
+    with _Preemption() as preemption:  # from here on SIGTERM ends the run as "interrupted"
+        config = data_lib.resolve(config, workdir)
+        config_lib.validate(config, jax.device_count())
+        checkpointer = ckpt_lib.Checkpointer(workdir, config)
+        try:
+            latest = checkpointer.latest_step()
+            if latest is not None:  # nothing in the run directory is written before this check
+                ckpt_lib.check_resume(checkpointer.read_config(latest), config, latest, workdir)
+        except BaseException:
+            checkpointer.close()
+            raise
+        return _train_checked(config, workdir, checkpointer, latest, preemption,
+                              stop_after=stop_after, evaluator=evaluator)
 
+
+def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                   checkpointer: ckpt_lib.Checkpointer, latest: int | None,
+                   preemption: _Preemption, *, stop_after: int | None,
+                   evaluator: Callable[..., list[dict]] | None) -> dict[str, Any]:
+    """Runs the loop once the resume check passed; every exit writes status.json."""
+    metrics_file = eval_file = tb = None
+    step = latest or 0
+    status = "running"
+    details: dict[str, Any] = {}
+    last_metrics: dict[str, float] = {}
+    try:
+        num_steps = config_lib.train_steps(config)
+        run = prepare_workdir(config, workdir, num_steps)
+        write_status(workdir, "running", step)
         trainer = setup_lib.build(config)
 
         if evaluator is None:
@@ -143,9 +169,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
 
             evaluator = evaluate_lib.make_inline_evaluator(config, workdir, trainer.mesh,
                                                            trainer.model)
-        checkpointer = ckpt_lib.Checkpointer(workdir, config)
         data_iter = data_lib.make_train_iterator(config, workdir)
-        latest = checkpointer.latest_step()
         if latest is not None:
             ckpt_lib.log_restore(latest)
             state, data_state = checkpointer.restore(latest, trainer.abstract_state,
@@ -157,6 +181,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
         else:
             state = trainer.init_state()
         start_step = int(jax.device_get(state.step))
+        step = start_step
 
         jitted = None  # compiled on the first batch, whose array ranks fix the batch shardings
 
@@ -168,8 +193,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                  "peak %.3g FLOP/s (%s)", run["name"], run["n_params_nonembed"], run["n_params"],
                  run["flops_per_token"], num_steps, peak_total, peak_source)
 
-        metrics_file = metrics_writer.JsonlWriter(workdir / "metrics.jsonl") \
-            if jax.process_index() == 0 else None
+        def open_metrics() -> metrics_writer.JsonlWriter | None:
+            return (metrics_writer.JsonlWriter(workdir / "metrics.jsonl")
+                    if jax.process_index() == 0 else None)
+
+        metrics_file = open_metrics()
         eval_file = metrics_writer.JsonlWriter(workdir / "eval.jsonl") \
             if jax.process_index() == 0 and evaluator is not None else None
         tb = metrics_writer.TensorBoardWriter(workdir / "tb") if jax.process_index() == 0 else None
@@ -183,23 +211,46 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
             return ((config.train.eval_at_checkpoints and s in save_at)
                     or (every > 0 and (s % every == 0 or s == num_steps)))
 
-        last_metrics: dict[str, float] = {}
-        step = start_step
-        status = "running"
+        def evaluate(params: Any, s: int) -> None:
+            rows = evaluator(params, s, run)
+            if eval_file is not None:
+                eval_file.write_many(rows)  # one write: a step's rows land together or not at all
+
+        if evaluator is not None and latest is not None:
+            # A kill between a checkpoint's save and its evaluation: evaluate it now.
+            # (every process reads the log: the run directory is on a shared filesystem, as
+            # orbax needs for multi-process checkpoints)
+            done = metrics_writer.logged_steps(workdir / "eval.jsonl")
+            for s in checkpointer.all_steps():
+                if s <= latest and should_eval(s) and s not in done:
+                    log.info("evaluating checkpoint %d, whose evaluation is missing", s)
+                    evaluate(checkpointer.restore_params(s, trainer.abstract_state,
+                                                         trainer.shardings), s)
+
+        guard = divergence.Guard(config.train.on_nonfinite, config.train.max_skipped_steps)
+        rewinds: list[dict[str, Any]] = []
         window_start, window_steps = time.perf_counter(), 0
-        with _Preemption() as preemption, _progress(num_steps, start_step,
-                                                    config.train.progress) as bar:
+        with _progress(num_steps, start_step, config.train.progress) as bar:
             while step < end_step:
+                if preemption.requested and step == start_step:
+                    status = "interrupted"  # SIGTERM before the first step: nothing new to save
+                    log.warning("SIGTERM before step %d; exiting", step + 1)
+                    break
                 batch_np = next(data_iter)
                 if jitted is None:
                     jitted = trainer.jit_train_step(batch_np)
                 state, metrics = jitted(state, batch_np)
+                guard.note(step + 1, metrics["nonfinite"])
                 step += 1
                 window_steps += 1
                 if step == start_step + 1:  # exclude compilation from the throughput window
                     jax.block_until_ready(metrics)
                     window_start, window_steps = time.perf_counter(), 0
-                if step % config.train.log_every == 0 or step in save_at or step == end_step:
+                logged = (step % config.train.log_every == 0 or step in save_at
+                          or step == end_step)
+                preempted = preemption.requested  # read once: a save and the exit agree
+                saving = step in save_at or preempted
+                if logged:
                     row = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     row.update(step=step, tokens=step * tokens_per_step,
                                flops=step * flops_per_step, time=time.time())
@@ -213,33 +264,103 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                         tb.write_scalars(step, row)
                     last_metrics = row
                     window_start, window_steps = time.perf_counter(), 0
-                    if not math.isfinite(row["loss"]):
-                        raise FloatingPointError(f"loss is {row['loss']} at step {step}")
                     bar.set_postfix(loss=f"{row['loss']:.4f}",
                                     tok_s=f"{row.get('tokens_per_s', 0.0):.3g}", refresh=False)
+                if logged or saving:  # the host syncs here anyway; always before a save
+                    event = guard.check()
+                    if event is not None:  # rewind
+                        state, step = _rewind(config, trainer, checkpointer, data_iter, state,
+                                              event, rewinds)
+                        details["rewinds"] = rewinds
+                        guard.reset()
+                        if metrics_file is not None:
+                            metrics_file.close()
+                            metrics_writer.truncate_jsonl(workdir / "metrics.jsonl", step)
+                            metrics_file = open_metrics()
+                        if eval_file is not None:
+                            eval_file.close()
+                            metrics_writer.truncate_jsonl(workdir / "eval.jsonl", step)
+                            eval_file = metrics_writer.JsonlWriter(workdir / "eval.jsonl")
+                        write_status(workdir, "running", step, **details)
+                        bar.reset(total=num_steps)
+                        bar.update(step)
+                        window_start, window_steps = time.perf_counter(), 0
+                        continue
+                    if guard.bad_steps:
+                        details["skipped_steps"] = guard.bad_steps
                 bar.update(1)
-                if step in save_at or preemption.requested:
+                if saving:
                     checkpointer.save(step, state, data_iter.get_state(), config)
                 if evaluator is not None and should_eval(step):
-                    rows = evaluator(state.params, step, run)
-                    if eval_file is not None:
-                        eval_file.write_many(rows)
-                if preemption.requested:
+                    evaluate(state.params, step)
+                if preempted:
                     status = "interrupted"
                     log.warning("SIGTERM: saved a checkpoint at step %d; exiting", step)
                     break
             else:
                 status = "completed" if step >= num_steps else "running"
         checkpointer.wait()
-        write_status(workdir, status if status != "running" else "interrupted", step)
+        if status == "running":
+            status = "interrupted"
+        write_status(workdir, status, step, **details)
+    except KeyboardInterrupt as err:
+        status = "interrupted"
+        _write_final_status(workdir, status, step, f"KeyboardInterrupt: {err}", details)
+        raise
+    except FloatingPointError as err:
+        status = "failed"
+        if hasattr(err, "quantities"):
+            details["nonfinite"] = {"step": err.step, "quantities": err.quantities}
+        _write_final_status(workdir, status, step, f"{type(err).__name__}: {err}", details)
+        raise
     except BaseException as err:
-        write_status(workdir, "failed", step, f"{type(err).__name__}: {err}")
+        status = "failed"
+        _write_final_status(workdir, status, step, f"{type(err).__name__}: {err}", details)
         raise
     finally:
-        if checkpointer is not None:
-            checkpointer.close()
+        checkpointer.close()
         for f in (metrics_file, eval_file, tb):
             if f is not None:
                 f.close()
     return {"step": step, "status": status, "loss": last_metrics.get("loss"),
             "workdir": str(workdir)}
+
+
+def _write_final_status(workdir: pathlib.Path, status: str, step: int, error: str,
+                        details: dict[str, Any]) -> None:
+    """Writes status.json on an exit by exception; a failure to write is logged, not raised, so
+    the original exception is the one that propagates."""
+    try:
+        write_status(workdir, status, step, error, **details)
+    except OSError as write_err:
+        log.error("could not write %s/status.json (%s) after: %s", workdir, write_err, error)
+
+
+def _rewind(config: ml_collections.ConfigDict, trainer: setup_lib.Trainer,
+            checkpointer: ckpt_lib.Checkpointer, data_iter: Any, state: Any,
+            event: divergence.Event, rewinds: list[dict[str, Any]]) -> tuple[Any, int]:
+    """Restores the latest checkpoint with its LR times `train.rewind_lr_factor` (compounding
+    over rewinds to the same checkpoint); returns (state, step). Raises FloatingPointError when
+    there is no checkpoint or `train.max_rewinds` is spent."""
+    t = config.train
+    checkpointer.wait()
+    latest = checkpointer.latest_step()
+    if latest is None:
+        raise divergence.divergence_error(event.step, event.quantities,
+                                          " and there is no checkpoint to rewind to")
+    if len(rewinds) >= t.max_rewinds:
+        raise divergence.divergence_error(
+            event.step, event.quantities,
+            f" after {len(rewinds)} rewinds (train.max_rewinds={t.max_rewinds})")
+    del state  # its buffers may be donated; the checkpoint replaces it
+    restored, data_state = checkpointer.restore(latest, trainer.abstract_state,
+                                                trainer.shardings)
+    data_iter.set_state(data_state)
+    factor = t.rewind_lr_factor ** (1 + sum(r["to_step"] == latest for r in rewinds))
+    scaled = jax.jit(lambda s: step_lib.scale_lr(s, factor),
+                     out_shardings=trainer.shardings)(restored)
+    rewinds.append({"at_step": event.step, "quantities": event.quantities, "to_step": latest,
+                    "lr_factor": factor})
+    log.warning("non-finite %s at step %d: rewinding to checkpoint %d with the LR times %g",
+                ", ".join(event.quantities), event.step, latest, factor)
+    return scaled, latest

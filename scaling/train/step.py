@@ -4,6 +4,11 @@ Loss is token cross-entropy in nats/token, averaged over the tokens with weight 
 label smoothing and z-loss (PaLM: z_loss * log(Z)^2). With gradient accumulation the batch is split
 into `train.microbatches` equal parts and per-part *sums* are accumulated, so the update equals the
 full-batch update up to float summation order.
+
+Divergence guard: every step returns `metrics["nonfinite"]`, a bit mask (int32, computed on
+device, no host sync) of the quantities that are not finite: 1 loss, 2 grad norm, 4 parameter
+norm after the update (`NONFINITE_BITS`). Under `train.on_nonfinite == "skip"` a step whose mask
+is non-zero keeps the old params and optimizer state (only the step counter advances).
 """
 
 from __future__ import annotations
@@ -21,6 +26,22 @@ from scaling.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+
+# Bits of metrics["nonfinite"]: which of a step's guarded quantities are not finite.
+NONFINITE_BITS: dict[str, int] = {"loss": 1, "grad_norm": 2, "param_norm": 4}
+
+
+def nonfinite_names(mask: int) -> list[str]:
+    """Returns the names of the quantities set in a `nonfinite` bit mask (e.g. ['loss'])."""
+    return [name for name, bit in NONFINITE_BITS.items() if int(mask) & bit]
+
+
+def nonfinite_mask(values: dict[str, jax.Array]) -> jax.Array:
+    """Returns the int32 bit mask (see NONFINITE_BITS) of the non-finite scalars in `values`."""
+    mask = jnp.zeros((), jnp.int32)
+    for name, bit in NONFINITE_BITS.items():
+        mask = mask | jnp.where(jnp.isfinite(values[name]), 0, bit).astype(jnp.int32)
+    return mask
 
 
 def cross_entropy_sums(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.Array,
@@ -63,6 +84,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     """
     t = config.train
     n_micro = t.microbatches
+    skip_nonfinite = t.on_nonfinite == "skip"
     use_dropout = any(config.model.get(k, 0.0) > 0 for k in
                       ("embed_dropout", "attn_dropout", "resid_dropout"))
 
@@ -100,14 +122,28 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        loss = sums["nll"] / denom
+        grad_norm = optax.tree.norm(grads)
+        param_norm = optax.tree.norm(params)
+        nonfinite = nonfinite_mask({"loss": loss, "grad_norm": grad_norm,
+                                    "param_norm": param_norm})
+        if skip_nonfinite:
+            # Hand-written rather than optax.apply_if_finite: that wrapper sees only the
+            # gradients and changes the optimizer state's structure (and so the checkpoints);
+            # this also guards the loss and the updated parameters.
+            keep_old = nonfinite != 0
+            params, opt_state = jax.tree.map(
+                lambda new, old: jnp.where(keep_old, old, new),
+                (params, opt_state), (state.params, state.opt_state))
         metrics = {
-            "loss": sums["nll"] / denom,
+            "loss": loss,
             "objective": sums["loss"] / denom,
             "z_loss": sums["z"] / denom,
             "token_accuracy": sums["correct"] / denom,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "update_norm": optax.tree.norm(updates),
-            "param_norm": optax.tree.norm(params),
+            "param_norm": param_norm,
+            "nonfinite": nonfinite,
             "lr": optim.current_lr(config, state.opt_state, state.step),
             "weight": sums["weight"],
         }
@@ -115,6 +151,20 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         return new_state, metrics
 
     return train_step
+
+
+def scale_lr(state: TrainState, factor: float) -> TrainState:
+    """Returns `state` with the schedule's peak and final LR (in the optimizer state) times `factor`."""
+
+    def scale(x: Any) -> Any:
+        if not isinstance(x, optim.ScheduleState):
+            return x
+        hp = dict(x.hparams, peak=x.hparams["peak"] * factor, final=x.hparams["final"] * factor)
+        return optim.ScheduleState(count=x.count, hparams=hp)
+
+    opt_state = jax.tree.map(scale, state.opt_state,
+                             is_leaf=lambda x: isinstance(x, optim.ScheduleState))
+    return state.replace(opt_state=opt_state)
 
 
 def make_eval_step(model: nn.Module) -> Callable[[Any, Batch], dict[str, jax.Array]]:
