@@ -81,6 +81,8 @@ def world(tmp_path_factory) -> pathlib.Path:
         "from scaling.sweeps.testing import tiny_sweep\n\n\ndef get_config():\n"
         "    s = tiny_sweep()\n    s.base.optim.weight_decy = 0.1\n    return s\n")
     (w / "points.csv").write_text("N,D,loss\n1e6,2e7,3.1\n2e6,4e7,2.9\n4e6,8e7,2.7\n")
+    (w / "one_point.csv").write_text("N,loss\n" + "1e6,3.1\n" * 16)
+    (w / "two_points.csv").write_text("N,loss\n" + "1e6,3.1\n2e6,2.9\n" * 8)
     return w
 
 
@@ -267,7 +269,19 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
     ("fit-unknown-role", "fit {w}/points.csv --law power-n --columns Q=N", ("--columns", "'Q'")),
     ("fit-missing-column", "fit {w}/points.csv --law power-n --columns N=params",
      ("'params'",)),
+    ("fit-one-point-repeated", "fit {w}/one_point.csv --law power-n --bootstrap 0",
+     ("distinct", "15 duplicate rows")),
+    ("fit-two-points-repeated", "fit {w}/two_points.csv --law power-n --bootstrap 0",
+     ("distinct", "14 duplicate rows")),
+    ("fit-negative-bootstrap", "fit {w}/points.csv --law power-n --bootstrap=-1",
+     ("--bootstrap", "-1 must be >= 0")),
+    ("fit-level-out-of-range", "fit {w}/points.csv --law power-n --level 1.5",
+     ("--level", "must be in (0, 1)")),
     # ------------------------------------------------------------------ analyze
+    ("analyze-negative-bootstrap", "analyze {w}/root --out {w}/report --bootstrap=-1",
+     ("--bootstrap", "-1 must be >= 0")),
+    ("analyze-threshold-out-of-range", "analyze {w}/root --out {w}/report --subtask-threshold 2",
+     ("--subtask-threshold", "must be in [0, 1]")),
     ("analyze-missing-root", "analyze {w}/nope --out {w}/report", ("nope", "not found")),
     ("analyze-no-out", "analyze {w}/root", ("--out",)),
 ]

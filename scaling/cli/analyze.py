@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from scaling.cli import common
+
 DESCRIPTION = """\
 Build a report from one or more sweep roots (directories with manifest.json) or run directories.
 
@@ -29,14 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "example:\n  scaling analyze runs/isoflop runs/ablation --out reports/may"
     parser.add_argument("roots", nargs="+", metavar="ROOT", help="sweep root or run directory")
     parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="output directory")
-    parser.add_argument("--bootstrap", type=int, default=200, metavar="K",
+    parser.add_argument("--bootstrap", type=common.non_negative_int, default=200, metavar="K",
                         help="bootstrap resamples for CIs (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--arm-axis", metavar="AXIS",
                         help="sweep axis holding ablation arms (default: detected; size, data, compute "
                              "and seed axes never are); --arm-axis '' for none: every run enters the "
                              "scaling sections and the report has no ablation section")
-    parser.add_argument("--subtask-threshold", type=float, default=0.9,
+    parser.add_argument("--subtask-threshold", type=common.unit_float, default=0.9,
                         help="metric value at which a subtask counts as learned (default 0.9)")
     parser.add_argument("--title", default="Scaling analysis", help="report title")
     parser.add_argument("--params", choices=("nonembed", "total"), default="nonembed",

@@ -20,6 +20,45 @@ class UsageError(ValueError):
     """A bad command-line argument, file or directory; the message names it."""
 
 
+def non_negative_int(text: str) -> int:
+    """Returns `text` as an int >= 0 (an argparse `type`); a clear argparse error otherwise."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def open_unit_float(text: str) -> float:
+    """Returns `text` as a float strictly inside (0, 1) (an argparse `type`, e.g. a CI level)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be in (0, 1)")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """Returns `text` as a float in [0, 1] (an argparse `type`, e.g. a fraction or threshold)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1]")
+    return value
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Configures root logging to stderr (INFO, or DEBUG when verbose); quiets chatty libraries."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,

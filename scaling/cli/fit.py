@@ -8,6 +8,8 @@ import math
 import sys
 from typing import TYPE_CHECKING, Sequence
 
+from scaling.cli import common
+
 if TYPE_CHECKING:  # imported lazily at run time, so `scaling --help` stays fast
     import numpy as np
     import pandas as pd
@@ -79,12 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="map roles N, D, C, U, loss, x, y to CSV column names "
                              "(default: columns named N, D, C, U, loss, x, y)")
     parser.add_argument("--group", metavar="COL", help="fit each value of this column separately")
-    parser.add_argument("--bootstrap", type=int, default=200, metavar="K",
+    parser.add_argument("--bootstrap", type=common.non_negative_int, default=200, metavar="K",
                         help="bootstrap resamples for the CIs (0: none; default 200)")
     parser.add_argument("--cluster", metavar="COL[,COL...]",
                         help="bootstrap whole clusters of rows sharing these columns (e.g. run,seed), so "
                              "the checkpoints of one run move together (default: rows)")
-    parser.add_argument("--level", type=float, default=0.95, help="CI level (default 0.95)")
+    parser.add_argument("--level", type=common.open_unit_float, default=0.95,
+                        help="CI level in (0, 1) (default 0.95)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--query", metavar="COL=VALUE", action="append", default=[],
                         help="keep only rows where column COL equals VALUE (repeatable)")
