@@ -309,3 +309,31 @@ def test_fused_attention_has_no_dropout() -> None:
     cfg = transformer_cfg(attention_impl="xla", attn_dropout=0.1)
     with pytest.raises(ValueError, match="attention_impl='xla'"):
         jax.eval_shape(make_model(cfg).init, jax.random.key(0), tokens())
+
+
+def test_scan_unroll_resolves_per_backend() -> None:
+    cfg = transformer_cfg(n_layers=3)
+    assert config_lib.scan_unroll(cfg, "cpu") == 3  # auto: straight-line layers on CPU
+    assert config_lib.scan_unroll(cfg, "gpu") == 1
+    assert config_lib.scan_unroll(cfg, "tpu") == 1
+    assert config_lib.scan_unroll(transformer_cfg(n_layers=3, scan_unroll=2), "cpu") == 2
+    assert config_lib.scan_unroll(transformer_cfg(n_layers=3, scan_unroll=8), "gpu") == 3
+
+
+def test_scan_unroll_changes_program_not_numbers(base: Base) -> None:
+    # Unrolling keeps the stacked parameter tree and the arithmetic; only the loop goes away.
+    looped_cfg = transformer_cfg(scan_unroll=1)
+    unrolled_cfg = transformer_cfg(scan_unroll=base.cfg.n_layers)
+    ref_loss, ref_grads = loss_and_grads(looped_cfg, base.params, base.x)
+    got_loss, got_grads = loss_and_grads(unrolled_cfg, base.params, base.x)
+    np.testing.assert_allclose(float(got_loss), float(ref_loss), rtol=1e-6)
+    for g, r in zip(jax.tree.leaves(got_grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-6, rtol=1e-4)
+
+    def hlo(cfg: ml_collections.ConfigDict) -> str:
+        model = make_model(cfg)
+        grad = jax.grad(lambda p: model.apply({"params": p}, base.x).sum())
+        return jax.jit(grad).lower(base.params).as_text()
+
+    assert "while" in hlo(looped_cfg)
+    assert "while" not in hlo(unrolled_cfg)
