@@ -11,10 +11,10 @@ accelerators), so the ratio is meaningful on a noisy shared machine; on accelera
 published dense bf16 peak is printed as well. Model FLOPs count the attention math whichever
 `--attention` implementation computes it.
 
-`gpt-small` (d256 · L4 · T256 · B16, N = 3.1M) and `gpt-large` (d512 · L8 · T256 · B8, N = 25M) are
-GPT-2-style blocks as nanoGPT and nanodo build them (learned positions, LayerNorm, GELU MLP of 4·d,
-tied embeddings, byte vocabulary of 256, float32, no dropout), for comparing with those peers
-(`benchmarks/peers.py`). Each line ends in `mfu=<fraction>`, computed as the peers do:
+`gpt-small` (d256 · L4 · T256 · B16, N = 3.1M) and `gpt-large` (d512 · L8 · T256 · B8, N = 25M)
+are GPT-2-style blocks as nanoGPT and nanodo build them (learned positions, LayerNorm, GELU
+MLP of 4·d, tied embeddings, byte vocabulary of 256, float32, no dropout), for comparing with
+those peers. Each line ends in `mfu=<fraction>`, computed as the peers do:
 6·N·tokens/s over the best 2048³ float32 matmul measured in this process (on CPU; the
 accelerator's usual size elsewhere). `tokens/CPU-s` divides by the process's CPU time instead of
 wall time: on a CPU shared with other jobs it moves less than tokens/s.
@@ -65,7 +65,7 @@ def make_config(name: str, dtype: str,
 
 def apply_overrides(config: config_lib.ml_collections.ConfigDict, overrides: list[str]
                     ) -> config_lib.ml_collections.ConfigDict:
-    """Returns `config` with each 'group.field=value' override applied (value parsed as its type)."""
+    """Returns `config` with each 'group.field=value' override applied (typed as the field)."""
     for item in overrides:
         field, sep, raw = item.partition("=")
         group, _, key = field.rpartition(".")

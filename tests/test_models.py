@@ -175,9 +175,11 @@ def test_remat_matches_none(base: Base) -> None:
     ref_loss, ref_grads = loss_and_grads(base.cfg, base.params, base.x)
     looped = unstack_layers(base.params, base.cfg.n_layers)
     ref_looped = unstack_layers(ref_grads, base.cfg.n_layers)
-    # The scanned stack (prevent_cse=False) and the unrolled one (prevent_cse=True) with two of
-    # the policies; 'dots' shares every code path with 'dots_no_batch' but its policy name.
-    for cfg, params, ref in ((transformer_cfg(remat="full"), base.params, ref_grads),
+    # The rolled scan (prevent_cse=False), the unrolled scan (the CPU default) and the Python
+    # loop (prevent_cse=True) with the policies; 'dots' shares every code path with
+    # 'dots_no_batch' but its policy name.
+    for cfg, params, ref in ((transformer_cfg(remat="full", scan_unroll=1), base.params, ref_grads),
+                             (transformer_cfg(remat="dots_no_batch"), base.params, ref_grads),
                              (transformer_cfg(remat="dots_no_batch", scan_layers=False), looped,
                               ref_looped)):
         got_loss, got_grads = loss_and_grads(cfg, params, base.x)

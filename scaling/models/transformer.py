@@ -214,13 +214,15 @@ class Transformer(nn.Module):
         x_BTD = nn.Dropout(cfg.embed_dropout)(x_BTD, deterministic=deterministic)
 
         block: Any = Block
+        unroll = config_lib.scan_unroll(cfg, jax.default_backend())
         if cfg.remat != "none":
+            # Only a rolled loop keeps XLA from merging the recomputation with the forward pass.
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat],
-                             prevent_cse=not cfg.scan_layers)
+                             prevent_cse=not cfg.scan_layers or unroll > 1)
         if cfg.scan_layers:
             stack = nn.scan(block, variable_axes={"params": 0},
                             split_rngs={"params": True, "dropout": True}, in_axes=(),
-                            length=cfg.n_layers, unroll=config_lib.scan_unroll(cfg, jax.default_backend()),
+                            length=cfg.n_layers, unroll=unroll,
                             metadata_params={nn.PARTITION_NAME: "layers"})
             x_BTD, _ = stack(cfg, deterministic, name="layers")(x_BTD)
         else:
