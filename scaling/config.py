@@ -104,6 +104,9 @@ def default_config() -> ml_collections.ConfigDict:
     m.dtype = "float32"  # compute dtype
     m.param_dtype = "float32"
     m.scan_layers = True
+    # with scan_layers, layers per scan iteration; 0 (auto): all of them on CPU (straight-line
+    # code, so XLA fuses the backward pass instead of stacking every residual), 1 elsewhere
+    m.scan_unroll = 0
     m.remat = "none"
     m.parameterization = "standard"
     m.init_std = 0.02  # standard: N(0, init_std); muP: the same at `mup_base_width`
@@ -212,6 +215,13 @@ def default_config() -> ml_collections.ConfigDict:
 def head_dim(m: ml_collections.ConfigDict) -> int:
     """Returns the attention head dimension."""
     return m.head_dim or m.d_model // m.n_heads
+
+
+def scan_unroll(m: ml_collections.ConfigDict, platform: str) -> int:
+    """Returns the layers per scan iteration on `platform` ('cpu', 'gpu', 'tpu'): set or auto."""
+    if m.get("scan_unroll", 0) > 0:
+        return min(m.scan_unroll, m.n_layers)
+    return m.n_layers if platform == "cpu" else 1
 
 
 def n_kv_heads(m: ml_collections.ConfigDict) -> int:

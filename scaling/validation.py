@@ -115,6 +115,7 @@ TRANSFORMER_DOMAINS: dict[str, Domain] = {
     "model.n_kv_heads": NON_NEGATIVE_INT,
     "model.head_dim": NON_NEGATIVE_INT,
     "model.d_ff": NON_NEGATIVE_INT,
+    "model.scan_unroll": NON_NEGATIVE_INT,
     "model.max_seq_len": COUNT,
     "model.norm_eps": POSITIVE,
     "model.rope_theta": POSITIVE,

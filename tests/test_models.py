@@ -175,9 +175,11 @@ def test_remat_matches_none(base: Base) -> None:
     ref_loss, ref_grads = loss_and_grads(base.cfg, base.params, base.x)
     looped = unstack_layers(base.params, base.cfg.n_layers)
     ref_looped = unstack_layers(ref_grads, base.cfg.n_layers)
-    # The scanned stack (prevent_cse=False) and the unrolled one (prevent_cse=True) with two of
-    # the policies; 'dots' shares every code path with 'dots_no_batch' but its policy name.
-    for cfg, params, ref in ((transformer_cfg(remat="full"), base.params, ref_grads),
+    # The rolled scan (prevent_cse=False), the unrolled scan (the CPU default) and the Python
+    # loop (prevent_cse=True) with the policies; 'dots' shares every code path with
+    # 'dots_no_batch' but its policy name.
+    for cfg, params, ref in ((transformer_cfg(remat="full", scan_unroll=1), base.params, ref_grads),
+                             (transformer_cfg(remat="dots_no_batch"), base.params, ref_grads),
                              (transformer_cfg(remat="dots_no_batch", scan_layers=False), looped,
                               ref_looped)):
         got_loss, got_grads = loss_and_grads(cfg, params, base.x)
@@ -309,3 +311,31 @@ def test_fused_attention_has_no_dropout() -> None:
     cfg = transformer_cfg(attention_impl="xla", attn_dropout=0.1)
     with pytest.raises(ValueError, match="attention_impl='xla'"):
         jax.eval_shape(make_model(cfg).init, jax.random.key(0), tokens())
+
+
+def test_scan_unroll_resolves_per_backend() -> None:
+    cfg = transformer_cfg(n_layers=3)
+    assert config_lib.scan_unroll(cfg, "cpu") == 3  # auto: straight-line layers on CPU
+    assert config_lib.scan_unroll(cfg, "gpu") == 1
+    assert config_lib.scan_unroll(cfg, "tpu") == 1
+    assert config_lib.scan_unroll(transformer_cfg(n_layers=3, scan_unroll=2), "cpu") == 2
+    assert config_lib.scan_unroll(transformer_cfg(n_layers=3, scan_unroll=8), "gpu") == 3
+
+
+def test_scan_unroll_changes_program_not_numbers(base: Base) -> None:
+    # Unrolling keeps the stacked parameter tree and the arithmetic; only the loop goes away.
+    looped_cfg = transformer_cfg(scan_unroll=1)
+    unrolled_cfg = transformer_cfg(scan_unroll=base.cfg.n_layers)
+    ref_loss, ref_grads = loss_and_grads(looped_cfg, base.params, base.x)
+    got_loss, got_grads = loss_and_grads(unrolled_cfg, base.params, base.x)
+    np.testing.assert_allclose(float(got_loss), float(ref_loss), rtol=1e-6)
+    for g, r in zip(jax.tree.leaves(got_grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-6, rtol=1e-4)
+
+    def hlo(cfg: ml_collections.ConfigDict) -> str:
+        model = make_model(cfg)
+        grad = jax.grad(lambda p: model.apply({"params": p}, base.x).sum())
+        return jax.jit(grad).lower(base.params).as_text()
+
+    assert "while" in hlo(looped_cfg)
+    assert "while" not in hlo(unrolled_cfg)

@@ -110,16 +110,20 @@ class Attention(nn.Module):
         v_BTGK = constrain(v_BTGK, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
 
         if cfg.attention_impl == "einsum":
-            b, t = x_BTD.shape[:2]
-            q_BTGRK = q_BTHK.reshape(b, t, g, r, k)
-            s_BGRTS = jnp.einsum("BTGRK,BSGK->BGRTS", q_BTGRK, k_BTGK).astype(jnp.float32)
-            s_BGRTS = s_BGRTS * mup.attention_scale(cfg)
+            t = x_BTD.shape[1]
+            # Grouped K/V are repeated to the H query heads, so that both attention matmuls are
+            # plain [B, H] batched matmuls: the 5-D grouped form (with its R axis, size 1 in
+            # multi-head attention) made XLA:CPU transpose every T × T score tensor in the
+            # forward and backward passes (7 copies of [B, H, T, T] per layer).
+            k_BTHK = jnp.repeat(k_BTGK, r, axis=2) if r > 1 else k_BTGK
+            v_BTHK = jnp.repeat(v_BTGK, r, axis=2) if r > 1 else v_BTGK
+            s_BHTS = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK, k_BTHK).astype(jnp.float32)
+            s_BHTS = s_BHTS * mup.attention_scale(cfg)
             causal_TS = jnp.tril(jnp.ones((t, t), dtype=bool))
-            s_BGRTS = jnp.where(causal_TS, s_BGRTS, jnp.finfo(jnp.float32).min)
-            p_BGRTS = jax.nn.softmax(s_BGRTS, axis=-1)
-            p_BGRTS = nn.Dropout(cfg.attn_dropout)(p_BGRTS, deterministic=self.deterministic)
-            o_BTGRK = jnp.einsum("BGRTS,BSGK->BTGRK", p_BGRTS.astype(dtype), v_BTGK)
-            o_BTHK = o_BTGRK.reshape(b, t, h, k)
+            s_BHTS = jnp.where(causal_TS, s_BHTS, jnp.finfo(jnp.float32).min)
+            p_BHTS = jax.nn.softmax(s_BHTS, axis=-1)
+            p_BHTS = nn.Dropout(cfg.attn_dropout)(p_BHTS, deterministic=self.deterministic)
+            o_BTHK = jnp.einsum("BHTS,BSHK->BTHK", p_BHTS.astype(dtype), v_BTHK)
         elif cfg.attention_impl in ("xla", "cudnn"):
             # Fused: grouped-query K/V natively (h query heads, g key/value heads), softmax in
             # float32, and no attention dropout.
@@ -210,13 +214,16 @@ class Transformer(nn.Module):
         x_BTD = nn.Dropout(cfg.embed_dropout)(x_BTD, deterministic=deterministic)
 
         block: Any = Block
+        unroll = config_lib.scan_unroll(cfg, jax.default_backend())
         if cfg.remat != "none":
+            # Only a rolled loop keeps XLA from merging the recomputation with the forward pass.
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat],
-                             prevent_cse=not cfg.scan_layers)
+                             prevent_cse=not cfg.scan_layers or unroll > 1)
         if cfg.scan_layers:
             stack = nn.scan(block, variable_axes={"params": 0},
                             split_rngs={"params": True, "dropout": True}, in_axes=(),
-                            length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+                            length=cfg.n_layers, unroll=unroll,
+                            metadata_params={nn.PARTITION_NAME: "layers"})
             x_BTD, _ = stack(cfg, deterministic, name="layers")(x_BTD)
         else:
             for i in range(cfg.n_layers):
