@@ -85,6 +85,8 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                 "name": config.name or workdir.name, "num_steps": num_steps})
     run.setdefault("axes", {})
     run.update(run_description(config))
+    if config.model.kind == "transformer":  # the backend's choice when model.scan_unroll is auto
+        run["scan_unroll"] = config_lib.scan_unroll(config.model, jax.default_backend())
     if jax.process_index() == 0:
         (workdir / "config.json.tmp").write_text(config_lib.to_json(config))
         os.replace(workdir / "config.json.tmp", workdir / "config.json")
