@@ -89,6 +89,11 @@ def world(tmp_path_factory) -> pathlib.Path:
 # (id, argv after `scaling`, fragments the error must contain). {w} is the world directory.
 # Every case must exit 2 with one line on stderr and leave `world` unchanged.
 TRAIN = "train --config " + LM_TINY + " --workdir {w}/run"
+# a real 3-step run with checkpoints (the `trained_run` fixture), and the same command to resume it
+TRAINED = ("train --config " + LM_TINY + " --workdir {trained} "
+           "--config.data.tfds_name=stdlib_corpus/tiny --config.data.tfds_data_dir={data} "
+           "--config.train.num_steps=3 --config.train.batch_size=8 --config.data.seq_len=32 "
+           "--config.train.eval_at_checkpoints=False --config.train.progress=False")
 CASES: list[tuple[str, str, tuple[str, ...]]] = [
     # ------------------------------------------------------------------ train: config files
     ("train-missing-config-file", "train --config {w}/nope.py --workdir {w}/run",
@@ -117,6 +122,15 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
     ("train-budget-larger-than-corpus", "train --config " + LM_TINY + " --workdir {fresh} "
      "--config.data.tfds_name=stdlib_corpus/tiny --config.data.tfds_data_dir={data} "
      "--config.data.num_tokens=1000000000", ("config.data.num_tokens=1000000000", "holds only")),
+    # ------------------------------------------------------------------ train: resume (a real run)
+    ("train-resume-changed-lr", TRAINED + " --config.optim.lr=1e-3",
+     ("cannot resume", "optim.lr: 0.003 → 0.001")),
+    ("train-resume-changed-num-steps", TRAINED.replace("num_steps=3", "num_steps=5"),
+     ("cannot resume", "train.num_steps: 3 → 5")),
+    ("train-resume-changed-d-model", TRAINED + " --config.model.d_model=32",
+     ("cannot resume", "model.d_model: 64 → 32")),
+    ("train-resume-changed-epochs", TRAINED + " --config.data.epochs=2",
+     ("cannot resume", "data.epochs")),
     # ------------------------------------------------------------------ train: domains
     ("optim.b1", TRAIN + " --config.optim.b1=1.5", ("config.optim.b1=1.5", "[0, 1)")),
     ("optim.b2", TRAIN + " --config.optim.b2=1.0", ("config.optim.b2=1.0",)),
@@ -306,12 +320,24 @@ def test_the_table_is_large_and_covers_every_command():
                         "experiment"}
 
 
+@pytest.fixture(scope="module")
+def trained_run(world, stdlib_tiny_data_dir) -> pathlib.Path:
+    """Returns world/trained: a completed 3-step run with real checkpoints, trained by the CLI."""
+    workdir = world / "trained"
+    argv = TRAINED.format(trained=workdir, data=stdlib_tiny_data_dir).split()
+    assert _run(argv) == 0
+    assert (workdir / "checkpoints" / "3").is_dir()
+    return workdir
+
+
 @pytest.mark.parametrize("case,args,fragments", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_a_clear_error_that_changes_nothing(world, tmp_path, request, capsys, case,
                                                         args, fragments):
     data = request.getfixturevalue("stdlib_tiny_data_dir") if "{data}" in args else ""
+    trained = request.getfixturevalue("trained_run") if "{trained}" in args else ""
     before = _snapshot(world)
-    argv = [a.format(w=world, fresh=tmp_path / "fresh", data=data) for a in args.split()]
+    argv = [a.format(w=world, fresh=tmp_path / "fresh", data=data, trained=trained)
+            for a in args.split()]
     code = _run(argv)
     err = capsys.readouterr().err
     assert code == 2, f"{case}: exit code {code}; stderr:\n{err}"
