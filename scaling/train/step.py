@@ -48,12 +48,12 @@ def cross_entropy_sums(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT:
                        label_smoothing: float = 0.0, z_loss: float = 0.0) -> dict[str, jax.Array]:
     """Returns weighted sums: 'loss' (objective, nats), 'nll' (plain CE, nats), 'z', 'weight', 'correct'."""
     logits_BTV = logits_BTV.astype(jnp.float32)
+    nll_BT = optax.losses.softmax_cross_entropy_with_integer_labels(logits_BTV, targets_BT)
+    # log Z for the z-loss and smoothing; XLA shares this logsumexp with the one inside optax's CE
     log_z_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-    log_probs_BTV = logits_BTV - log_z_BT[..., None]
-    nll_BT = -jnp.take_along_axis(log_probs_BTV, targets_BT[..., None], axis=-1)[..., 0]
     objective_BT = nll_BT
-    if label_smoothing > 0:
-        smooth_BT = -jnp.mean(log_probs_BTV, axis=-1)
+    if label_smoothing > 0:  # cross-entropy against the uniform distribution: -mean_v log p_v
+        smooth_BT = log_z_BT - jnp.mean(logits_BTV, axis=-1)
         objective_BT = (1.0 - label_smoothing) * nll_BT + label_smoothing * smooth_BT
     z_BT = jnp.square(log_z_BT)
     if z_loss > 0:
