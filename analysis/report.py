@@ -24,7 +24,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.ablation import ablation_table
-from analysis.backtest import backtest
+from analysis.backtest import backtest, rollout
 from analysis.emergence import discrete_vs_continuous, fit_emergence, learned_subtasks, subtask_curves
 from analysis.errors import InsufficientData
 from analysis.fit import compute_optimal_ci, fit_chinchilla, fit_flops_per_token, fit_law
@@ -402,7 +402,29 @@ def _chinchilla_section(R: ReportDoc, fin: pd.DataFrame, budget: pd.Series | Non
         R.skip("Backtest", f"{n_train} runs at C ≤ {cut:.3g} (the 75th percentile) and {n_test} above "
                            "(need ≥ 6 to fit and ≥ 1 to predict)")
         return
-    bt = backtest(fin.assign(loss=fin["value"]), law="chinchilla", cut_col="C", cut=cut, bootstrap=0)
+    runs = fin.assign(loss=fin["value"])
+    bt = backtest(runs, law="chinchilla", cut_col="C", cut=cut, bootstrap=bootstrap, seed=seed)
     R.p(f"Backtest: fitted on runs with C ≤ {bt.cut:.3g} FLOPs, predicted {len(bt.table)} larger runs: "
-        f"MAPE {bt.metrics['mape']:.3%}, max |rel. error| {bt.metrics['max_abs_rel']:.3%}.")
+        f"MAPE {bt.metrics['mape']:.3%}, max |rel. error| {bt.metrics['max_abs_rel']:.3%}"
+        + _coverage_text(bt.metrics) + ".")
     R.summary["backtest"] = bt.metrics
+    n_small = int((fin["N"] < fin["N"].max()).sum())
+    if n_small < 6:
+        R.skip("Rollout", f"{n_small} runs below the largest N (need ≥ 6 to fit)")
+        return
+    ro = rollout(runs, law="chinchilla", by="N", bootstrap=bootstrap, seed=seed)
+    R.p(f"Rollout: fitted on the {int(ro.metrics['n_train'])} runs below the largest N, predicted the "
+        f"{int(ro.metrics['n_test'])} runs at N = {fin['N'].max():.3g}: MAPE {ro.metrics['mape']:.3%}"
+        + _coverage_text(ro.metrics) + ".")
+    if "low" in ro.table:
+        R.table(ro.table)
+    R.summary["rollout"] = ro.metrics
+
+
+def _coverage_text(metrics: dict[str, float]) -> str:
+    """Returns ', k of n inside their L% prediction intervals' when the backtest has intervals."""
+    if "coverage" not in metrics:
+        return " (no prediction intervals: fewer than 10 bootstrap refits)"
+    n = int(metrics["n_test"])
+    return (f", {round(metrics['coverage'] * n)} of {n} inside their {metrics['level']:.0%} prediction "
+            f"intervals (bootstrap parameter draws plus residual noise)")

@@ -36,6 +36,11 @@ def test_report_builds_every_figure(tmp_path):
     assert summary["skipped"] == [] and sorted(summary["figures"]) == sorted(FIGURES)
     # the synthetic sweep follows L(N, D) with Hoffmann's exponents: approach 2 near 0.45
     assert summary["approach2"]["N_opt"]["a"] == pytest.approx(0.4516, abs=0.1)
+    # the rollout fits the runs below the largest N and predicts the largest, with intervals
+    ro = summary["rollout"]
+    assert ro["n_test"] >= 1 and ro["n_train"] >= 6 and 0.0 <= ro["coverage"] <= 1.0
+    assert ro["level"] == 0.9 and ro["mape"] < 0.05  # synthetic data follow the fitted law
+    assert "Rollout: fitted on the" in text and "prediction intervals" in text
 
 
 def test_report_skips_sections_without_data(tmp_path):
