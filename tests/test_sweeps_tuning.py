@@ -91,7 +91,7 @@ def test_bad_tune_fields_are_errors(field, value, message):
 
 def test_tuning_needs_sizes_an_evaluation_and_no_conflicting_axis():
     s = _tune_sweep()
-    s.sizes = ()
+    s.sizes = None
     with pytest.raises(SweepError, match="sweep.sizes"):
         spec.expand(s)
     s = _tune_sweep()
@@ -268,7 +268,7 @@ def _write_tuned(path: pathlib.Path, sizes: list[tuple[int, float]],
 
 def _isoflop_tuned(tuned_file: str, source: str = "optimum"):
     s = testing.tiny_sweep(name="iso", sizes=(3.4e3, 6.7e3, 13e3))
-    s.tokens = ()
+    s.tokens = None
     s.flops = (3e8,)
     s.lr.rule = "tuned"
     s.lr.tuned_file = tuned_file

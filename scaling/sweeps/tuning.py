@@ -75,7 +75,7 @@ def check_tune(sweep: ml_collections.ConfigDict) -> None:
             raise SweepError(f"sweep.tune.b2: value {v!r} must be in (0, 1)")
     if len(set(t.b2)) != len(t.b2):
         raise SweepError(f"sweep.tune.b2: has duplicate values {list(t.b2)}")
-    if not len(sweep.sizes):
+    if not sweep.sizes:
         raise SweepError("sweep.tune.enabled: tuning picks an optimum per size, so sweep.sizes "
                          "must list the sizes")
     if not t.out or "/" in str(t.out):
