@@ -36,6 +36,7 @@ import pandas as pd
 
 from analysis import laws as L
 from analysis._optim import batched_lbfgs
+from analysis.errors import InsufficientData
 from analysis.resample import (competitive_minima, distinct_minima, distinct_per_resample, group_codes,
                                percentile_ci, resample_weights)
 
@@ -773,7 +774,7 @@ def fit_law(law: Law | str, X: Any, y: Any, *, delta: float | None = None,
     n, n_par = len(y), len(law.raw_names)
     n_distinct = len(np.unique(X, axis=0)) if n else 0
     if n_distinct < n_par + 1:
-        raise ValueError(f"{law.name}: {n_distinct} distinct input points ({n} usable rows) for "
+        raise InsufficientData(f"{law.name}: {n_distinct} distinct input points ({n} usable rows) for "
                          f"{n_par} parameters; a fit needs at least {n_par + 1} distinct points")
     order = _canonical(X, y)
     X, y = X[order], y[order]

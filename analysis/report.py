@@ -281,9 +281,9 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
         task = m.split("/")[0]
         lp = final_values(baseline_only(df), f"{task}/answer_logprob")
         em = final_values(baseline_only(df), m)
-        if len(lp) < 4:
-            continue
         j = lp.merge(em[["run_id", "value"]], on="run_id", suffixes=("_lp", "_em"))
+        if j["N"].nunique() < 4:  # the power law in N has 3 parameters: it needs 4 distinct sizes
+            continue
         lengths = final_values(baseline_only(df), f"{task}/answer_tokens")
         if len(lengths):
             ell, how = float(np.median(lengths["value"])), f"measured {task}/answer_tokens"
@@ -296,7 +296,7 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
                  f"{task}: continuous (cross-entropy) vs discrete (exact match) metric vs N. {conv.describe()}")
         cont_done = True
     if not cont_done:
-        R.skip("Emergence (continuous)", "no '<task>/answer_logprob' metric with ≥ 4 runs")
+        R.skip("Emergence (continuous)", "no '<task>/answer_logprob' metric with ≥ 4 distinct N")
 
     # 5. subtasks
     R.h("Per-subtask curves")
