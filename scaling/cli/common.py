@@ -33,30 +33,29 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def open_unit_float(text: str) -> float:
-    """Returns `text` as a float strictly inside (0, 1) (an argparse `type`, e.g. a CI level)."""
+def _number(text: str, lo: float, hi: float, closed: bool) -> float:
+    """Returns `text` as a float in [lo, hi] (closed) or (lo, hi); an argparse error otherwise."""
     import argparse
 
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{value} must be in (0, 1)")
+    inside = lo <= value <= hi if closed else lo < value < hi
+    if not inside:
+        bounds = f"[{lo:g}, {hi:g}]" if closed else f"({lo:g}, {hi:g})"
+        raise argparse.ArgumentTypeError(f"{value} must be in {bounds}")
     return value
+
+
+def open_unit_float(text: str) -> float:
+    """Returns `text` as a float strictly inside (0, 1) (an argparse `type`, e.g. a CI level)."""
+    return _number(text, 0.0, 1.0, closed=False)
 
 
 def unit_float(text: str) -> float:
     """Returns `text` as a float in [0, 1] (an argparse `type`, e.g. a fraction or threshold)."""
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1]")
-    return value
+    return _number(text, 0.0, 1.0, closed=True)
 
 
 def setup_logging(verbose: bool = False) -> None:
