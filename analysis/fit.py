@@ -80,6 +80,12 @@ class Law:
     # optional: target-space prediction = LSE over terms raw[c] − raw[slope]·ln X[:, col]
     # (slope None: constant raw[c]); enables the hand-written gradient
     lse_terms: tuple | None = None
+    # optional: (n, k) inputs -> (n,) bool, the rows the form accepts (default: every input > 0)
+    domain: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def valid_inputs(self, X: np.ndarray) -> np.ndarray:
+        """Returns the (n,) mask of input rows inside the law's domain (default: all inputs > 0)."""
+        return self.domain(X) if self.domain is not None else np.all(X > 0, axis=1)
 
     def transform(self, y: np.ndarray) -> np.ndarray:
         """Returns y in the law's target space (dimensionless)."""
@@ -506,6 +512,72 @@ FINETUNE_POWER = Law(
 )
 
 
+# --- sparsity (Frantar et al. 2023): L(S, N, D) = (a(1-S)^b + c) N^-d + e D^-f + g ------------------
+
+def _sparse_log_pred(th, X):
+    """Returns ln L(S, N, D) of `laws.sparsity` from raw (ln a, b, ln c, d, ln e, f, ln g)."""
+    ln_dense, lnN, lnD = jnp.log1p(-X[:, 0]), jnp.log(X[:, 1]), jnp.log(X[:, 2])
+    return _lse(th[0] + th[1] * ln_dense - th[3] * lnN, th[2] - th[3] * lnN, th[4] - th[5] * lnD,
+                jnp.broadcast_to(th[6], lnN.shape))
+
+
+def _sparse_lin_pred(th, X):
+    """Returns L(S, N, D) itself (the authors' ViT fit takes residuals in L, not ln L)."""
+    return jnp.exp(_sparse_log_pred(th, X))
+
+
+_SPARSE_LOG = (0, 2, 4, 6)  # raw entries that are logarithms of a, c, e, g
+
+
+def _sparse_nat(r):
+    r = np.array(r, dtype=float)
+    r[..., _SPARSE_LOG] = np.exp(r[..., _SPARSE_LOG])
+    return r
+
+
+def _sparse_raw(n):
+    n = np.array(n, dtype=float)
+    n[..., _SPARSE_LOG] = np.log(n[..., _SPARSE_LOG])
+    return n
+
+
+def _sparse_init(X, y):
+    """Returns starts (ln a, b, ln c, d, ln e, f, ln g) scaled to the data (576 rows).
+
+    g is a fraction of the smallest loss; the rest of the median loss is shared between the N and
+    D terms at the median N and D, and the N term between its sparse (a) and dense (c) parts.
+    """
+    lnN, lnD = float(np.median(np.log(X[:, 1]))), float(np.median(np.log(X[:, 2])))
+    y_min, y_med = float(np.min(y)), float(np.median(y))
+    starts = []
+    for g_frac in (0.5, 0.8, 0.95):
+        g = g_frac * y_min
+        rest = max(y_med - g, 1e-3 * y_med)
+        for d in (0.1, 0.3, 0.6, 1.0):
+            for f in (0.1, 0.3, 0.6, 1.0):
+                for share in (0.25, 0.5, 0.75):
+                    ln_A = math.log(share * rest) + d * lnN
+                    ln_e = math.log((1.0 - share) * rest) + f * lnD
+                    for a_frac in (0.3, 0.7):
+                        for b in (0.5, 1.5):
+                            starts.append((ln_A + math.log(a_frac), b, ln_A + math.log(1.0 - a_frac), d,
+                                           ln_e, f, math.log(g)))
+    return np.array(starts)
+
+
+def _sparse_domain(X):
+    """Returns the rows with S in [0, 1) and N, D > 0."""
+    return (X[:, 0] >= 0) & (X[:, 0] < 1) & (X[:, 1] > 0) & (X[:, 2] > 0)
+
+
+def _sparsity_law(name: str, target: str, delta: float) -> Law:
+    return Law(name=name, inputs=("S", "N", "D"), raw_names=("ln_a", "b", "ln_c", "d", "ln_e", "f", "ln_g"),
+               param_names=("a", "b", "c", "d", "e", "f", "g"), target=target, delta=delta,
+               predict_t=_sparse_log_pred if target == "log" else _sparse_lin_pred,
+               to_natural=_sparse_nat, from_natural=_sparse_raw, init=_sparse_init, domain=_sparse_domain,
+               formula="L = (a*(1-S)^b + c)*N^-d + e*D^-f + g, S sparsity, N non-zero parameters")
+
+
 # --- monotone sigmoid (emergence): ceil > floor and k > 0 by construction --------------------------
 
 def _msig_pred(sign: float):
@@ -564,6 +636,9 @@ LAWS: dict[str, Law] = {
     "sigmoid": SIGMOID,
     "finetune-rectified": FINETUNE_RECTIFIED,
     "finetune-power": FINETUNE_POWER,
+    # Frantar et al. 2023: Huber on ln L, delta 1e-3 (their language-model fit) or on L, delta 0.01 (ViT)
+    "sparsity": _sparsity_law("sparsity", "log", 1e-3),
+    "sparsity-linear": _sparsity_law("sparsity-linear", "identity", 0.01),
     "sigmoid-increasing": _monotone_sigmoid("increasing"),
     "sigmoid-decreasing": _monotone_sigmoid("decreasing"),
 }
@@ -764,7 +839,7 @@ def fit_law(law: Law | str, X: Any, y: Any, *, delta: float | None = None,
     ok = np.all(np.isfinite(X), axis=1) & np.isfinite(y)
     if law.target == "log":
         ok &= y > 0
-    ok &= np.all(X > 0, axis=1)  # every form takes logarithms of its inputs
+    ok &= law.valid_inputs(X)  # every form takes logarithms of its (positive) inputs
     X, y = X[ok], y[ok]
     if bootstrap_weights is not None:
         bw = np.atleast_2d(np.asarray(bootstrap_weights, dtype=float))

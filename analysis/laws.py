@@ -19,7 +19,7 @@ ArrayLike = Any
 
 __all__ = [
     "power_law", "power_law_n", "power_law_d", "power_law_c", "kaplan_n", "kaplan_nd",
-    "chinchilla", "data_constrained", "bnsl", "sigmoid", "ChinchillaParams", "ComputeOptimal", "compute_optimal",
+    "chinchilla", "data_constrained", "sparsity", "bnsl", "sigmoid", "ChinchillaParams", "ComputeOptimal", "compute_optimal",
     "allocation_exponents", "allocation_g", "n_opt", "d_opt", "tokens_per_parameter",
 ]
 
@@ -95,6 +95,19 @@ def data_constrained(N: ArrayLike, D: ArrayLike, U: ArrayLike, E: ArrayLike, A: 
     R_N = xp.maximum(N / U_N - 1.0, 0.0)
     N_eff = U_N + U_N * R_N_star * (1.0 - xp.exp(-R_N / R_N_star))
     return E + A * xp.power(N_eff, -alpha) + B * xp.power(D_eff, -beta)
+
+
+def sparsity(S: ArrayLike, N: ArrayLike, D: ArrayLike, a: ArrayLike, b: ArrayLike, c: ArrayLike,
+             d: ArrayLike, e: ArrayLike, f: ArrayLike, g: ArrayLike) -> ArrayLike:
+    """Returns Frantar et al. (2023) L(S, N, D) = (a·(1−S)^b + c)·N^(−d) + e·D^(−f) + g, loss units.
+
+    S: sparsity in [0, 1) (fraction of zero weights), N: non-zero parameters, D: training tokens
+    (or examples); the dense law (S = 0) is Chinchilla's with A = a + c.
+    """
+    xp = _xp(S, N, D, a, b, c, d, e, f, g)
+    if xp is np:
+        S, N, D = (np.asarray(v, dtype=float) for v in (S, N, D))
+    return (a * xp.power(1.0 - S, b) + c) * xp.power(N, -d) + e * xp.power(D, -f) + g
 
 
 def bnsl(x: ArrayLike, a: ArrayLike, b: ArrayLike, c0: ArrayLike, c: Sequence[ArrayLike] = (),

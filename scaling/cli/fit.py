@@ -15,9 +15,10 @@ if TYPE_CHECKING:  # imported lazily at run time, so `scaling --help` stays fast
     import pandas as pd
 
 LAW_CHOICES = ("power-n", "power-d", "power-c", "kaplan", "chinchilla", "data-constrained", "isoflop",
-               "bnsl", "sigmoid", "emergence", "finetune-rectified", "finetune-power")
+               "bnsl", "sigmoid", "emergence", "finetune-rectified", "finetune-power", "sparsity",
+               "sparsity-linear")
 DIRECTION_CHOICES = ("increasing", "decreasing")
-_DEFAULT_COLS = {"N": "N", "D": "D", "C": "C", "U": "U", "loss": "loss", "x": "x", "y": "y"}
+_DEFAULT_COLS = {"N": "N", "D": "D", "C": "C", "U": "U", "S": "S", "loss": "loss", "x": "x", "y": "y"}
 _LAW_Y = {"bnsl": "y", "sigmoid": "y", "emergence": "y"}
 
 DESCRIPTION = """\
@@ -42,6 +43,11 @@ Laws (inputs -> output column roles):
   finetune-power
               the plain power law it is compared with: L = (1/(B*D^beta) + E)^alpha
               (least squares on ln L)                    (D -> loss)
+  sparsity    Frantar et al. 2023, sparse models: L = (a*(1-S)^b + c)*N^-d + e*D^-f + g, S sparsity
+              in [0, 1), N non-zero parameters (Huber delta=1e-3 on ln L, their language-model
+              fit; 576 starts)                           (S, N, D -> loss)
+  sparsity-linear
+              the same law with Huber delta=0.01 on L itself (their ViT fit)
   isoflop     approach 2: per budget C, Akima minimum of ln loss over ln N; N* = k*C^a
                                                           (C, N, loss [, D])
   bnsl        y = a + b*x^-c0*(1+(x/d1)^(1/f1))^(-c1*f1)  (x -> y; least squares on ln(1+y))
@@ -66,6 +72,7 @@ examples:
   scaling fit addition.csv --law bnsl --columns x=train_dataset_size,y=test_cross_entropy --json fit.json
   scaling fit repeats.csv --law data-constrained --columns N=params,D=tokens,U=unique_tokens,loss=loss
   scaling fit flan.csv --law finetune-rectified --columns D=examples,loss=loss --group model
+  scaling fit sparse.csv --law sparsity --columns S=sparsity,N=nonzero_params,D=tokens,loss=loss
   scaling fit mmlu.csv --law emergence --columns x=flops,y=accuracy --chance 0.25 --group model
 """
 
@@ -78,8 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("csv", metavar="FILE.csv", help="input table, one row per run or checkpoint")
     parser.add_argument("--law", required=True, choices=LAW_CHOICES, help="functional form to fit")
     parser.add_argument("--columns", default="", metavar="ROLE=COL,...",
-                        help="map roles N, D, C, U, loss, x, y to CSV column names "
-                             "(default: columns named N, D, C, U, loss, x, y)")
+                        help="map roles N, D, C, U, S, loss, x, y to CSV column names "
+                             "(default: columns named N, D, C, U, S, loss, x, y)")
     parser.add_argument("--group", metavar="COL", help="fit each value of this column separately")
     parser.add_argument("--bootstrap", type=common.non_negative_int, default=200, metavar="K",
                         help="bootstrap resamples for the CIs (0: none; default 200)")
@@ -128,7 +135,8 @@ def _roles(law: str, cols: dict[str, str], columns: Sequence[str]) -> tuple[list
 
     lw = get_law(_law_name(law, cols, columns))
     y_role = _LAW_Y.get(law, "loss")
-    return [*lw.inputs, y_role], [*lw.inputs] + ([y_role] if lw.target == "log" else [])
+    positive = [r for r in lw.inputs if r != "S"]  # sparsity S lies in [0, 1), checked in _fit_one
+    return [*lw.inputs, y_role], positive + ([y_role] if lw.target == "log" else [])
 
 
 def _law_name(law: str, cols: dict[str, str], columns: Sequence[str]) -> str:
@@ -209,6 +217,11 @@ def _fit_one(df, law: str, cols: dict[str, str], args: argparse.Namespace) -> di
     import numpy as np
     lw = get_law(_law_name(law, cols, list(df.columns)))
     X = np.column_stack([col(r) for r in lw.inputs])
+    if "S" in lw.inputs:
+        S = X[:, lw.inputs.index("S")]
+        if np.any((S < 0) | (S >= 1)):
+            raise ValueError(f"column {cols['S']!r} (role S, sparsity) must lie in [0, 1); got values "
+                             f"from {S.min():g} to {S.max():g}")
     groups = None
     if getattr(args, "cluster", None):
         names = [c.strip() for c in args.cluster.split(",") if c.strip()]
