@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "evaluate a run's checkpoints: validation loss and task metrics"),
     "sweep": ("sweep", "expand a sweep config into runs and train them (local or Ray backend)"),
     "sweep-status": ("sweep_status", "show a sweep's runs with status, step and last loss"),
+    "compress": ("compress", "quantize and/or prune a run's checkpoint into a new run directory"),
     "fit": ("fit", "fit a scaling law to any CSV (your runs or published data)"),
     "analyze": ("analyze", "turn one or more sweep roots into a report with tables and figures"),
     "experiment": ("experiment", "run a whole study end to end (sweep, evaluation, report)"),
