@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
@@ -9,6 +10,7 @@ import jax
 
 from scaling import checkpoint as ckpt_lib
 from scaling import config as config_lib
+from scaling.evaluate import evaluate_run
 from scaling.train import setup as setup_lib
 from scaling.train.loop import train
 
@@ -27,15 +29,23 @@ def tiny_run_config(data_dir: pathlib.Path, num_steps: int = 12) -> Any:
     c.data.eval_tokens = 2048
     c.model.d_model, c.model.n_layers, c.model.n_heads, c.model.d_ff = 32, 2, 2, 64
     c.train.batch_size, c.train.num_steps, c.train.progress = 8, num_steps, False
-    c.train.eval_at_checkpoints = True
     c.checkpoint.log_max = 4
     c.checkpoint.log_spaced = True
     return c
 
 
-def train_tiny_run(workdir: pathlib.Path, data_dir: pathlib.Path, num_steps: int = 12) -> pathlib.Path:
-    """Returns `workdir` after training the tiny run (checkpoints 1, 2, 4 and the final step)."""
-    train(tiny_run_config(data_dir, num_steps), workdir)
+def shared_tiny_run(tmp_path_factory: Any, data_dir: pathlib.Path, num_steps: int = 12) -> pathlib.Path:
+    """Returns the tiny run (checkpoints 1, 2, 4 and `num_steps`, the last one evaluated).
+
+    Trained once per test session (per worker) in the session's base temporary directory, so the
+    compression test modules share it; a completed run found there is reused as it is.
+    """
+    workdir = tmp_path_factory.getbasetemp() / f"compress_tiny_run_{num_steps}"
+    status = workdir / "status.json"
+    if not (status.exists() and json.loads(status.read_text())["status"] == "completed"
+            and (workdir / "eval.jsonl").exists()):
+        train(tiny_run_config(data_dir, num_steps), workdir)
+        evaluate_run(workdir, str(num_steps), progress=False)
     return workdir
 
 

@@ -13,13 +13,13 @@ from scaling.compress import CompressionError, compress_run, quant_spec
 from scaling.compress.quantize import quantize_weight
 from scaling.compress.weights import WeightView
 from scaling.evaluate import evaluate_run
-from tests.compress_helpers import load_params, train_tiny_run
+from tests.compress_helpers import load_params, shared_tiny_run
 
 
 @pytest.fixture(scope="module")
 def source_run(tmp_path_factory, stdlib_tiny_data_dir):
-    """Returns a tiny trained Transformer run directory (checkpoints at 4 and 12, both evaluated)."""
-    return train_tiny_run(tmp_path_factory.mktemp("float"), stdlib_tiny_data_dir)
+    """Returns a tiny trained Transformer run directory (last checkpoint 12, evaluated)."""
+    return shared_tiny_run(tmp_path_factory, stdlib_tiny_data_dir)
 
 
 def _eval(run_dir, step: int) -> dict[str, float]:

@@ -6,7 +6,8 @@ source has one), so `scaling evaluate` and `scaling analyze` read it unchanged. 
 a ``compression`` record: the source run (directory, id, name) and step, the quantization scheme
 (bits, per-channel or group size, storage, library, bytes) and the pruning (pattern, target and
 achieved sparsity, non-zero non-embedding parameters), and copies the source's axes plus
-``quant_bits``, ``group_size``, ``sparsity``, ``prune_pattern`` and ``source_step`` for analysis.
+``quant_bits``, ``group_size``, ``sparsity``, ``prune_pattern``, ``source_run`` (its id) and
+``source_step`` for analysis.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def compress_run(source: str | pathlib.Path, out: str | pathlib.Path, *, step: i
                             "quant": quant and quant.to_dict(), "prune": prune and prune.to_dict()},
                            sort_keys=True)
     axes = dict(run.get("axes") or {})
-    axes.update({"source_step": int(step), "quant_bits": quant.bits if quant else None,
+    axes.update({"source_run": run.get("id"), "source_step": int(step), "quant_bits": quant.bits if quant else None,
                  "group_size": quant.group_size if quant else None,
                  "sparsity": record["prune"]["sparsity"] if prune else None,
                  "prune_pattern": prune.pattern if prune else None})
