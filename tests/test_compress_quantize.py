@@ -95,7 +95,8 @@ def test_int4_grouped_run_via_cli_is_on_a_16_level_grid(source_run, tmp_path, ca
     assert run["compression"]["quantize"]["group_size"] == 16
     q = run["compression"]["quantize"]
     # 4 bits per weight plus one float32 scale per 16 weights
-    assert q["weight_bytes"] == q["n_weights"] // 2 + 4 * q["n_weights"] // 16 and q["float32_bytes"] == 4 * q["n_weights"]
+    assert q["weight_bytes"] == q["n_weights"] // 2 + 4 * q["n_weights"] // 16
+    assert q["float32_bytes"] == 4 * q["n_weights"]
     src, dst = load_params(source_run, 12), load_params(out, 12)
     w = dst["layers"]["attn"]["q"]  # [L, D, H, K]: inputs D, outputs H*K
     assert _levels_per_group(w.reshape(w.shape[0], w.shape[1], -1), 16) <= 16

@@ -1,4 +1,4 @@
-"""`scaling compress RUN_DIR[:STEP] --out DIR [--quantize int4 --group_size 32] [--prune 0.5 --pattern 2:4]`."""
+"""`scaling compress RUN_DIR[:STEP] --out DIR [--quantize int4 --group_size 32] [--prune 0.5]`."""
 
 from __future__ import annotations
 

@@ -120,7 +120,8 @@ def compress_run(source: str | pathlib.Path, out: str | pathlib.Path, *, step: i
                             "quant": quant and quant.to_dict(), "prune": prune and prune.to_dict()},
                            sort_keys=True)
     axes = dict(run.get("axes") or {})
-    axes.update({"source_run": run.get("id"), "source_step": int(step), "quant_bits": quant.bits if quant else None,
+    axes.update({"source_run": run.get("id"), "source_step": int(step),
+                 "quant_bits": quant.bits if quant else None,
                  "group_size": quant.group_size if quant else None,
                  "sparsity": record["prune"]["sparsity"] if prune else None,
                  "prune_pattern": prune.pattern if prune else None})
