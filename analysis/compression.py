@@ -26,7 +26,11 @@ from analysis.errors import InsufficientData
 from analysis.fit import FitResult, Law, fit_law, get_law
 
 __all__ = ["fit_sparsity", "QUANT_DEGRADATION", "QuantDegradation", "fit_quant_degradation",
-           "degradation_table", "paired_difference"]
+           "degradation_table", "compression_table", "paired_difference"]
+
+# axes `scaling compress` writes into a compressed run's run.json (spelled out here because
+# analysis/ never imports the training code)
+COMPRESSION_AXES = ("source_run", "source_step", "quant_bits", "group_size", "sparsity", "prune_pattern")
 
 
 def _check_sparsity(S: np.ndarray) -> None:
@@ -158,6 +162,27 @@ def degradation_table(compressed: pd.DataFrame, reference: pd.DataFrame, *,
     out = compressed.copy()
     out["loss_float"] = ref.loc[idx].to_numpy()
     out["delta_loss"] = out["loss"] - out["loss_float"]
+    return out
+
+
+def compression_table(runs: pd.DataFrame, metric: str = "val/loss") -> pd.DataFrame:
+    """Returns one row per compressed checkpoint with its float reference and ``delta_loss``.
+
+    runs: the long frame of `analysis.runs.load_runs` over the compressed runs and their sources.
+    Columns: run_id, source_run, step, N (non-embedding), D (tokens), the compression axes,
+    loss (the metric, nats/token for losses), loss_float (the source run's value at the same
+    step) and delta_loss. A compressed run whose source is not loaded is an error naming it.
+    """
+    ev = runs[(runs["source"] == "eval") & (runs["metric"] == metric)]
+    if "source_run" not in ev.columns or not ev["source_run"].notna().any():
+        raise InsufficientData(f"no compressed run has a {metric!r} evaluation")
+    comp = ev[ev["source_run"].notna()]
+    ref = ev[ev["source_run"].isna()][["run_id", "step", "value"]].rename(
+        columns={"run_id": "source_run", "value": "loss"})
+    cols = ["run_id", "source_run", "step", "N_nonembed", "D"] + [
+        c for c in COMPRESSION_AXES[2:] if c in comp.columns]
+    out = comp[cols + ["value"]].rename(columns={"value": "loss", "N_nonembed": "N"})
+    out = degradation_table(out.reset_index(drop=True), ref.reset_index(drop=True))
     return out
 
 

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from analysis.compression import compression_table
+from analysis.runs import load_runs
 from scaling import config as config_lib
 from scaling.cli import compress as compress_cli
 from scaling.compress import CompressionError, compress_run, quant_spec
@@ -74,6 +76,12 @@ def test_int8_checkpoint_evaluates_close_to_float_and_records_its_scheme(source_
     f, c = _eval(source_run, 12), _eval(out, 12)
     assert set(c) == set(f) and "addition/exact_match" in c
     assert abs(c["val/loss"] - f["val/loss"]) < 0.01 * f["val/loss"]
+    # the analysis pairs it with its float source: ΔL at the same step, N and D of the source
+    table = compression_table(load_runs([source_run, out]))
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["quant_bits"] == 8 and row["step"] == 12 and row["source_run"] == rec["source_id"]
+    assert row["delta_loss"] == pytest.approx(c["val/loss"] - f["val/loss"])
     # `scaling evaluate` re-evaluates it to the same numbers
     again = {r["metric"]: r["value"] for r in evaluate_run(out, "last", progress=False)}
     assert again["val/loss"] == pytest.approx(c["val/loss"], rel=1e-6)
