@@ -190,6 +190,17 @@ def default_config() -> ml_collections.ConfigDict:
     o.wsd_decay_frac = 0.2  # WSD: fraction of steps in the cooldown
     o.wsd_decay_shape = "linear"
 
+    # ---------------------------------------------------------------- gradual pruning
+    # magnitude pruning of the attention/MLP weights during training, masks in the optimizer
+    # state (`scaling.compress.gradual`): cubic ramp from start_step to end_step (end <= start:
+    # one shot at start_step), masks refreshed every `every` steps, fixed afterwards
+    p = c.prune = ml_collections.ConfigDict()
+    p.sparsity = 0.0  # final fraction of zeros, in [0, 1) (0: off; an N:M pattern implies 1 - N/M)
+    p.pattern = "unstructured"  # or "N:M", e.g. "2:4" (set once at start_step)
+    p.start_step = 0
+    p.end_step = 0
+    p.every = 10
+
     # ---------------------------------------------------------------- checkpoints
     k = c.checkpoint = ml_collections.ConfigDict()
     k.log_spaced = True  # 1, 2, 4, ..., log_max

@@ -182,4 +182,8 @@ def make_optimizer(config: ml_collections.ConfigDict,
 
         parts.append(mup.scale_by_multipliers(multipliers))
     parts.append(scale_by_schedule_state(config))
+    if config.prune.sparsity > 0 or config.prune.pattern != "unstructured":
+        from scaling.compress.gradual import magnitude_pruning  # the masks live in the opt state
+
+        parts.append(magnitude_pruning(config, abstract_params))
     return optax.chain(*parts), schedule

@@ -104,6 +104,10 @@ DOMAINS: dict[str, Domain] = {
     "optim.warmup_steps": NON_NEGATIVE_INT,
     "optim.final_lr_frac": UNIT,
     "optim.wsd_decay_frac": Domain(0, 1, lo_open=True),
+    "prune.sparsity": UNIT_OPEN,
+    "prune.start_step": NON_NEGATIVE_INT,
+    "prune.end_step": NON_NEGATIVE_INT,
+    "prune.every": COUNT,
     "checkpoint.log_max": COUNT,
     "checkpoint.every": NON_NEGATIVE_INT,
     "checkpoint.max_to_keep": NON_NEGATIVE_INT,
@@ -303,6 +307,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     else:
         check_domains(config, MLP_DOMAINS)
 
+    pr = config.prune
+    if pr.pattern != "unstructured":  # N:M: the pattern fixes the sparsity (0 means "implied")
+        from scaling.compress.spec import CompressionError, prune_spec
+
+        try:
+            implied = prune_spec(None, pr.pattern).sparsity
+        except CompressionError as err:
+            raise ConfigError("prune.pattern", pr.pattern, str(err).split(": ", 1)[-1]) from None
+        check(pr.sparsity in (0.0, implied), "prune.sparsity", pr.sparsity,
+              f"disagrees with prune.pattern={pr.pattern!r}, which prunes 1 - N/M = {implied:g}")
     _validate_mesh(config, num_devices)
 
 

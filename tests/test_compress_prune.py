@@ -95,3 +95,70 @@ def test_bad_pruning_requests_are_clear_errors(source_run, tmp_path, capsys, fla
     err = capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "p").exists()
+
+
+# ----------------------------------------------------------------------------- gradual pruning
+
+
+def test_cubic_schedule_ramps_from_start_to_end():
+    from scaling.compress.gradual import target_sparsity
+
+    s = [float(target_sparsity(t, 0.8, 10, 20)) for t in (0, 9, 10, 15, 20, 30)]
+    assert s == pytest.approx([0.0, 0.0, 0.0, 0.8 * (1 - 0.5 ** 3), 0.8, 0.8])
+    assert [float(target_sparsity(t, 0.5, 3, 3)) for t in (2, 3, 9)] == [0.0, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("sparsity", 1.0, "must be a finite number in [0, 1)"),
+    ("pattern", "4:2", "need 0 < N < M"),
+    ("sparsity", 0.3, "disagrees with prune.pattern='2:4'"),
+])
+def test_bad_gradual_pruning_config_is_a_field_error(field, value, message):
+    from scaling import config as config_lib
+    from tests.helpers import tiny_lm_config
+
+    c = tiny_lm_config()
+    if field == "sparsity" and value == 0.3:
+        c.prune.pattern = "2:4"
+    c.prune[field] = value
+    with pytest.raises(config_lib.ConfigError, match=f"prune.{field}") as err:
+        config_lib.validate(c, 8)
+    assert message in str(err.value)
+
+
+def _layer_zeros(params) -> list[float]:
+    """Returns the fraction of zeros of every layer of every pruned weight."""
+    out = []
+    for block, leaves in (("attn", ("q", "k", "v", "o")), ("mlp", ("wi_gate", "wi_up", "wo"))):
+        for leaf in leaves:
+            w = params["layers"][block][leaf]
+            out += [float(np.mean(w[layer] == 0)) for layer in range(w.shape[0])]
+    return out
+
+
+def test_gradual_pruning_reaches_the_sparsity_and_the_mask_survives_training_and_resume(
+        tmp_path, stdlib_tiny_data_dir):
+    from scaling.compress.gradual import target_sparsity
+    from scaling.train.loop import train
+    from tests.compress_helpers import tiny_run_config
+
+    c = tiny_run_config(stdlib_tiny_data_dir, num_steps=10)
+    c.prune.sparsity, c.prune.start_step, c.prune.end_step, c.prune.every = 0.5, 2, 6, 2
+    c.checkpoint.every = 4  # checkpoints 1, 2, 4, 8 and 10
+    workdir = tmp_path / "gradual"
+    train(c, workdir, stop_after=8)  # interrupted at step 8
+    assert json.loads((workdir / "status.json").read_text())["status"] != "completed"
+    mid = _layer_zeros(load_params(workdir, 4))  # mid-ramp: the cubic schedule's sparsity at step 4
+    assert min(mid) == pytest.approx(float(target_sparsity(4, 0.5, 2, 6)), abs=2e-3)
+    assert max(mid) == pytest.approx(min(mid), abs=2e-3)
+    assert max(_layer_zeros(load_params(workdir, 1))) < 0.01  # nothing pruned before the start
+    at8 = load_params(workdir, 8)
+    assert _layer_zeros(at8) == pytest.approx([0.5] * len(_layer_zeros(at8)), abs=1e-9)
+    train(c, workdir)  # resume: masks come back with the optimizer state
+    assert json.loads((workdir / "status.json").read_text())["status"] == "completed"
+    at10 = load_params(workdir, 10)
+    for block, leaf in (("attn", "q"), ("mlp", "wo")):
+        w8, w10 = at8["layers"][block][leaf], at10["layers"][block][leaf]
+        np.testing.assert_array_equal(w8 == 0, w10 == 0)  # the same mask after two more updates
+        assert not np.array_equal(w8, w10)  # while the kept weights still train
+    assert np.mean(at10["embedding"] == 0) == 0.0

@@ -44,7 +44,8 @@ class WeightView:
 
 
 def _path_str(path: tuple) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+    """Returns "a/b/c" from a tree path's dict keys (box attributes such as .value are skipped)."""
+    return "/".join(str(k.key) for k in path if hasattr(k, "key"))
 
 
 def weight_views(params: Any, logical_names: Any) -> dict[str, WeightView]:
