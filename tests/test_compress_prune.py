@@ -126,6 +126,18 @@ def test_bad_gradual_pruning_config_is_a_field_error(field, value, message):
     assert message in str(err.value)
 
 
+def test_n_m_pattern_that_does_not_tile_the_inputs_fails_before_compiling():
+    from scaling import config as config_lib
+    from scaling.train import setup as setup_lib
+    from tests.helpers import tiny_lm_config
+
+    c = tiny_lm_config()  # d_model 32: 32 inputs per attention weight, not a multiple of 5
+    c.prune.pattern = "2:5"
+    config_lib.validate(c, 8)
+    with pytest.raises(config_lib.ConfigError, match="prune.pattern.*not a multiple of 5"):
+        setup_lib.build(c)
+
+
 def _layer_zeros(params) -> list[float]:
     """Returns the fraction of zeros of every layer of every pruned weight."""
     out = []

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from scaling import config as config_lib
 from scaling.compress.spec import prune_spec
 from scaling.compress.weights import WeightView, weight_views
 
@@ -94,6 +95,11 @@ def magnitude_pruning(config: ml_collections.ConfigDict, abstract_params: Any) -
     start, end, every = int(p.start_step), int(p.end_step), int(p.every)
     end_eff = start if n_m else max(end, start)
     views = pruned_views(abstract_params)
+    bad = [path for path, v in views.items() if n_m and v.inputs % n_m[1]]
+    if bad:
+        raise config_lib.ConfigError("prune.pattern", p.pattern,
+                                     f"{bad[0]} has {views[bad[0]].inputs} inputs, not a multiple of "
+                                     f"{n_m[1]}")
 
     def init_fn(params: Any) -> PruneState:
         masks: dict[str, Any] = {}
