@@ -166,3 +166,24 @@ def test_cli_refuses_an_unsupported_run_before_restoring(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot export" in err and "model.mlp='gelu'" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_byte_tokenizer_export_gives_the_project_ids():
+    """Every byte that valid UTF-8 holds maps to its own id; the alphabet is the library's."""
+    from tokenizers import pre_tokenizers
+
+    from scaling.data import tokenizers as tok_lib
+    from scaling.export.tokenizer import byte_level_alphabet, byte_tokenizer_object
+
+    table = byte_level_alphabet()
+    assert sorted(table) == list(range(256))
+    assert set(table.values()) == set(pre_tokenizers.ByteLevel.alphabet())
+    # every 1- and 2-byte character, then one character per 3- and 4-byte lead byte
+    leads = [0x900] + [0x1000 * k + 0x100 for k in range(1, 16)]  # E0..EF
+    leads += [0x10100, 0x50100, 0x90100, 0xD0100, 0x100100]  # F0..F4
+    text = "".join(chr(c) for c in list(range(0x800)) + leads)
+    ids = tok_lib.ByteTokenizer().encode(text)
+    assert len(set(ids.tolist())) == 256 - 13  # all but C0, C1, F5..FF (never in UTF-8)
+    tok = byte_tokenizer_object()
+    assert tok.encode(text, add_special_tokens=False).ids == ids.tolist()
+    assert tok.decode(ids.tolist()) == text

@@ -9,6 +9,7 @@ writing needs neither.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import pathlib
@@ -51,7 +52,10 @@ def restore_params(run_dir: pathlib.Path, config: ml_collections.ConfigDict,
     from scaling import checkpoint as ckpt_lib
     from scaling.train import setup as setup_lib
 
-    trainer = setup_lib.build(config)
+    # Restored replicated on this machine's devices, whatever mesh the run trained on.
+    local = copy.deepcopy(config)
+    local.mesh.data, local.mesh.fsdp, local.mesh.tensor = -1, 1, 1
+    trainer = setup_lib.build(local)
     checkpointer = ckpt_lib.Checkpointer(run_dir, config)
     try:
         steps = checkpointer.all_steps()
