@@ -19,7 +19,7 @@ Hugging Face model; needs the `harness` extra) into rows harness/<task>/<metric>
 from `scaling export`, as rows at the one checkpoint --steps names.
 
 usage: scaling evaluate RUN_DIR [RUN_DIR ...] [--steps all|last|1,2,4]
-       scaling evaluate RUN_DIR [...] --harness TASK[,TASK] [--harness-include DIR] [--steps ...]
+       scaling evaluate RUN_DIR [...] --harness TASK[,TASK] [--harness_include DIR] [--steps ...]
        scaling evaluate RUN_DIR --import_harness RESULTS.json --steps STEP"""
 
 

@@ -96,11 +96,9 @@ def import_results(run_dir: str | pathlib.Path, results_file: str | pathlib.Path
     return rows
 
 
-def run_lm_eval(model_dir: pathlib.Path, tasks: Sequence[str], include_path: str | None,
-                limit: int | None, batch_size: int, device: str) -> dict[str, Any]:
-    """Returns lm_eval's results object for the HF model in model_dir on `tasks`."""
+def task_manager(tasks: Sequence[str], include_path: str | None) -> Any:
+    """Returns an lm_eval TaskManager that knows every task in `tasks` (HarnessError if not)."""
     try:
-        import lm_eval
         from lm_eval.tasks import TaskManager
     except ImportError as err:
         raise ImportError("scaling evaluate --harness needs lm-evaluation-harness and PyTorch: "
@@ -115,7 +113,15 @@ def run_lm_eval(model_dir: pathlib.Path, tasks: Sequence[str], include_path: str
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise HarnessError(f"--harness: unknown lm_eval tasks {unknown}"
-                         + (f" (also searched {include_path})" if include_path else ""))
+                           + (f" (also searched {include_path})" if include_path else ""))
+    return manager
+
+
+def run_lm_eval(model_dir: pathlib.Path, tasks: Sequence[str], manager: Any, limit: int | None,
+                batch_size: int, device: str) -> dict[str, Any]:
+    """Returns lm_eval's results object for the HF model in model_dir on `tasks`."""
+    import lm_eval
+
     results = lm_eval.simple_evaluate(
         model="hf", model_args={"pretrained": str(model_dir), "dtype": "float32"},
         tasks=list(tasks), task_manager=manager, limit=limit, batch_size=batch_size,
@@ -138,14 +144,14 @@ def evaluate_harness(run_dir: str | pathlib.Path, steps: Sequence[int], tasks: S
         raise ValueError(f"config.data.tokenizer={config.data.tokenizer!r} "
                          f"(data.source={config.data.source!r}): lm_eval needs a Hugging Face "
                          "tokenizer, which only byte, bpe and hf tokenizers of text runs export as")
+    manager = task_manager(tasks, include_path)  # unknown tasks fail before any export
     rows: list[dict[str, Any]] = []
     out = run_dir / "harness"
     out.mkdir(exist_ok=True)
     for step in steps:
         with tempfile.TemporaryDirectory(prefix="hf_export_") as tmp:
             export_run_lib.export_run(run_dir, tmp, int(step))
-            results = run_lm_eval(pathlib.Path(tmp), tasks, include_path, limit, batch_size,
-                                  device)
+            results = run_lm_eval(pathlib.Path(tmp), tasks, manager, limit, batch_size, device)
         (out / f"{int(step)}.json").write_text(json.dumps(results, indent=1, default=str) + "\n",
                                                encoding="utf-8")
         rows.extend(harness_rows(results, int(step), run))
