@@ -151,3 +151,20 @@ def test_import_harness_results_file(tmp_path, capsys):
     bad.write_text(json.dumps({"results": {"t": {"alias": "t"}}}))
     assert cli_main(argv[:4] + [str(bad), "--steps", "64"]) == 2
     assert f"{bad}: lm_eval results: no numeric metric" in capsys.readouterr().err
+
+
+def test_harness_rows_keep_scores_only():
+    """Only lm_eval's "<metric>,<filter>" numbers become rows; a filter other than "none" is kept
+    in the name; "N/A" stderrs, aliases and sample counts are not scores."""
+    from scaling.export.harness import HarnessError, harness_rows
+
+    run = {"tokens_per_step": 100, "flops_per_token": 6.0, "n_params": 10, "n_params_nonembed": 8}
+    results = {"results": {"gsm": {"alias": "gsm", "sample_len": 8, "exact_match,strict-match": 0.5,
+                                   "exact_match_stderr,strict-match": "N/A",
+                                   "exact_match,none": 0.25}}}
+    rows = harness_rows(results, 3, run)
+    assert {r["metric"]: r["value"] for r in rows} == {
+        "harness/gsm/exact_match/strict-match": 0.5, "harness/gsm/exact_match": 0.25}
+    assert all(r["step"] == 3 and r["tokens"] == 300 and r["flops"] == 1800.0 for r in rows)
+    with pytest.raises(HarnessError, match="no 'results'"):
+        harness_rows({"res": {}}, 3, run)
