@@ -7,7 +7,8 @@ enter the fits unless asked otherwise; the excluded runs are listed with their s
 Sections appear only when their data exists; the report lists every skipped section and why (only
 `InsufficientData` makes a section skip; any other error propagates). Final values of a run are the
 ones at its last logged step. Loss is "val/loss" from eval.jsonl when present, else "train/loss";
-approach 1 uses val/loss at checkpoints only.
+approach 1 uses val/loss at checkpoints only. `loss_metric="val/bits_per_byte"` fits bits per byte
+instead (runs with different tokenizers), at the last step and the checkpoints alike.
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ from analysis.errors import InsufficientData
 from analysis.fit import compute_optimal_ci, fit_chinchilla, fit_flops_per_token, fit_law
 from analysis.isoflop import approach1, approach2, budget_groups
 from analysis.report_doc import ReportDoc, markdown_table
-from analysis.runs import (BUDGET_AXIS, Convention, apply_convention, final_values, load_runs, run_table,
-                           select_runs)
+from analysis.runs import (BUDGET_AXIS, LOSS_METRICS, Convention, apply_convention, final_values, load_runs,
+                           run_table, select_runs)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["build_report", "detect_arm_axis", "markdown_table", "BUDGET_TOLERANCE"]
 
+# Metrics `scaling evaluate --harness` writes (harness/<task>/<metric>); see scaling/export/harness.py.
+HARNESS_PREFIX = "harness/"
 # Relative tolerance on measured C that groups runs into IsoFLOP budgets when they lack the sweep's
 # budget axis (the fallback; the report says when it was used).
 BUDGET_TOLERANCE = 0.05
@@ -67,7 +70,9 @@ def detect_arm_axis(runs: pd.DataFrame, axis_cols: Sequence[str]) -> str | None:
     return None
 
 
-def _loss_metric(df: pd.DataFrame) -> str | None:
+def _loss_metric(df: pd.DataFrame, wanted: str = "val/loss") -> str | None:
+    if wanted != "val/loss":  # an explicit choice has no training-loss fallback
+        return wanted if (df["metric"] == wanted).any() else None
     for m in ("val/loss", "train/loss"):
         if (df["metric"] == m).any():
             return m
@@ -107,15 +112,18 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
                  bootstrap: int = 200, seed: int = 0, arm_axis: str | None = None,
                  subtask_threshold: float = 0.9, title: str = "Scaling analysis",
                  params: str = "nonembed", compute: str = "measured", include_incomplete: bool = False,
-                 budget_axis: str = BUDGET_AXIS) -> pathlib.Path:
+                 budget_axis: str = BUDGET_AXIS, loss_metric: str = "val/loss") -> pathlib.Path:
     """Returns the path of report.md written in out_dir (with report.html, figures/*.png|pdf, summary.json).
 
     arm_axis: the sweep axis holding ablation arms (the scaling sections use its first arm only);
     None: detected (`detect_arm_axis`); "": none, all runs enter the scaling sections and the report
     has no ablation section. params: "nonembed" | "total" (which N); compute: "measured" (C = D ×
     the run's FLOPs per token) | "6ND"; include_incomplete: fit failed, diverged, interrupted and
-    running runs too; budget_axis: the run axis holding each run's IsoFLOP budget (FLOPs).
+    running runs too; budget_axis: the run axis holding each run's IsoFLOP budget (FLOPs);
+    loss_metric: the evaluation metric every loss fit uses, one of `LOSS_METRICS`.
     """
+    if loss_metric not in LOSS_METRICS:
+        raise ValueError(f"loss_metric={loss_metric!r}: must be one of {list(LOSS_METRICS)}")
     conv = Convention(params, compute)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,7 +152,8 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
         raise ValueError(f"arm_axis {arm_axis!r} is not a sweep axis of these runs; axes: {axis_cols}")
     arms = list(pd.unique(runs[arm])) if arm else []
     base_arm = arms[0] if arms else None
-    loss_metric = _loss_metric(df)
+    eval_loss = loss_metric
+    loss_metric = _loss_metric(df, eval_loss)
     n_label = f"{conv.n_text} N"
     c_label = "compute C = 6ND (FLOPs)" if conv.compute == "6ND" else "compute C = D × measured FLOPs/token"
 
@@ -156,7 +165,7 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
         return d[np.isfinite(d["C"]) & (d["C"] > 0) & np.isfinite(d["N"])]
 
     train = finite_c(baseline_only(df[df["metric"] == "train/loss"]))
-    ev = finite_c(baseline_only(df[(df["metric"] == "val/loss") & (df["source"] == "eval")]))
+    ev = finite_c(baseline_only(df[(df["metric"] == eval_loss) & (df["source"] == "eval")]))
     curves = train if train["run_id"].nunique() >= 2 else ev
     R.h("Loss vs compute")
     if curves["run_id"].nunique() >= 2:
@@ -169,7 +178,7 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
                 R.p(f"Approach 1 not fitted: {e}")
             else:
                 fr = a1.frontier
-                R.summary["approach1"] = dict(a1.to_dict(), loss="val/loss at checkpoints")
+                R.summary["approach1"] = dict(a1.to_dict(), loss=f"{eval_loss} at checkpoints")
                 R.p(f"Approach 1 (lowest validation loss per FLOP bin over all evaluated checkpoints; "
                     f"{conv.describe()}; CIs: bootstrap over runs):")
                 R.table(pd.DataFrame([
@@ -203,7 +212,8 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
                               "loss": r.value, "loss_metric": loss_metric, "step": r.step}
                              for i, r in zip(fin.index, fin.itertuples())]
         R.h("Final values")
-        R.p(f"Each run's last logged {loss_metric} (nats/token), the numbers every fit below uses. "
+        R.p(f"Each run's last logged {loss_metric} ({LOSS_METRICS.get(loss_metric, 'nats/token')}), "
+            "the numbers every fit below uses. "
             f"{conv.describe()}.")
         R.table(pd.DataFrame(R.summary["runs"])[["run", "state", "N", "D", "C", "budget", "loss"]])
 
@@ -249,7 +259,14 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
     # 4. emergence
     R.h("Emergence")
     em_metrics = sorted(m for m in df["metric"].unique()
-                        if m.endswith("/exact_match") and "/subtask_" not in m)
+                        if m.endswith("/exact_match") and "/subtask_" not in m
+                        and not m.startswith(HARNESS_PREFIX))
+    harness = _harness_table(baseline_only(df))
+    if len(harness):
+        R.p("lm-evaluation-harness scores at each run's last scored checkpoint "
+            "(`scaling evaluate --harness`); each enters the emergence fits below like exact match:")
+        R.table(harness)
+        em_metrics += sorted(harness["metric"].unique())
     curves = []
     em_rows = []
     for m in em_metrics:
@@ -261,7 +278,8 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
         # x: final compute, or parameters when the runs share few budgets (an IsoFLOP grid)
         em_x = "C" if len(np.unique(np.round(np.log10(f["C"]), 2))) >= 5 else "N"
         res = fit_emergence(f[em_x], f["value"], bootstrap=bootstrap, seed=seed)
-        curves.append((m.split("/")[0], f[em_x].to_numpy(), f["value"].to_numpy(), res))
+        label = m.rsplit("/", 1)[0] if m.startswith(HARNESS_PREFIX) else m.split("/")[0]
+        curves.append((label, f[em_x].to_numpy(), f["value"].to_numpy(), res))
         em_rows.append({"metric": m, "x": em_x, "verdict": res.verdict, "x0 (log10 x)": res.x0,
                         "ci_low": res.x0_ci[0], "ci_high": res.x0_ci[1],
                         "late decline": res.decline["late_decline"]})
@@ -278,6 +296,8 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
         R.p("Skipped: no exact-match metrics.")
     cont_done = False
     for m in em_metrics:
+        if m.startswith(HARNESS_PREFIX):
+            continue
         task = m.split("/")[0]
         lp = final_values(baseline_only(df), f"{task}/answer_logprob")
         em = final_values(baseline_only(df), m)
@@ -342,6 +362,21 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
         R.skip("Ablation", "no ablation axis with ≥ 2 arms")
         R.p("Skipped: no ablation axis.")
     return R.finish()
+
+
+def _harness_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Returns one row per (run, harness metric) at its last scored step (stderr as a column)."""
+    rows = df[df["metric"].str.startswith(HARNESS_PREFIX)]
+    if rows.empty:
+        return pd.DataFrame()
+    out = []
+    for m in sorted(x for x in rows["metric"].unique() if not x.endswith("_stderr")):
+        fin = final_values(rows, m)
+        err = final_values(rows, m + "_stderr").set_index("run_id")["value"]
+        for r in fin.itertuples():
+            out.append({"metric": m, "run": r.run_name, "N": r.N, "C": r.C, "step": int(r.step),
+                        "value": r.value, "stderr": err.get(r.run_id, np.nan)})
+    return pd.DataFrame(out)
 
 
 def _answer_len(runs: pd.DataFrame, j: pd.DataFrame) -> tuple[float, str]:

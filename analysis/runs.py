@@ -27,13 +27,18 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 __all__ = ["load_runs", "load_run", "run_table", "final_values", "find_run_dirs", "COLUMNS", "run_state",
-           "USABLE_STATES", "select_runs", "Convention", "apply_convention", "BUDGET_AXIS"]
+           "USABLE_STATES", "select_runs", "Convention", "apply_convention", "BUDGET_AXIS",
+           "LOSS_METRICS"]
 
 COLUMNS = ["run_id", "run_name", "run_dir", "status", "source", "step", "metric", "value", "N",
            "N_nonembed", "D", "C", "flops_per_token"]
 # The axis `scaling.sweeps.spec` writes into run.json "axes" for an IsoFLOP budget (FLOPs). Spelled
 # out here because analysis/ never imports the training code.
 BUDGET_AXIS = "C_budget"
+# Evaluation metrics a report can fit as "the loss", with their units. Bits per byte divides the
+# cross-entropy by the bytes of text rather than the tokens, so runs with different tokenizers
+# share one axis (`scaling.evaluate` writes it next to val/loss).
+LOSS_METRICS = {"val/loss": "nats/token", "val/bits_per_byte": "bits/byte"}
 # Run states whose numbers enter fits by default (see `run_state`).
 USABLE_STATES = ("completed",)
 _TRAIN_SKIP = {"step", "tokens", "flops", "time"}

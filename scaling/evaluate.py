@@ -3,6 +3,11 @@
 Metrics (one row per (step, metric)):
     val/loss              mean next-token cross-entropy on the held-out split, nats/token
     val/token_accuracy    fraction of held-out tokens predicted exactly (argmax)
+    val/bits_per_byte     the same cross-entropy in bits per UTF-8 byte of the held-out text:
+                          nats summed over all predicted tokens / ln 2 / the bytes those tokens
+                          stand for (`Tokenizer.token_bytes`; EOS separators count 0 bytes but
+                          their loss counts), comparable across tokenizers
+    val/bytes_per_token   mean UTF-8 bytes per predicted held-out token
     <task>/exact_match    fraction of task examples whose whole answer span is argmax-correct
     <task>/answer_logprob mean log-probability per answer token, nats/token (the continuous
                           metric of Schaeffer et al. 2023)
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pathlib
 from typing import Any, Callable, Iterable
 
@@ -79,6 +85,10 @@ class Evaluator:
         self.dp = shape["data"] * shape["fsdp"]
         self.val_batches = (data_lib.make_eval_batches(config, workdir)
                             if config.data.source != "task" else [])
+        self.val_bytes = 0.0
+        if self.val_batches:
+            table_V = data_lib.make_tokenizer(config, workdir).token_bytes()
+            self.val_bytes = sum(batch_bytes(b, table_V) for b in self.val_batches)
         self.task_batches = data_lib.make_task_eval(config, workdir) if self.task else []
         self._step = jax.jit(step_lib.make_eval_step(model))
 
@@ -101,6 +111,9 @@ class Evaluator:
                 correct += float(o["correct_sum"])
             result["val/loss"] = nll / max(weight, 1.0)
             result["val/token_accuracy"] = correct / max(weight, 1.0)
+            if self.val_bytes > 0:
+                result["val/bits_per_byte"] = nll / math.log(2.0) / self.val_bytes
+                result["val/bytes_per_token"] = self.val_bytes / max(weight, 1.0)
         if self.task_batches:
             lp, ntok, corr, exact, sub = [], [], [], [], []
             for b in self.task_batches:
@@ -138,6 +151,18 @@ class Evaluator:
         return [dict(base, metric=k, value=v) for k, v in self.metrics(params).items()]
 
     __call__ = rows
+
+
+def batch_bytes(batch: dict[str, np.ndarray], token_bytes_V: np.ndarray) -> float:
+    """Returns the UTF-8 bytes the weighted targets of a text batch stand for (bytes).
+
+    token_bytes_V: bytes per token id (`Tokenizer.token_bytes`).
+    """
+    targets = np.asarray(batch["targets"])
+    if targets.size and int(targets.max()) >= len(token_bytes_V):
+        raise ValueError(f"evaluation target id {int(targets.max())} is outside the tokenizer's "
+                         f"{len(token_bytes_V)} ids")
+    return float(np.sum(np.asarray(batch["weights"], np.float64) * token_bytes_V[targets]))
 
 
 def select_steps(available: list[int], steps: str) -> list[int]:
@@ -182,13 +207,19 @@ def evaluate_run(run_dir: str | pathlib.Path, steps: str = "all",
     return rows
 
 
-def replace_rows(path: pathlib.Path, rows: Iterable[dict[str, Any]], steps: set[int]) -> None:
-    """Rewrites eval.jsonl atomically: old rows of `steps` are replaced by `rows`."""
+def replace_rows(path: pathlib.Path, rows: Iterable[dict[str, Any]], steps: set[int],
+                 metric_prefix: str = "") -> None:
+    """Rewrites eval.jsonl atomically: old rows of `steps` are replaced by `rows`.
+
+    With metric_prefix, only old rows whose metric starts with it are replaced (e.g. "harness/").
+    """
     kept: list[str] = []
     if path.exists():
         for line in path.read_text().splitlines():
             try:
-                if int(json.loads(line).get("step", -1)) not in steps:
+                old = json.loads(line)
+                if (int(old.get("step", -1)) not in steps
+                        or not str(old.get("metric", "")).startswith(metric_prefix)):
                     kept.append(line)
             except (json.JSONDecodeError, ValueError, AttributeError):
                 log.warning("%s: dropping an unreadable line", path)

@@ -9,6 +9,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train (or resume) one run from a config file into a run directory"),
     "evaluate": ("evaluate", "evaluate a run's checkpoints: validation loss and task metrics"),
+    "export": ("export", "write a checkpoint as a Hugging Face model (config, safetensors, tokenizer)"),
     "sweep": ("sweep", "expand a sweep config into runs and train them (local or Ray backend)"),
     "sweep-status": ("sweep_status", "show a sweep's runs with status, step and last loss"),
     "compress": ("compress", "quantize and/or prune a run's checkpoint into a new run directory"),

@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--include-incomplete", action="store_true",
                         help="fit failed, diverged, interrupted and running runs too (their last "
                              "logged values); by default they are listed and left out")
+    parser.add_argument("--loss-metric", choices=("val/loss", "val/bits_per_byte"),
+                        default="val/loss",
+                        help="the loss every fit uses: val/loss (nats/token; train/loss when no run "
+                             "was evaluated) or val/bits_per_byte (compares runs with different "
+                             "tokenizers)")
     parser.add_argument("--budget-axis", default="C_budget", metavar="AXIS",
                         help="run axis holding each run's IsoFLOP budget in FLOPs (default C_budget); "
                              "runs without it are grouped by measured C within 5%%")
@@ -68,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     path = build_report(args.roots, args.out, bootstrap=args.bootstrap, seed=args.seed,
                         arm_axis=args.arm_axis, subtask_threshold=args.subtask_threshold, title=args.title,
                         params=args.params, compute=args.compute, include_incomplete=args.include_incomplete,
-                        budget_axis=args.budget_axis)
+                        budget_axis=args.budget_axis, loss_metric=args.loss_metric)
     print(f"report written to {path} (and {path.with_suffix('.html').name})")
     return 0
 

@@ -81,6 +81,16 @@ class Tokenizer(abc.ABC):
         """Returns a short string identifying this tokenizer's mapping (for caches)."""
         return f"{self.name}:{self.vocab_size}"
 
+    def token_bytes(self) -> np.ndarray:
+        """Returns the UTF-8 bytes each id stands for (int64 [vocab_size]; 0 for specials).
+
+        Summed over a text's ids this is the text's length in bytes (bits per byte divide by
+        it). This default decodes each id alone, which is exact for vocabularies of whole
+        characters; tokenizers with byte pieces override it.
+        """
+        return np.asarray([len(self.decode([i]).encode("utf-8")) for i in range(self.vocab_size)],
+                          dtype=np.int64)
+
 
 class ByteTokenizer(Tokenizer):
     """UTF-8 bytes as ids 0..255, then PAD=256, BOS=257, EOS=258 (vocab 259); needs no files."""
@@ -110,6 +120,9 @@ class ByteTokenizer(Tokenizer):
         ids_n = np.asarray(ids, dtype=np.int64).reshape(-1)
         ids_n = ids_n[(ids_n >= 0) & (ids_n < 256)]
         return ids_n.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+
+    def token_bytes(self) -> np.ndarray:
+        return (np.arange(BYTE_VOCAB_SIZE) < 256).astype(np.int64)
 
 
 class BPETokenizer(Tokenizer):
@@ -186,6 +199,14 @@ class BPETokenizer(Tokenizer):
 
     def fingerprint(self) -> str:
         return f"bpe:{self.vocab_size}:{_digest(self._tok.to_str().encode())}"
+
+    def token_bytes(self) -> np.ndarray:
+        # byte-level BPE: every character of a token is one byte (the byte-level alphabet)
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        specials = {self._pad, self._bos, self._eos}
+        for token, i in self._tok.get_vocab(with_added_tokens=True).items():
+            out[i] = 0 if i in specials else len(token)
+        return out
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -264,6 +285,15 @@ class SentencePieceTokenizer(Tokenizer):
     def fingerprint(self) -> str:
         return f"sentencepiece:{self.vocab_size}:{_digest(self._proto)}"
 
+    def token_bytes(self) -> np.ndarray:
+        sp, out = self._sp, np.zeros(self.vocab_size, dtype=np.int64)
+        for i in range(self.vocab_size):
+            if sp.is_control(i) or sp.is_unknown(i):
+                continue
+            out[i] = 1 if sp.is_byte(i) else len(sp.id_to_piece(i).replace("\u2581", " ")
+                                                   .encode("utf-8"))
+        return out
+
 
 class HFTokenizer(Tokenizer):
     """A Hugging Face tokenizer loaded from a local directory (never downloads)."""
@@ -319,6 +349,24 @@ class HFTokenizer(Tokenizer):
 
     def fingerprint(self) -> str:
         return f"hf:{self._path}:{self.vocab_size}"
+
+    def token_bytes(self) -> np.ndarray:
+        # byte-level vocabularies (GPT-2 style): one character per byte; SentencePiece-style
+        # ones: <0xNN> byte pieces are one byte and U+2581 stands for a space
+        backend = getattr(self._tok, "backend_tokenizer", None)
+        byte_level = backend is not None and type(backend.decoder).__name__ == "ByteLevel"
+        special = set(self._tok.all_special_ids)
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        for i, token in enumerate(self._tok.convert_ids_to_tokens(list(range(self.vocab_size)))):
+            if i in special or token is None:
+                continue
+            if byte_level:
+                out[i] = len(token)
+            elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+                out[i] = 1
+            else:
+                out[i] = len(token.replace("\u2581", " ").encode("utf-8"))
+        return out
 
 
 # ------------------------------------------------------------------------------------- factory
