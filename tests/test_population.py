@@ -148,3 +148,16 @@ def test_members_of_different_shape_are_an_error_before_compiling(tmp_path,
         population_step.check_members([a, c])
     with pytest.raises(population_step.PopulationError, match="workdir"):
         train_population([a, a], [tmp_path / "x", tmp_path / "x"])
+
+
+def test_group_members_puts_only_compatible_runs_together(tmp_path):
+    configs = [_config(tmp_path, **m) for m in MEMBERS]  # one shape, differing LR/seed/wd/steps
+    wide = _config(tmp_path, **MEMBERS[0])
+    wide.model.d_model = 64
+    configs.insert(1, wide)
+    assert population_step.group_members(configs, limit=16) == [[0, 2, 3], [1]]
+    assert population_step.group_members(configs, limit=2) == [[0, 2], [3], [1]]
+    for group in population_step.group_members(configs, limit=16):
+        population_step.check_members([configs[i] for i in group])  # no error within a group
+    with pytest.raises(population_step.PopulationError, match="limit"):
+        population_step.group_members(configs, limit=0)

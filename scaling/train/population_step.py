@@ -16,6 +16,8 @@ host reads only when it fetches metrics anyway: no extra host sync per step.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Any, Callable, Sequence
 
 import jax
@@ -75,6 +77,26 @@ def check_members(configs: Sequence[ml_collections.ConfigDict]) -> None:
                     f"config.{field} differs between member 0 ({a!r}) and member {i} ({b!r}); "
                     f"members of a population share one program and may differ only in "
                     f"{', '.join(MAY_DIFFER)}")
+
+
+def program_key(config: ml_collections.ConfigDict) -> str:
+    """Returns a hash of the fields members must share: equal keys can train as one population."""
+    shared = {k: v for k, v in _flatten(config.to_dict()).items() if not _may_differ(k)}
+    blob = json.dumps(shared, sort_keys=True, default=repr).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def group_members(configs: Sequence[ml_collections.ConfigDict], limit: int) -> list[list[int]]:
+    """Returns indices of `configs` grouped into populations of at most `limit` compatible members.
+
+    Groups keep the configs' order; a sweep runner trains each group as one population.
+    """
+    if limit < 1:
+        raise PopulationError(f"population limit {limit}: must be >= 1")
+    by_key: dict[str, list[int]] = {}
+    for i, c in enumerate(configs):
+        by_key.setdefault(program_key(c), []).append(i)
+    return [idx[j:j + limit] for idx in by_key.values() for j in range(0, len(idx), limit)]
 
 
 def needs_decay_in_state(configs: Sequence[ml_collections.ConfigDict]) -> bool:
