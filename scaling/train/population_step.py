@@ -151,13 +151,22 @@ def init_member(pop: Population, i: int) -> state_lib.TrainState:
 
 def stack_states(pop: Population, states: Sequence[Any]) -> Any:
     """Returns the members' states stacked along a leading axis K, placed for the population step."""
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-    return jax.device_put(stacked, pop.stacked_shardings)
+    # one jitted program for the whole tree: eager per-leaf stacking compiles one program per leaf
+    stack = jax.jit(lambda *xs: jax.tree.map(lambda *leaves: jnp.stack(leaves), *xs),
+                    out_shardings=pop.stacked_shardings)
+    return stack(*states)
+
+
+def _index(state_K: Any, i: jax.Array) -> Any:
+    return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), state_K)
+
+
+_index_jit = jax.jit(_index)  # one compilation per state structure, whatever the member index
 
 
 def member_state(state_K: Any, i: int) -> Any:
     """Returns member i's slice of a stacked state (a single run's TrainState)."""
-    return jax.tree.map(lambda x: x[i], state_K)
+    return _index_jit(state_K, jnp.asarray(i, jnp.int32))
 
 
 def initial_control(num_steps: Sequence[int]) -> dict[str, jax.Array]:
