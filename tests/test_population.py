@@ -150,14 +150,28 @@ def test_members_of_different_shape_are_an_error_before_compiling(tmp_path,
         train_population([a, a], [tmp_path / "x", tmp_path / "x"])
 
 
-def test_group_members_puts_only_compatible_runs_together(tmp_path):
-    configs = [_config(tmp_path, **m) for m in MEMBERS]  # one shape, differing LR/seed/wd/steps
-    wide = _config(tmp_path, **MEMBERS[0])
-    wide.model.d_model = 64
-    configs.insert(1, wide)
-    assert population_step.group_members(configs, limit=16) == [[0, 2, 3], [1]]
-    assert population_step.group_members(configs, limit=2) == [[0, 2], [3], [1]]
-    for group in population_step.group_members(configs, limit=16):
-        population_step.check_members([configs[i] for i in group])  # no error within a group
-    with pytest.raises(population_step.PopulationError, match="limit"):
-        population_step.group_members(configs, limit=0)
+def test_skip_policy_counts_skipped_steps_and_fails_a_member_past_the_limit(
+        population_and_singles, tmp_path):
+    configs, pop_dirs, _, _ = population_and_singles
+    members = [c.copy_and_resolve_references() for c in configs]
+    for c in members:
+        c.train.on_nonfinite, c.train.max_skipped_steps = "skip", 3
+    members[1].optim.lr = 1e30  # every update from step 2 on overflows: skipped, then failed
+    dirs = [tmp_path / f"m{i}" for i in range(3)]
+    summaries = train_population(members, dirs)
+    assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
+    status = _status(dirs[1])
+    assert "more than 3 skipped steps" in status["error"]
+    assert status["error"].startswith("FloatingPointError") and status["skipped_steps"] == 4
+    assert status["step"] == 5  # steps 2, 3, 4 skipped; the 4th skip (step 5) stops it
+    for i in (0, 2):  # finite members are unaffected by the policy
+        assert [r["loss"] for r in _rows(dirs[i])] == [r["loss"] for r in _rows(pop_dirs[i])]
+
+
+def test_rewind_policy_is_refused_before_compiling(tmp_path, stdlib_tiny_data_dir):
+    a = _config(stdlib_tiny_data_dir, **MEMBERS[0])
+    a.train.on_nonfinite = "rewind"
+    with pytest.raises(population_step.PopulationError, match="on_nonfinite='rewind'"):
+        train_population([a, _config(stdlib_tiny_data_dir, **MEMBERS[1])],
+                         [tmp_path / "a", tmp_path / "b"])
+    assert not (tmp_path / "a").exists()

@@ -299,11 +299,13 @@ def _after_step(live: list[_Member], pop: pop_lib.Population, state_K: Any, metr
         m = live[i]
         if not ctl["alive_K"][i]:
             at, why = int(ctl["failed_at_K"][i]), pop_lib.describe_failure(
-                int(ctl["failed_code_K"][i]))
+                int(ctl["failed_code_K"][i]), int(m.config.train.max_skipped_steps))
             m.status, m.done = "failed", True
             m.last_row = dict(m.last_row, step=at - 1)
-            loop.write_status(m.workdir, "failed", at, f"FloatingPointError: {why} not finite "
-                              f"at step {at}; the member was stopped (population training)")
+            loop.write_status(m.workdir, "failed", at, f"FloatingPointError: {why} at step {at};"
+                              f" the member was stopped (population training, "
+                              f"train.on_nonfinite={m.config.train.on_nonfinite!r})",
+                              skipped_steps=int(ctl["skipped_K"][i]))
             log.warning("member %s diverged at step %d (%s)", m.workdir.name, at, why)
     for i in log_i:
         m = live[i]

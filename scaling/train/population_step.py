@@ -8,9 +8,13 @@ sequence length, optimizer form, schedule kind, mesh) must be equal; `check_memb
 field differs before anything compiles.
 
 The step is `jax.vmap` of the single run's pure `make_train_step` over (state, batch) with a
-leading member axis K. A member whose loss, gradient norm or new parameter norm is not finite is
-frozen on device (its state is kept by a select) and marked dead in the control arrays, which the
-host reads only when it fetches metrics anyway: no extra host sync per step.
+leading member axis K. The divergence policy is the single run's `train.on_nonfinite`, per member:
+under `stop` a member whose loss, gradient norm or new parameter norm is not finite (the step's
+`nonfinite` mask) is frozen on device (its state is kept by a select) and marked dead in the
+control arrays; under `skip` the step itself keeps the old state, the member's skipped steps are
+counted and it is marked dead past `train.max_skipped_steps`. `rewind` needs a restore from disk
+mid-step and is refused (`check_members`): train such runs alone. The host reads the control arrays
+only when it fetches metrics anyway: no extra host sync per step.
 """
 
 from __future__ import annotations
@@ -39,8 +43,12 @@ MAY_DIFFER = ("seed", "name", "optim.lr", "optim.weight_decay", "optim.warmup_st
               "train.eval_every", "train.eval_at_checkpoints", "train.progress",
               "data.num_tokens", "data.epochs", "data.eval_tokens", "checkpoint.")
 
-# Why a member stopped: bit flags in `Control.failed_code_K`.
-FAILED_LOSS, FAILED_GRAD_NORM, FAILED_PARAM_NORM = 1, 2, 4
+# Why a member stopped: the train step's `nonfinite` bits (step.NONFINITE_BITS), in
+# `control["failed_code_K"]`; FAILED_SKIPS marks a member stopped for too many skipped steps.
+FAILED_LOSS = step_lib.NONFINITE_BITS["loss"]
+FAILED_GRAD_NORM = step_lib.NONFINITE_BITS["grad_norm"]
+FAILED_PARAM_NORM = step_lib.NONFINITE_BITS["param_norm"]
+FAILED_SKIPS = 8
 
 
 class PopulationError(ValueError):
@@ -66,6 +74,12 @@ def check_members(configs: Sequence[ml_collections.ConfigDict]) -> None:
     """Raises PopulationError naming the first field (not in MAY_DIFFER) where members differ."""
     if not configs:
         raise PopulationError("a population needs at least one member")
+    for i, c in enumerate(configs):
+        if c.train.on_nonfinite == "rewind":
+            raise PopulationError(
+                f"member {i} has config.train.on_nonfinite='rewind', which restores a checkpoint "
+                "mid-training and cannot run inside a population; use 'stop' or 'skip', or train "
+                "the run alone (resources.population=1)")
     flat = [_flatten(c.to_dict()) for c in configs]
     for i, other in enumerate(flat[1:], start=1):
         for field in sorted(set(flat[0]) | set(other)):
@@ -84,19 +98,6 @@ def program_key(config: ml_collections.ConfigDict) -> str:
     shared = {k: v for k, v in _flatten(config.to_dict()).items() if not _may_differ(k)}
     blob = json.dumps(shared, sort_keys=True, default=repr).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def group_members(configs: Sequence[ml_collections.ConfigDict], limit: int) -> list[list[int]]:
-    """Returns indices of `configs` grouped into populations of at most `limit` compatible members.
-
-    Groups keep the configs' order; a sweep runner trains each group as one population.
-    """
-    if limit < 1:
-        raise PopulationError(f"population limit {limit}: must be >= 1")
-    by_key: dict[str, list[int]] = {}
-    for i, c in enumerate(configs):
-        by_key.setdefault(program_key(c), []).append(i)
-    return [idx[j:j + limit] for idx in by_key.values() for j in range(0, len(idx), limit)]
 
 
 def needs_decay_in_state(configs: Sequence[ml_collections.ConfigDict]) -> bool:
@@ -169,10 +170,12 @@ def member_state(state_K: Any, i: int) -> Any:
     return _index_jit(state_K, jnp.asarray(i, jnp.int32))
 
 
-def initial_control(num_steps: Sequence[int]) -> dict[str, jax.Array]:
-    """Returns the on-device control arrays: each member's last step, alive flags, failure record."""
+def initial_control(num_steps: Sequence[int], skipped: Sequence[int] | None = None
+                    ) -> dict[str, jax.Array]:
+    """Returns the on-device control arrays: last steps, alive flags, skip counts, failure record."""
     k = len(num_steps)
     return {"end_K": jnp.asarray(num_steps, jnp.int32), "alive_K": jnp.ones((k,), bool),
+            "skipped_K": jnp.asarray(skipped if skipped is not None else [0] * k, jnp.int32),
             "failed_at_K": jnp.zeros((k,), jnp.int32),
             "failed_code_K": jnp.zeros((k,), jnp.int32)}
 
@@ -180,27 +183,37 @@ def initial_control(num_steps: Sequence[int]) -> dict[str, jax.Array]:
 def make_population_step(model: Any, tx: Any, config: ml_collections.ConfigDict) -> Callable:
     """Returns step(state_K, batch_K, control) -> (state_K, metrics_K, control); jit it outside.
 
-    A member updates only while alive and before its own last step; an update whose loss, grad
-    norm or resulting parameter norm is not finite is dropped and the member marked dead with the
-    step and the reason (`FAILED_*` bits).
+    A member updates only while alive and before its own last step. Under `stop` an update whose
+    `nonfinite` mask is set is dropped and the member marked dead with the step and the reason
+    bits; under `skip` the (already state-preserving) step is counted, and the member is marked
+    dead (FAILED_SKIPS) once its count exceeds `train.max_skipped_steps`.
     """
     single = jax.vmap(step_lib.make_train_step(model, tx, config))
+    skip = config.train.on_nonfinite == "skip"
+    max_skipped = int(config.train.max_skipped_steps)
 
     def step(state_K: Any, batch_K: dict, control: dict) -> tuple[Any, dict, dict]:
         new_K, metrics_K = single(state_K, batch_K)
-        code_K = (jnp.where(jnp.isfinite(metrics_K["loss"]), 0, FAILED_LOSS)
-                  | jnp.where(jnp.isfinite(metrics_K["grad_norm"]), 0, FAILED_GRAD_NORM)
-                  | jnp.where(jnp.isfinite(metrics_K["param_norm"]), 0, FAILED_PARAM_NORM))
+        code_K = metrics_K["nonfinite"]
         running_K = control["alive_K"] & (state_K.step < control["end_K"])
-        keep_K = running_K & (code_K == 0)
+        bad_K = running_K & (code_K != 0)
+        skipped_K = control["skipped_K"] + bad_K.astype(jnp.int32)
+        if skip:  # the step kept the old params; only too many skips stop a member
+            keep_K = running_K
+            newly_dead_K = running_K & (skipped_K > max_skipped)
+            dead_code_K = jnp.full_like(code_K, FAILED_SKIPS) | code_K
+        else:
+            keep_K = running_K & (code_K == 0)
+            newly_dead_K = bad_K
+            dead_code_K = code_K
         state_K = jax.tree.map(
             lambda n, o: jnp.where(keep_K.reshape((-1,) + (1,) * (n.ndim - 1)), n, o),
             new_K, state_K)
-        newly_dead_K = running_K & (code_K != 0)
         control = dict(
-            control, alive_K=control["alive_K"] & ~newly_dead_K,
-            failed_at_K=jnp.where(newly_dead_K, state_K.step + 1, control["failed_at_K"]),
-            failed_code_K=jnp.where(newly_dead_K, code_K, control["failed_code_K"]))
+            control, alive_K=control["alive_K"] & ~newly_dead_K, skipped_K=skipped_K,
+            failed_at_K=jnp.where(newly_dead_K, state_K.step + (0 if skip else 1),
+                                  control["failed_at_K"]),
+            failed_code_K=jnp.where(newly_dead_K, dead_code_K, control["failed_code_K"]))
         return state_K, metrics_K, control
 
     return step
@@ -230,8 +243,9 @@ def jit_population_step(pop: Population, example_batch_K: dict[str, np.ndarray])
     return run
 
 
-def describe_failure(code: int) -> str:
-    """Returns the quantities named by a `FAILED_*` bit set, e.g. 'loss and grad_norm'."""
-    names = [n for bit, n in ((FAILED_LOSS, "loss"), (FAILED_GRAD_NORM, "grad_norm"),
-                              (FAILED_PARAM_NORM, "param_norm")) if code & bit]
-    return " and ".join(names) or "nothing"
+def describe_failure(code: int, max_skipped: int = 0) -> str:
+    """Returns why a member stopped, e.g. 'loss and grad_norm not finite'."""
+    names = " and ".join(step_lib.nonfinite_names(code & ~FAILED_SKIPS)) or "nothing"
+    if code & FAILED_SKIPS:
+        return f"more than {max_skipped} skipped steps (last: {names} not finite)"
+    return f"{names} not finite"
