@@ -177,9 +177,9 @@ def test_runner_trains_runs_of_one_shape_as_a_population(tmp_path, stdlib_tiny_d
     solo.resources.population = 1
     runner.run_sweep(solo, tmp_path / "solo", workers=1, compile_cache_dir=compile_cache,
                      progress=False)
-    rows = [json.loads(x) for x in (root / ok["dir"] / "metrics.jsonl").read_text().split()]
+    rows = [json.loads(x) for x in (root / ok["dir"] / "metrics.jsonl").read_text().splitlines()]
     solo_dir = tmp_path / "solo" / manifest_lib.read_manifest(tmp_path / "solo")["runs"][0]["dir"]
-    solo_rows = [json.loads(x) for x in (solo_dir / "metrics.jsonl").read_text().split()]
+    solo_rows = [json.loads(x) for x in (solo_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [r["step"] for r in solo_rows]
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in solo_rows], abs=1e-4)
 
