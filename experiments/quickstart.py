@@ -47,7 +47,7 @@ def settings(scale: str) -> dict[str, Any]:
     return common.pick(
         scale,
         tiny=dict(sizes=(3.4e3, 6.7e3), flops=(2e8, 5e8), mix=0.3),
-        small=dict(sizes=(3.4e3, 6.7e3, 12.5e3, 25e3, 50e3), flops=(1e11, 3e11, 1e12), mix=0.3),
+        small=dict(sizes=(6.7e3, 12.5e3, 25e3, 50e3, 100e3), flops=(1e11, 3e11, 1e12), mix=0.3),
         medium=dict(sizes=(0.25e6, 0.5e6, 1e6, 2e6), flops=(1e13, 3e13, 1e14), mix=0.2),
         large=dict(sizes=(10e6, 20e6, 40e6, 80e6, 160e6), flops=(1e17, 3e17, 1e18), mix=0.1),
     )

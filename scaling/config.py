@@ -137,7 +137,10 @@ def default_config() -> ml_collections.ConfigDict:
     d.seq_len = 128
     d.num_tokens = 0  # unique training tokens; 0: the whole split
     d.epochs = 1.0  # repetitions of the unique tokens
-    d.shuffle = True
+    d.shuffle = True  # documents, and rows within windows (below), in a seeded order
+    # first epoch: rows are visited in a seeded permutation within windows of this many tokens
+    # (consecutive batches then do not come from one document); 0: stream order
+    d.shuffle_window_tokens = 4_194_304
     d.prefetch = 2
     d.eval_tokens = 65_536  # validation tokens per evaluation
     d.task = ml_collections.ConfigDict()

@@ -155,9 +155,14 @@ def lr_multipliers(config: ml_collections.ConfigDict, abstract_params: Any) -> A
     return mup.lr_multipliers(abstract_params, config.model)
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   abstract_params: Any) -> tuple[optax.GradientTransformation, Schedule]:
-    """Returns (optax transformation, LR schedule) for params shaped like `abstract_params`."""
+def make_optimizer(config: ml_collections.ConfigDict, abstract_params: Any, *,
+                   decay_in_state: bool = False) -> tuple[optax.GradientTransformation, Schedule]:
+    """Returns (optax transformation, LR schedule) for params shaped like `abstract_params`.
+
+    `decay_in_state` keeps the weight-decay rate in the optimizer state (the stage is present even
+    at rate 0), so runs that differ only in weight decay share one program: populations of runs
+    trained by one vmapped step (`scaling/train/population.py`). The numbers are the same.
+    """
     o = config.optim
     schedule = make_schedule(config)
     parts: list[optax.GradientTransformation] = []
@@ -173,7 +178,10 @@ def make_optimizer(config: ml_collections.ConfigDict,
         parts.append(optax.trace(decay=o.b1))
     else:
         raise config_lib.ConfigError("optim.name", o.name, "unknown optimizer")
-    if o.weight_decay > 0:
+    if decay_in_state:
+        parts.append(optax.inject_hyperparams(optax.add_decayed_weights, static_args=("mask",))(
+            weight_decay=float(o.weight_decay), mask=weight_decay_mask(config, abstract_params)))
+    elif o.weight_decay > 0:
         parts.append(optax.add_decayed_weights(o.weight_decay,
                                                mask=weight_decay_mask(config, abstract_params)))
     multipliers = lr_multipliers(config, abstract_params)

@@ -78,6 +78,7 @@ DOMAINS: dict[str, Domain] = {
     "data.tokenizer_train_chars": NON_NEGATIVE_INT,
     "data.seq_len": COUNT,
     "data.num_tokens": NON_NEGATIVE_INT,
+    "data.shuffle_window_tokens": NON_NEGATIVE_INT,
     "data.epochs": POSITIVE,
     "data.prefetch": NON_NEGATIVE_INT,
     "data.task.mix_rate": UNIT,

@@ -59,7 +59,7 @@ def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
 
 def test_mock_tiny_shakespeare_packs_documents_with_eos():
     with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
-        c = make_config("", seq_len=8)
+        c = make_config("", seq_len=8, shuffle_window_tokens=0)  # rows in stream order
         c.data.tfds_name = "tiny_shakespeare"
         it = data.make_train_iterator(c, process_index=0, process_count=1)
         batches = take(it, 3)
@@ -129,8 +129,30 @@ def test_nested_budgets_across_model_configs(data_dir, budgets):
     assert not all(np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(b1, b3))
 
 
+def test_first_epoch_visits_rows_in_seeded_windows(data_dir):
+    window = 4  # rows
+    c = make_config(data_dir, num_tokens=10 * T, shuffle_window_tokens=window * T)
+    stream_order = make_config(data_dir, num_tokens=12 * T, shuffle_window_tokens=0)
+    rows = np.concatenate([np.concatenate([b["inputs"], b["targets"][:, -1:]], 1) for b in
+                           take(data.make_train_iterator(c, process_index=0, process_count=1), 3)])
+    plain = np.concatenate([np.concatenate([b["inputs"], b["targets"][:, -1:]], 1) for b in take(
+        data.make_train_iterator(stream_order, process_index=0, process_count=1), 3)])
+    assert len(rows) == 12  # 10 rows' budget, rounded up to whole batches of 4
+    index = {bytes(r): u for u, r in enumerate(plain)}
+    visited = [index[bytes(r)] for r in rows]  # every row is a stream row...
+    assert len(set(visited)) == 12  # ...each once
+    for w in range(3):  # window w's positions visit window w's rows, not in stream order
+        assert sorted(visited[w * window:(w + 1) * window]) == list(range(w * window,
+                                                                          (w + 1) * window))
+    assert visited != sorted(visited)
+    # the order is the seed's, and another seed gives another order
+    order = text_lib.RowOrder(12, c.seed, True, window, 12)
+    assert list(order(np.arange(12))) == visited
+    assert list(text_lib.RowOrder(12, c.seed + 1, True, window, 12)(np.arange(12))) != visited
+
+
 def test_epochs_repeat_the_unique_rows_reshuffled(data_dir):
-    c = make_config(data_dir, num_tokens=3 * B * T, epochs=3.0)
+    c = make_config(data_dir, num_tokens=3 * B * T, epochs=3.0, shuffle_window_tokens=0)
     batches = take(data.make_train_iterator(c, process_index=0, process_count=1), 9)
     rows = [np.concatenate([b["inputs"], b["targets"][:, -1:]], 1) for b in batches]
     epochs = [np.concatenate(rows[i:i + 3]) for i in (0, 3, 6)]
@@ -140,6 +162,13 @@ def test_epochs_repeat_the_unique_rows_reshuffled(data_dir):
     assert not np.array_equal(epochs[1], epochs[2])
     # Every unique target token is seen once per epoch: rows overlap by exactly one token.
     np.testing.assert_array_equal(epochs[0][1:, 0], epochs[0][:-1, -1])
+    # with first-epoch windows (3 rows each) later epochs repeat the same rows
+    c.data.shuffle_window_tokens = 3 * T
+    windowed = take(data.make_train_iterator(c, process_index=0, process_count=1), 9)
+    rows = [np.concatenate([b["inputs"], b["targets"][:, -1:]], 1) for b in windowed]
+    keyed = [sorted(map(bytes, np.concatenate(rows[i:i + 3]))) for i in (0, 3, 6)]
+    assert keyed[0] == keyed[1] == keyed[2]
+    assert not np.array_equal(np.concatenate(rows[:3]), epochs[0])  # another order than stream
 
 
 def test_resume_continues_with_the_next_batch(data_dir):

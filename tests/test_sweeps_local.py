@@ -121,6 +121,7 @@ def test_killed_sweep_restarts_without_retraining(tmp_path, stdlib_tiny_data_dir
 def test_failing_runs_are_marked_failed_and_others_complete(tmp_path, stdlib_tiny_data_dir,
                                                              compile_cache):
     sweep = testing.tiny_sweep(stdlib_tiny_data_dir, name="fail", sizes=(3.4e3,))
+    sweep.resources.population = 1  # each run alone (populations: the next test)
     sweep.axes = ({"optim.lr": (3e-3, 1e6, 3e-3),
                    "data.tfds_name": ("stdlib_corpus/tiny", "stdlib_corpus/tiny", "no_such_data")},)
     root = tmp_path / "root"
@@ -149,6 +150,60 @@ def test_failing_runs_are_marked_failed_and_others_complete(tmp_path, stdlib_tin
 
     table = sweep_status.render(sweep_status.collect(root))
     assert "completed 1" in table and "failed 2" in table and "FloatingPointError" in table
+
+
+@pytest.mark.slow
+def test_runner_trains_runs_of_one_shape_as_a_population(tmp_path, stdlib_tiny_data_dir,
+                                                         compile_cache):
+    sweep = testing.tiny_sweep(stdlib_tiny_data_dir, name="pop", sizes=(3.4e3,), steps=10)
+    sweep.axes = ({"optim.lr": (3e-3, 1e6, 1e-2)},)
+    sweep.resources.population = 2  # three compatible runs: a population of 2, then one alone
+    root = tmp_path / "root"
+    result = runner.run_sweep(sweep, root, workers=1, max_retries=1,
+                              compile_cache_dir=compile_cache, progress=False)
+    ok, diverged, alone = result["runs"]
+    assert [r["status"] for r in result["runs"]] == ["completed", "failed", "completed"]
+    # the population's log is its first member's; the other member's log points to it
+    assert "population of 2" in (root / diverged["dir"] / "train.log").read_text()
+    assert "population of 2 members" in (root / ok["dir"] / "train.log").read_text()
+    assert "population" not in (root / alone["dir"] / "train.log").read_text()
+    # the diverged member failed alone, as a divergence (not retried); its neighbour completed
+    assert diverged["attempts"] == 1 and diverged["error"].startswith("FloatingPointError")
+    assert ok["attempts"] == 1 and _steps(root / ok["dir"])[-1] == 10
+    assert alone["attempts"] == 1 and _steps(root / alone["dir"])[-1] == 10
+    # member 0 of the population logged what the same run trains alone
+    solo = testing.tiny_sweep(stdlib_tiny_data_dir, name="pop", sizes=(3.4e3,), steps=10)
+    solo.axes = ({"optim.lr": (3e-3,)},)
+    solo.resources.population = 1
+    runner.run_sweep(solo, tmp_path / "solo", workers=1, compile_cache_dir=compile_cache,
+                     progress=False)
+    rows = [json.loads(x) for x in (root / ok["dir"] / "metrics.jsonl").read_text().splitlines()]
+    solo_dir = tmp_path / "solo" / manifest_lib.read_manifest(tmp_path / "solo")["runs"][0]["dir"]
+    solo_rows = [json.loads(x) for x in (solo_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [r["step"] for r in solo_rows]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in solo_rows], abs=1e-4)
+
+
+def test_population_limit_and_grouping(tmp_path):
+    sweep = testing.tiny_sweep(tmp_path, sizes=(3.4e3, 6.7e3))
+    sweep.axes = ({"optim.lr": (3e-3, 1e-2, 3e-2)},)
+    runs = spec.expand(sweep)
+    sweep.resources.population = 2
+    assert runner.population_limit(sweep) == 2
+    queue = [(r, 1) for r in runs]
+    groups = []
+    while queue:
+        groups.append([(r.config.model.n_layers, r.config.model.d_model) for r, _ in
+                       runner.take_population(queue, 2, tmp_path)])
+    # same shape and length only, at most two
+    assert sorted(len(g) for g in groups) == [1, 1, 2, 2]
+    assert all(len(set(g)) == 1 for g in groups) and sum(map(len, groups)) == len(runs)
+    assert len({g[0] for g in groups}) == 2
+    sweep.resources.processes = 2
+    assert runner.population_limit(sweep) == 1  # multi-process runs train alone
+    sweep.resources.processes, sweep.resources.population = 1, -1
+    with pytest.raises(spec.SweepError, match="resources.population"):
+        spec.expand(sweep)
 
 
 @pytest.mark.slow

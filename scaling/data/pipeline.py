@@ -165,7 +165,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, workdir: PathLike | N
     fingerprint = {
         "source": d.source, "tfds_name": d.tfds_name, "split": d.split, "seed": int(config.seed),
         "seq_len": int(d.seq_len), "num_tokens": int(d.num_tokens), "shuffle": bool(d.shuffle),
-        "task": d.task.name, "tokenizer": d.tokenizer,
+        "shuffle_window_tokens": int(d.shuffle_window_tokens), "task": d.task.name, "tokenizer": d.tokenizer,
     }
     return DataIterator(batcher, int(config.train.batch_size), fingerprint, int(d.prefetch))
 
@@ -326,7 +326,9 @@ class _TextBatcher:
                                        self.seed, d.shuffle)
         self.packed = text_lib.PackedText(stream, self.seq_len, int(d.num_tokens),
                                           row_multiple=self.batch_size)
-        self.order = text_lib.RowOrder(self.packed.num_rows, self.seed, d.shuffle)
+        window = int(d.shuffle_window_tokens) // self.seq_len if d.shuffle else 0
+        self.order = text_lib.RowOrder(self.packed.num_rows, self.seed, d.shuffle, window,
+                                       self.packed.window_limit(window))
         self.mix_rate = float(d.task.mix_rate) if d.source == "mixture" else 0.0
         self.task = _task(config) if d.source == "mixture" else None
         self.loss_on = _loss_on(config)

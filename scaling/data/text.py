@@ -13,11 +13,18 @@ num_tokens / T rounded up to whole global batches (R*T target tokens, at most on
 than asked), so that every epoch is whole batches and a run of config.train_steps steps with
 epochs = 1 sees exactly its unique rows; num_tokens = 0 takes every full row of the split.
 
-Order (nested budgets). Global row g (counting over the whole run) is unique row g during the
-first epoch (g < R), so for a fixed seed a run with budget D1 < D2 sees exactly a prefix of what
-the D2 run sees, whatever the model. Later epochs (data.epochs > 1) repeat the same R rows, each
-epoch in its own seeded permutation (identity if data.shuffle is False). Rows never straddle
-epochs, so the unique-token budget is honoured exactly.
+Order (nested budgets). Global row g (counting over the whole run) is position g of one fixed,
+budget-independent visiting order of the stream's rows during the first epoch (g < R), so for a
+fixed seed a run with budget D1 < D2 sees exactly a prefix of what the D2 run sees, whatever the
+model. That order walks the stream in windows of W = data.shuffle_window_tokens / T rows and
+visits each window's rows in a seeded permutation (W = 0 or data.shuffle False: stream order).
+Without it consecutive batches of a small batch come from one long document, and the loss of
+every run of a sweep rises and falls together with the content of the stream (measured on the
+stdlib corpus at 16 x 64 tokens per step: validation loss up 0.2-1.6 nats at the same steps in
+every run). The R unique rows are then the first R positions of that order (a prefix of it, all
+in the first ceil(R / W) windows). Later epochs (data.epochs > 1) repeat the same R rows, each
+epoch in its own seeded permutation of the R positions (identity if data.shuffle is False). Rows
+never straddle epochs, so the unique-token budget is honoured exactly.
 """
 
 from __future__ import annotations
@@ -221,40 +228,64 @@ def clear_cache() -> None:
 
 
 class RowOrder:
-    """Maps a global row index to a unique row: identity in epoch 0, a seeded permutation after."""
+    """Maps a global row index to a stream row: epoch 0 walks the stream window by window, each
+    window's rows in a seeded permutation (stream order for window 0); later epochs visit the
+    same rows in their own seeded permutations."""
 
-    def __init__(self, num_rows: int, seed: int, reshuffle: bool):
+    def __init__(self, num_rows: int, seed: int, reshuffle: bool, window: int = 0,
+                 limit_rows: int | None = None):
         if num_rows <= 0:
             raise ValueError(f"RowOrder needs at least one row, got {num_rows}")
         self.num_rows = int(num_rows)
         self.seed = int(seed)
         self.reshuffle = bool(reshuffle)
-        self._perms: "collections.OrderedDict[int, np.ndarray]" = collections.OrderedDict()
+        self.window = int(window) if reshuffle else 0
+        # rows available to the first-epoch windows: the last window is cut only where the
+        # stream ends (never by the budget, so that nested budgets share one order)
+        self.limit_rows = int(limit_rows if limit_rows is not None else num_rows)
+        if self.limit_rows < self.num_rows:
+            raise ValueError(f"RowOrder: limit_rows={limit_rows} < num_rows={num_rows}")
+        self._perms: "collections.OrderedDict[tuple[str, int], np.ndarray]" = \
+            collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def _perm(self, epoch: int) -> np.ndarray:
+    def _perm(self, kind: str, index: int, size: int) -> np.ndarray:
         with self._lock:
-            p = self._perms.get(epoch)
+            key = (kind, index)
+            p = self._perms.get(key)
             if p is None:
-                rng = np.random.default_rng([sub_seed(self.seed, 0xE90C), epoch])
-                p = rng.permutation(self.num_rows)
-                self._perms[epoch] = p
-                while len(self._perms) > 2:
+                salt = 0xE90C if kind == "epoch" else 0xB10C
+                p = np.random.default_rng([sub_seed(self.seed, salt), index]).permutation(size)
+                self._perms[key] = p
+                while len(self._perms) > 8:
                     self._perms.popitem(last=False)
             return p
 
+    def first_epoch(self, pos_n: np.ndarray) -> np.ndarray:
+        """Returns the stream row (int64) visited at each first-epoch position."""
+        pos_n = np.asarray(pos_n, dtype=np.int64)
+        if self.window <= 0:
+            return pos_n.copy()
+        w = self.window
+        block_n, offset_n = np.divmod(pos_n, w)
+        out = np.empty_like(pos_n)
+        for b in np.unique(block_n):
+            size = min(w, self.limit_rows - int(b) * w)
+            m = block_n == b
+            out[m] = int(b) * w + self._perm("window", int(b), size)[offset_n[m]]
+        return out
+
     def __call__(self, rows_g: np.ndarray) -> np.ndarray:
-        """Returns the unique row (int64, same shape) of each global row index."""
+        """Returns the stream row (int64, same shape) of each global row index."""
         rows_g = np.asarray(rows_g, dtype=np.int64)
         epoch_g, pos_g = np.divmod(rows_g, self.num_rows)
-        out = pos_g.copy()
         if self.reshuffle:
             for e in np.unique(epoch_g):
                 if e == 0:
                     continue
                 m = epoch_g == e
-                out[m] = self._perm(int(e))[pos_g[m]]
-        return out
+                pos_g[m] = self._perm("epoch", int(e), self.num_rows)[pos_g[m]]
+        return self.first_epoch(pos_g)
 
 
 class PackedText:
@@ -284,6 +315,16 @@ class PackedText:
             raise ValueError(f"{what} is empty or too short: it holds {len(stream)} tokens, "
                              f"fewer than data.seq_len + 1 = {t + 1}")
 
+    def window_limit(self, window: int) -> int:
+        """Returns the rows the first-epoch windows of `window` rows may draw from: the budget's
+        rows rounded up to whole windows, or fewer where the stream ends (tokenizes that far)."""
+        if window <= 0:
+            return self.num_rows
+        want = math.ceil(self.num_rows / window) * window
+        if self.stream.ensure(want * self.seq_len + 1):
+            return want
+        return max(self.num_rows, (len(self.stream) - 1) // self.seq_len)
+
     @property
     def num_unique_tokens(self) -> int:
         """Returns the number of unique target tokens in the rows (num_rows * seq_len)."""
@@ -302,7 +343,7 @@ class PackedText:
         max_off = np.zeros(len(unique_n), dtype=np.int32)
         for i, u in enumerate(np.asarray(unique_n, dtype=np.int64)):
             u = int(u)
-            if u + 1 < self.num_rows:  # the window stays inside the budget's rows
+            if u + 1 < self.num_rows:  # the window's second row lies in the stream's first R rows
                 out[i] = self.stream.get(u * t, u * t + 2 * t + 1)
                 max_off[i] = t
             else:

@@ -36,10 +36,10 @@ log = logging.getLogger(__name__)
 CANCEL_GRACE_S = 60.0
 
 
-def _run_process(run_dir: str, name: str, attempt: int, process_id: int, num_processes: int,
-                 coordinator: str | None, devices_per_process: int,
+def _run_process(run_dirs: list[str], name: str, attempt: int, process_id: int,
+                 num_processes: int, coordinator: str | None, devices_per_process: int,
                  cache_dir: str | None) -> dict[str, Any]:
-    """Ray task body: runs one worker process of a run; returns {'code', 'host'}."""
+    """Ray task body: runs one worker process of a run (or population); returns {'code', 'host'}."""
     import signal
     import socket
     import subprocess
@@ -48,12 +48,12 @@ def _run_process(run_dir: str, name: str, attempt: int, process_id: int, num_pro
                                 cache_dir=cache_dir, coordinator=coordinator,
                                 num_processes=num_processes, process_id=process_id)
     env[worker_lib.PARENT_ENV] = str(os.getpid())
-    path = pathlib.Path(run_dir)
+    path = pathlib.Path(run_dirs[0])
     with open(path / runner_lib.log_name(process_id), "a", encoding="utf-8") as logf:
         logf.write(runner_lib.attempt_header(name, attempt, process_id, num_processes)
                    .replace("=====\n", f"on {socket.gethostname()} (ray) =====\n"))
         logf.flush()
-        proc = subprocess.Popen(runner_lib.worker_command(path), stdout=logf,
+        proc = subprocess.Popen(runner_lib.worker_command(*run_dirs), stdout=logf,
                                 stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         try:
@@ -119,7 +119,8 @@ class RayBackend:
             opts["scheduling_strategy"] = strategy
         num = int(self.resources.processes)
         ref = self._process.options(**opts).remote(
-            str(job.run_dir), job.run.name, job.number or job.attempt, process_id, num, coordinator,
+            [str(d) for d in job.run_dirs], job.label, job.number or job.attempt, process_id, num,
+            coordinator,
             int(self.resources.devices_per_process), self.cache_dir)
         job.handle["refs"][process_id] = ref
         self._waiting[ref] = (job, "task", process_id)
@@ -130,6 +131,7 @@ class RayBackend:
         self._jobs.append(job)
         num = int(self.resources.processes)
         if num == 1:
+            runner_lib.note_population_logs(job, 0)
             self._submit(job, 0, None)
             return
         from ray.util.placement_group import placement_group

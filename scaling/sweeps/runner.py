@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 RUN_FORMAT_VERSION = 1
 LOCK_NAME = ".sweep.lock"
 TERMINATE_GRACE_S = 60.0
+# resources.population = 0 (auto): the most runs of one shape and length trained as one population.
+AUTO_POPULATION = {"cpu": 8, "gpu": 16, "tpu": 16}
 
 
 @dataclasses.dataclass
@@ -60,6 +62,17 @@ class Job:
     number: int = 0  # attempts of the run over all invocations: the manifest's and log's number
     started: float = dataclasses.field(default_factory=time.time)
     handle: Any = None  # backend-specific
+    members: list["Job"] = dataclasses.field(default_factory=list)  # a population's runs
+
+    @property
+    def run_dirs(self) -> list[pathlib.Path]:
+        """Returns the run directories this job trains (several for a population)."""
+        return [m.run_dir for m in self.members] or [self.run_dir]
+
+    @property
+    def label(self) -> str:
+        """Returns the run's name, or the population's member names joined by '+'."""
+        return "+".join(m.run.name for m in self.members) or self.run.name
 
 
 class Backend(Protocol):
@@ -141,9 +154,19 @@ def attempt_header(name: str, attempt: int, process_id: int, num_processes: int)
             "=====\n")
 
 
-def worker_command(run_dir: str | os.PathLike) -> list[str]:
-    """Returns the command line that trains one run directory."""
-    return [sys.executable, "-m", "scaling.sweeps.worker", str(run_dir)]
+def worker_command(*run_dirs: str | os.PathLike) -> list[str]:
+    """Returns the command line that trains run directories (several: one population)."""
+    return [sys.executable, "-m", "scaling.sweeps.worker", *map(str, run_dirs)]
+
+
+def note_population_logs(job: Job, process_id: int) -> None:
+    """Appends to every member's log but the first a line naming the log the population writes."""
+    for member in job.members[1:]:
+        with open(member.run_dir / log_name(process_id), "a", encoding="utf-8") as logf:
+            logf.write(attempt_header(member.run.name, member.number or member.attempt,
+                                      process_id, 1)
+                       + f"trained in a population of {len(job.members)} ({job.label}); its log "
+                       f"is {job.run_dir / log_name(process_id)}\n")
 
 
 class LocalBackend:
@@ -175,10 +198,11 @@ class LocalBackend:
                              cache_dir=self.cache_dir, coordinator=coordinator,
                              num_processes=num, process_id=pid)
             env[worker_lib.PARENT_ENV] = str(os.getpid())
+            note_population_logs(job, pid)
             with open(job.run_dir / log_name(pid), "a", encoding="utf-8") as logf:
-                logf.write(attempt_header(job.run.name, job.number or job.attempt, pid, num))
+                logf.write(attempt_header(job.label, job.number or job.attempt, pid, num))
                 logf.flush()
-                procs.append(subprocess.Popen(worker_command(job.run_dir), stdout=logf,
+                procs.append(subprocess.Popen(worker_command(*job.run_dirs), stdout=logf,
                                               stderr=subprocess.STDOUT, env=env,
                                               stdin=subprocess.DEVNULL, start_new_session=True))
         job.handle = {"procs": procs, "term_sent": None}
@@ -505,6 +529,7 @@ def train_runs(sweep: ml_collections.ConfigDict, runs: list[Run], root: str | os
             queue.append((run, 1))
         done_before = sum(1 for r in runs if entries[r.id]["status"] == "completed")
         bk = make_backend(backend, workers, sweep, compile_cache_dir or None, address)
+        limit = population_limit(sweep)
         counts = {s: 0 for s in manifest_lib.STATUSES}
         final_status = "completed"
 
@@ -520,24 +545,32 @@ def train_runs(sweep: ml_collections.ConfigDict, runs: list[Run], root: str | os
             with _Stop() as stop:
                 while (queue or bk.active()) and not stop.requested:
                     while queue and bk.has_capacity() and not stop.requested:
-                        run, attempt = queue.pop(0)
-                        number = int(entries[run.id].get("attempts", 0)) + 1
-                        job = Job(run=run, run_dir=root / run.dir, attempt=attempt, number=number)
+                        group = take_population(queue, limit, root)
+                        members = [Job(run=r, run_dir=root / r.dir, attempt=a,
+                                       number=int(entries[r.id].get("attempts", 0)) + 1)
+                                   for r, a in group]
+                        job = members[0] if len(members) == 1 else dataclasses.replace(
+                            members[0], members=members)
                         bk.start(job)
-                        entries[run.id]["attempts"] = number
-                        update(run, status="running", error=None)
-                        log.info("started %s (attempt %d)", run.name, number)
+                        for m in members:
+                            entries[m.run.id]["attempts"] = m.number
+                            update(m.run, status="running", error=None)
+                        log.info("started %s (attempt %d)%s", job.label, job.number,
+                                 f" as one population of {len(members)}"
+                                 if len(members) > 1 else "")
                     for job, code in bk.poll(0.5):
-                        retry = _finish(job, code, retries, update, stopping=False)
-                        if retry:
-                            queue.append((job.run, job.attempt + 1))
-                        else:
-                            bar.update(1)
+                        for member, member_code in member_outcomes(job, code):
+                            retry = _finish(member, member_code, retries, update, stopping=False)
+                            if retry:
+                                queue.append((member.run, member.attempt + 1))
+                            else:
+                                bar.update(1)
                         bar.set_postfix(running=bk.active(), queued=len(queue), refresh=False)
                 if stop.requested:
                     final_status = "interrupted"
                     for job, code in bk.interrupt_all():
-                        _finish(job, code, 0, update, stopping=True)
+                        for member, member_code in member_outcomes(job, code):
+                            _finish(member, member_code, 0, update, stopping=True)
         finally:
             bar.close()
             bk.close()
@@ -546,6 +579,68 @@ def train_runs(sweep: ml_collections.ConfigDict, runs: list[Run], root: str | os
         if final_status == "completed" and counts["completed"] < len(runs):
             final_status = "failed"
     return {"status": final_status, "counts": counts, "runs": [entries[r.id] for r in runs]}
+
+
+def population_limit(sweep: ml_collections.ConfigDict) -> int:
+    """Returns the most runs one population may hold: `resources.population`, or for 0 (auto)
+    AUTO_POPULATION on accelerators and on the CPU; 1 for multi-process runs."""
+    x = sweep.resources
+    if int(x.processes) > 1:
+        return 1
+    if int(x.population) > 0:
+        return int(x.population)
+    import jax
+
+    return AUTO_POPULATION.get(jax.default_backend(), AUTO_POPULATION["cpu"])
+
+
+def latest_checkpoint_step(run_dir: pathlib.Path) -> int:
+    """Returns the run's latest checkpoint step from its directory listing (0: none)."""
+    ckpt = run_dir / "checkpoints"
+    steps = [int(p.name) for p in ckpt.iterdir() if p.name.isdigit()] if ckpt.is_dir() else []
+    return max(steps, default=0)
+
+
+def population_key(run: Run, root: pathlib.Path) -> tuple | None:
+    """Returns what runs of one population share (program, length, resume step); None: alone."""
+    from scaling.train import population_step
+
+    if run.config.train.on_nonfinite == "rewind":  # restores mid-run: never in a population
+        return None
+    # weight decay too: members that differ in it keep it in the optimizer state, and such a
+    # checkpoint would not resume as a single run if the run were retried alone
+    return (population_step.program_key(run.config), run.steps,
+            float(run.config.optim.weight_decay), latest_checkpoint_step(root / run.dir))
+
+
+def take_population(queue: list[tuple[Run, int]], limit: int, root: pathlib.Path
+                    ) -> list[tuple[Run, int]]:
+    """Removes and returns the queue's first run and up to `limit - 1` later runs that can train
+    with it as one population (same program, steps, weight decay and resume step)."""
+    first = queue.pop(0)
+    key = population_key(first[0], root) if limit > 1 else None
+    if key is None:
+        return [first]
+    group = [first]
+    for item in list(queue):
+        if len(group) >= limit:
+            break
+        if population_key(item[0], root) == key:
+            queue.remove(item)
+            group.append(item)
+    return group
+
+
+def member_outcomes(job: Job, code: int) -> list[tuple[Job, int]]:
+    """Returns (run, exit code) per run of a finished job; a population member's code is 0 when
+    its own status says completed, the job's code otherwise."""
+    if not job.members:
+        return [(job, code)]
+    out = []
+    for member in job.members:
+        done = manifest_lib.run_status(member.run_dir)["status"] == "completed"
+        out.append((member, 0 if done and code != worker_lib.EXIT_USAGE else code))
+    return out
 
 
 def _finish(job: Job, code: int, retries: int, update: Any, stopping: bool) -> bool:

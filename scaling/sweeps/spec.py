@@ -192,6 +192,9 @@ def default_sweep() -> ml_collections.ConfigDict:
     x.tpu_chips = 0.0  # per process (Ray custom resource "TPU"); one process per TPU host
     x.processes = 1  # processes (hosts) one run spans, via jax.distributed
     x.devices_per_process = 0  # CPU: XLA host device count per process (0: inherit)
+    # runs of one model shape and length trained together by one vmapped step (population
+    # training): at most this many per process; 0 = auto (runner.AUTO_POPULATION), 1 = off
+    x.population = 0
 
     s.compile_cache = True  # share a JAX persistent compilation cache among the sweep's runs
     s.max_retries = 1  # extra attempts of a failed run (divergence is not retried)
@@ -532,6 +535,9 @@ def _validate_top(sweep: ml_collections.ConfigDict) -> None:
     x = sweep.resources
     if x.processes < 1:
         raise SweepError(f"sweep.resources.processes={x.processes}: must be >= 1")
+    if not isinstance(x.population, int) or x.population < 0:
+        raise SweepError(f"sweep.resources.population={x.population!r}: must be an integer >= 0 "
+                         "(0: auto, 1: no population training)")
     for field in ("cpus", "gpus", "tpu_chips", "devices_per_process"):
         if not math.isfinite(x[field]) or x[field] < 0:
             raise SweepError(f"sweep.resources.{field}={x[field]!r}: must be a finite number >= 0")

@@ -1,0 +1,177 @@
+"""Population training: members equal their single runs, resume exactly, fail alone."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from scaling import config as config_lib
+from scaling.train import population_step
+from scaling.train.loop import train
+from scaling.train.population import train_population
+
+# Three members: different peak LR, seed (init + data order), weight decay and length.
+MEMBERS = [dict(lr=1e-2, seed=0, wd=0.1, steps=12), dict(lr=3e-3, seed=1, wd=0.1, steps=12),
+           dict(lr=1e-2, seed=2, wd=0.0, steps=8)]
+# vmapped matmuls may sum in another order than single ones: float32 round-off, grown over steps
+LOSS_ATOL, PARAM_ATOL = 1e-4, 1e-4
+
+
+def _config(data_dir: pathlib.Path, lr: float, seed: int, wd: float, steps: int
+            ) -> config_lib.ml_collections.ConfigDict:
+    c = config_lib.default_config()
+    c.data.tfds_name = "stdlib_corpus/tiny"
+    c.data.tfds_data_dir = str(data_dir)
+    c.data.seq_len = c.model.max_seq_len = 32
+    c.model.d_model, c.model.n_layers, c.model.n_heads = 32, 1, 2
+    c.train.batch_size = 8
+    c.train.num_steps = steps
+    c.train.log_every = 1
+    c.train.progress = False
+    c.checkpoint.log_max = 4
+    c.checkpoint.every = 0
+    c.optim.lr, c.optim.weight_decay, c.optim.warmup_steps = lr, wd, 2
+    c.seed = seed
+    return c
+
+
+def _rows(workdir: pathlib.Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _status(workdir: pathlib.Path) -> dict:
+    return json.loads((workdir / "status.json").read_text())
+
+
+def _params(workdir: pathlib.Path, step: int) -> dict[str, np.ndarray]:
+    manager = ocp.CheckpointManager(workdir.absolute() / "checkpoints", item_names=("state",))
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    leaves = ocp.tree.to_flat_dict(state["state"]["params"])
+    manager.close()
+    return {"/".join(map(str, k)): np.asarray(v) for k, v in leaves.items()}
+
+
+@pytest.fixture(scope="module")
+def population_and_singles(tmp_path_factory, stdlib_tiny_data_dir):
+    root = tmp_path_factory.mktemp("population")
+    configs = [_config(stdlib_tiny_data_dir, **m) for m in MEMBERS]
+    pop_dirs = [root / f"pop{i}" for i in range(len(configs))]
+    summaries = train_population(configs, pop_dirs)
+    single_dirs = [root / f"single{i}" for i in range(len(configs))]
+    for c, d in zip(configs, single_dirs):
+        train(c, d)
+    return configs, pop_dirs, single_dirs, summaries
+
+
+def test_members_equal_their_single_runs(population_and_singles):
+    _, pop_dirs, single_dirs, summaries = population_and_singles
+    assert [s["status"] for s in summaries] == ["completed"] * 3
+    for m, pop_dir, single_dir in zip(MEMBERS, pop_dirs, single_dirs):
+        pop_rows, single_rows = _rows(pop_dir), _rows(single_dir)
+        assert [r["step"] for r in pop_rows] == list(range(1, m["steps"] + 1))
+        assert [r["step"] for r in pop_rows] == [r["step"] for r in single_rows]
+        for key in ("loss", "grad_norm", "lr", "param_norm"):
+            np.testing.assert_allclose([r[key] for r in pop_rows], [r[key] for r in single_rows],
+                                       atol=LOSS_ATOL, rtol=1e-4, err_msg=f"{pop_dir} {key}")
+        assert pop_rows[-1]["tokens"] == single_rows[-1]["tokens"] == m["steps"] * 8 * 32
+        steps = sorted(int(p.name) for p in (pop_dir / "checkpoints").iterdir())
+        assert steps == sorted(int(p.name) for p in (single_dir / "checkpoints").iterdir())
+        pop_params, single_params = _params(pop_dir, steps[-1]), _params(single_dir, steps[-1])
+        assert pop_params.keys() == single_params.keys()
+        for name in pop_params:
+            np.testing.assert_allclose(pop_params[name], single_params[name], atol=PARAM_ATOL,
+                                       err_msg=name)
+        assert _status(pop_dir)["status"] == "completed"
+        assert _status(pop_dir)["step"] == m["steps"]
+        run = json.loads((pop_dir / "run.json").read_text())
+        assert run == {**json.loads((single_dir / "run.json").read_text()), "name": pop_dir.name}
+    # the members really differ: another LR, seed or decay gives another curve
+    losses = [_rows(d)[7]["loss"] for d in pop_dirs]
+    assert len({round(x, 4) for x in losses}) == 3
+
+
+def test_killed_population_resumes_exactly(population_and_singles, tmp_path):
+    configs, pop_dirs, _, _ = population_and_singles
+    dirs = [tmp_path / f"m{i}" for i in range(len(configs))]
+    first = train_population(configs, dirs, stop_after=6)  # latest checkpoint: step 4
+    assert [s["status"] for s in first] == ["interrupted"] * 3
+    assert [_rows(d)[-1]["step"] for d in dirs] == [6, 6, 6]
+    summaries = train_population(configs, dirs)
+    assert [s["status"] for s in summaries] == ["completed"] * 3
+    for resumed, straight in zip(dirs, pop_dirs):
+        a, b = _rows(resumed), _rows(straight)
+        assert [r["step"] for r in a] == [r["step"] for r in b]  # steps 5, 6 re-logged once
+        for key in ("loss", "grad_norm", "param_norm"):
+            assert [r[key] for r in a] == [r[key] for r in b], (resumed, key)
+        last = max(int(p.name) for p in (straight / "checkpoints").iterdir())
+        pa, pb = _params(resumed, last), _params(straight, last)
+        for name in pa:
+            np.testing.assert_array_equal(pa[name], pb[name], err_msg=name)
+
+
+def test_diverging_member_fails_alone(population_and_singles, tmp_path):
+    configs, pop_dirs, _, _ = population_and_singles
+    bad = configs[1].copy_and_resolve_references()
+    bad.optim.lr = 1e30  # step 1 runs at LR 0 (warmup); step 2's update overflows the parameters
+    members = [configs[0], bad, configs[2]]
+    dirs = [tmp_path / f"m{i}" for i in range(3)]
+    summaries = train_population(members, dirs)
+    assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
+    status = _status(dirs[1])
+    assert status["status"] == "failed" and status["step"] == 2
+    assert "param_norm" in status["error"] and "not finite" in status["error"]
+    # its checkpoints stop at the last finite state
+    assert sorted(int(p.name) for p in (dirs[1] / "checkpoints").iterdir()) == [1]
+    for i in (0, 2):  # the others are untouched by their neighbour's divergence
+        assert [r["loss"] for r in _rows(dirs[i])] == [r["loss"] for r in _rows(pop_dirs[i])]
+    # a later call leaves the finished members alone
+    again = train_population(members, dirs)
+    assert [s["status"] for s in again] == ["completed", "failed", "completed"]
+
+
+def test_members_of_different_shape_are_an_error_before_compiling(tmp_path,
+                                                                  stdlib_tiny_data_dir):
+    a = _config(stdlib_tiny_data_dir, **MEMBERS[0])
+    b = _config(stdlib_tiny_data_dir, **MEMBERS[1])
+    b.model.d_model = 64
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    with pytest.raises(population_step.PopulationError, match=r"config\.model\.d_model"):
+        train_population([a, b], dirs)
+    assert not any(d.exists() for d in dirs)
+    c = _config(stdlib_tiny_data_dir, **MEMBERS[1])
+    c.optim.name = "lion"
+    with pytest.raises(population_step.PopulationError, match=r"config\.optim\.name"):
+        population_step.check_members([a, c])
+    with pytest.raises(population_step.PopulationError, match="workdir"):
+        train_population([a, a], [tmp_path / "x", tmp_path / "x"])
+
+
+def test_skip_policy_counts_skipped_steps_and_fails_a_member_past_the_limit(
+        population_and_singles, tmp_path):
+    configs, pop_dirs, _, _ = population_and_singles
+    members = [c.copy_and_resolve_references() for c in configs]
+    for c in members:
+        c.train.on_nonfinite, c.train.max_skipped_steps = "skip", 3
+    members[1].optim.lr = 1e30  # every update from step 2 on overflows: skipped, then failed
+    dirs = [tmp_path / f"m{i}" for i in range(3)]
+    summaries = train_population(members, dirs)
+    assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
+    status = _status(dirs[1])
+    assert "more than 3 skipped steps" in status["error"]
+    assert status["error"].startswith("FloatingPointError") and status["skipped_steps"] == 4
+    assert status["step"] == 5  # steps 2, 3, 4 skipped; the 4th skip (step 5) stops it
+    for i in (0, 2):  # finite members are unaffected by the policy
+        assert [r["loss"] for r in _rows(dirs[i])] == [r["loss"] for r in _rows(pop_dirs[i])]
+
+
+def test_rewind_policy_is_refused_before_compiling(tmp_path, stdlib_tiny_data_dir):
+    a = _config(stdlib_tiny_data_dir, **MEMBERS[0])
+    a.train.on_nonfinite = "rewind"
+    with pytest.raises(population_step.PopulationError, match="on_nonfinite='rewind'"):
+        train_population([a, _config(stdlib_tiny_data_dir, **MEMBERS[1])],
+                         [tmp_path / "a", tmp_path / "b"])
+    assert not (tmp_path / "a").exists()
