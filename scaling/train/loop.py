@@ -247,7 +247,7 @@ def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
         batch = trainer.put_batch(next(data_iter)) if step < end_step else None
         with _progress(num_steps, start_step, config.train.progress) as bar:
             while step < end_step:
-                if preemption.requested and step == start_step:
+                if step == start_step and preemption.stopped_before_start():
                     status = "interrupted"  # SIGTERM before the first step: nothing new to save
                     log.warning("SIGTERM before step %d; exiting", step + 1)
                     break

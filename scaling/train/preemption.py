@@ -52,6 +52,11 @@ class Preemption:
         del signum, frame
         self.requested = True
 
+    def stopped_before_start(self) -> bool:
+        """Returns True if the run should end before its first step (one process only: with
+        several, a local flag is not an agreement, and the first agreed step is saved)."""
+        return self.mode == "local" and self.requested
+
     def reached(self, step: int) -> bool:
         """Returns True if the run stops at `step` (after saving it); the same on every process.
 
