@@ -1,4 +1,11 @@
-"""Metric writers at the edge of training: JSONL (flushed per line) and TensorBoard event files."""
+"""Metric writers at the edge of training: JSONL and TensorBoard event files.
+
+JSONL rows are written whole, one `write` call per row (or per group of rows), and flushed to
+the operating system at once, so a killed process loses nothing it wrote and a line is never
+interleaved with another; `sync()` (fsync) makes them survive a machine crash too, and the loop
+calls it before every checkpoint. A line cut by a crash is skipped by the readers here.
+TensorBoard events are buffered by tensorboardX and flushed at the same points.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 from typing import Any, Iterable
 
 import numpy as np
@@ -52,7 +60,7 @@ def logged_steps(path: pathlib.Path) -> set[int]:
 
 
 class JsonlWriter:
-    """Appends one JSON object per line to a file, flushed and fsync'd per write."""
+    """Appends one JSON object per line to a file; each write is flushed, `sync` fsyncs."""
 
     def __init__(self, path: str | pathlib.Path):
         self.path = pathlib.Path(path)
@@ -60,10 +68,9 @@ class JsonlWriter:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, row: dict[str, Any]) -> None:
-        """Appends `row` as one line."""
+        """Appends `row` as one line, flushed to the OS (no fsync: see `sync`)."""
         self._file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
         self._file.flush()
-        os.fsync(self._file.fileno())
 
     def write_many(self, rows: Iterable[dict[str, Any]]) -> None:
         """Appends each row as one line, all in one write call (one step's rows land together)."""
@@ -75,27 +82,55 @@ class JsonlWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
 
+    def sync(self) -> None:
+        """Forces the rows written so far to disk (fsync)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
     def close(self) -> None:
-        """Closes the file."""
-        self._file.close()
+        """Syncs and closes the file."""
+        if not self._file.closed:
+            self.sync()
+            self._file.close()
 
 
 class TensorBoardWriter:
     """Scalars to TensorBoard event files under `logdir` (tensorboardX, no TensorFlow needed)."""
 
-    def __init__(self, logdir: str | pathlib.Path):
-        from tensorboardX import SummaryWriter
-
-        self._writer = SummaryWriter(logdir=str(logdir))
+    def __init__(self, logdir: str | pathlib.Path, flush_secs: float = 30.0):
+        self._writer = _summary_writer_class()(logdir=str(logdir), flush_secs=flush_secs)
 
     def write_scalars(self, step: int, scalars: dict[str, Any]) -> None:
-        """Writes each finite scalar at `step`."""
+        """Queues each finite scalar at `step` (written by tensorboardX's writer thread)."""
         for key, value in scalars.items():
             value = _jsonable(value)
             if isinstance(value, (int, float)) and value is not None:
                 self._writer.add_scalar(key, float(value), global_step=step)
+
+    def flush(self) -> None:
+        """Writes the queued events to the event file."""
         self._writer.flush()
 
     def close(self) -> None:
         """Flushes and closes the event file."""
         self._writer.close()
+
+
+def _summary_writer_class() -> type:
+    """Returns tensorboardX's SummaryWriter, imported without torch.
+
+    tensorboardX imports torch when it is installed, only to accept torch tensors; that import
+    takes seconds of every run's start-up (9 s measured on a loaded 2-core machine) and this
+    writer only ever passes floats. If torch is not imported yet it is hidden for the import
+    (`sys.modules["torch"] = None` makes `import torch` raise ImportError, which tensorboardX
+    handles) and unhidden right after, so a later `import torch` elsewhere works as usual.
+    """
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter

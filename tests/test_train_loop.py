@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
+import jax.numpy as jnp
 import pytest
 
 from scaling import config as config_lib
+from scaling.train import divergence
 from scaling.train.loop import train
+from scaling.train.preemption import Preemption
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +72,27 @@ def test_inline_evaluation_at_every_checkpoint(finished_run):
     assert sorted(val) == [1, 2, 4, 8, 16, 25, 32, 50, 60]
     assert len([r for r in rows if r["metric"] == "val/loss"]) == len(val)
     assert val[60] < val[1] - 1.0
+
+
+def test_guard_reads_only_the_steps_up_to_the_fetched_one():
+    # the loop checks step s's predecessors one step late: a bad step after s is not seen yet
+    guard = divergence.Guard("skip", max_skipped_steps=5)
+    for step, mask in ((1, 0), (2, 0), (3, 1), (4, 0), (5, 2)):
+        guard.note(step, jnp.int32(mask))
+    assert guard.check(upto=2) is None and guard.bad_steps == 0
+    assert guard.check(upto=4) is None and guard.bad_steps == 1
+    event = guard.read()
+    assert (event.step, event.quantities, event.count) == (3, ["loss"], 2)
+    stop = divergence.Guard("stop", max_skipped_steps=0)
+    stop.note(7, jnp.int32(4))
+    with pytest.raises(FloatingPointError, match="param_norm at step 7"):
+        stop.check(upto=7)
+
+
+def test_single_process_preemption_is_a_local_flag_and_restores_the_handler():
+    before = signal.getsignal(signal.SIGTERM)
+    with Preemption() as preemption:
+        assert preemption.mode == "local" and not preemption.reached(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert preemption.reached(2) and preemption.stopped_before_start()
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -1,9 +1,9 @@
-"""Divergence policy: an on-device record of non-finite steps, read only where the host syncs.
+"""Divergence policy: each step's on-device non-finite mask, read only where the host syncs.
 
 Every train step returns `metrics["nonfinite"]`, a bit mask of the non-finite quantities (see
-`step.NONFINITE_BITS`). `Guard.note` folds it into a three-number device array (first bad step,
-its mask, number of bad steps) without waiting for the device; `Guard.check` reads that array at
-the points where the loop already syncs (logging) and always before a checkpoint is written, and
+`step.NONFINITE_BITS`). `Guard.note` keeps the device scalar without waiting for the device;
+`Guard.check(upto=s)` reads the masks of steps <= s where the loop fetches step s's metrics
+anyway (logging, one step late) and always before a checkpoint is written, and
 applies `train.on_nonfinite`: stop (raise a FloatingPointError, see `divergence_error`), skip (the step already kept the old
 state; fail past `train.max_skipped_steps`) or rewind (the loop restores the latest checkpoint).
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
 from scaling.train import step as step_lib
 
@@ -25,16 +24,6 @@ def divergence_error(step: int, quantities: list[str], why: str = "") -> Floatin
     err = FloatingPointError(f"non-finite {', '.join(quantities)} at step {step}{why}")
     err.step, err.quantities = step, quantities
     return err
-
-
-@jax.jit
-def _note(record_3: jax.Array, step: jax.Array, mask: jax.Array) -> jax.Array:
-    """Returns the record [first bad step, its mask, bad steps] updated with one step's mask."""
-    bad = mask != 0
-    first = (record_3[0] == 0) & bad
-    return jnp.stack([jnp.where(first, step, record_3[0]),
-                      jnp.where(first, mask, record_3[1]),
-                      record_3[2] + bad.astype(jnp.int32)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,22 +46,34 @@ class Guard:
 
     def reset(self) -> None:
         """Forgets the non-finite steps seen so far (after a rewind)."""
-        self._record_3 = jnp.zeros((3,), jnp.int32)
+        self._unread: list[tuple[int, jax.Array]] = []
+        self._first: tuple[int, int] | None = None  # (step, mask) of the first non-finite step
+        self._count = 0
 
     def note(self, step: int, nonfinite_mask: jax.Array) -> None:
-        """Folds one step's non-finite mask into the device-side record (no host sync)."""
-        self._record_3 = _note(self._record_3, jnp.int32(step), nonfinite_mask)
+        """Keeps one step's non-finite mask (a device scalar) for the next read; no host sync,
+        and no device work either (a per-step reduction would cost a dispatch per step)."""
+        self._unread.append((int(step), nonfinite_mask))
 
-    def read(self) -> Event | None:
-        """Returns the first non-finite step since the last reset, or None (waits for the device)."""
-        first, mask, count = (int(v) for v in jax.device_get(self._record_3))
-        if count == 0:
+    def read(self, upto: int | None = None) -> Event | None:
+        """Returns the first non-finite step since the last reset among the noted steps
+        <= `upto` (default: all), or None; waits for those steps' masks only."""
+        take = [(s, m) for s, m in self._unread if upto is None or s <= upto]
+        self._unread = [(s, m) for s, m in self._unread if upto is not None and s > upto]
+        masks = jax.device_get([m for _, m in take])
+        for (s, _), mask in zip(take, masks):
+            if int(mask) != 0:
+                self._count += 1
+                if self._first is None:
+                    self._first = (s, int(mask))
+        if self._first is None:
             return None
-        return Event(first, step_lib.nonfinite_names(mask), count)
+        return Event(self._first[0], step_lib.nonfinite_names(self._first[1]), self._count)
 
-    def check(self) -> Event | None:
-        """Applies the policy: returns an Event to rewind for, None to go on, or raises."""
-        event = self.read()
+    def check(self, upto: int | None = None) -> Event | None:
+        """Applies the policy to the steps <= `upto` (default: all noted): returns an Event to
+        rewind for, None to go on, or raises."""
+        event = self.read(upto)
         self.bad_steps = event.count if event is not None else 0
         if event is None:
             return None

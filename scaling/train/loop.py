@@ -6,13 +6,17 @@ train step until the step budget is spent. It writes the run directory:
 
     workdir/config.json     resolved config
     workdir/run.json        run id, name, axes, N (total, non-embedding), FLOPs/token, steps
-    workdir/metrics.jsonl   one JSON object per logged step (flushed per line)
+    workdir/metrics.jsonl   one JSON object per logged step (flushed per line, fsync'd at saves)
     workdir/eval.jsonl      evaluation rows (when evaluation is on)
     workdir/status.json     pending | running | completed | failed | interrupted
     workdir/tb/             TensorBoard event files
     workdir/checkpoints/    orbax checkpoints at the configured steps
 
-SIGTERM (preemption) makes the loop save a checkpoint at the current step and return cleanly.
+SIGTERM (preemption) makes the loop save a checkpoint and return cleanly, at a step every process
+of the run agrees on (`scaling.train.preemption`). The host never waits for the device per step:
+a logged step's metrics are fetched after the next step is dispatched, the next batch is put on
+the device while the current step runs, and the host waits only where it must (checkpoint,
+evaluation, the last step).
 A resume first compares the checkpoint's config with the requested one (`check_resume`) and
 refuses a change that alters the run before anything in the directory is written. On resume, a
 checkpoint whose evaluation rows are missing (a kill between save and evaluation) is evaluated
@@ -26,7 +30,6 @@ import json
 import logging
 import os
 import pathlib
-import signal
 import time
 from typing import Any, Callable
 
@@ -40,6 +43,7 @@ from scaling import metrics_writer
 from scaling import perf
 from scaling.models import accounting
 from scaling.train import divergence
+from scaling.train import preemption as preemption_lib
 from scaling.train import setup as setup_lib
 from scaling.train import step as step_lib
 
@@ -94,29 +98,6 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     return run
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks after each step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> "_Preemption":
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no signal handling
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        del signum, frame
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -135,7 +116,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     """
     workdir = pathlib.Path(workdir)
     config_lib.validate(config, jax.device_count())  # before touching data or devices
-    with _Preemption() as preemption:  # from here on SIGTERM ends the run as "interrupted"
+    # from here on SIGTERM ends the run as "interrupted", at a step all processes agree on
+    with preemption_lib.Preemption(config.train.log_every) as preemption:
         config = data_lib.resolve(config, workdir)
         config_lib.validate(config, jax.device_count())
         checkpointer = ckpt_lib.Checkpointer(workdir, config)
@@ -152,7 +134,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
 
 def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                    checkpointer: ckpt_lib.Checkpointer, latest: int | None,
-                   preemption: _Preemption, *, stop_after: int | None,
+                   preemption: preemption_lib.Preemption, *, stop_after: int | None,
                    evaluator: Callable[..., list[dict]] | None) -> dict[str, Any]:
     """Runs the loop once the resume check passed; every exit writes status.json."""
     metrics_file = eval_file = tb = None
@@ -231,69 +213,97 @@ def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
 
         guard = divergence.Guard(config.train.on_nonfinite, config.train.max_skipped_steps)
         rewinds: list[dict[str, Any]] = []
-        window_start, window_steps = time.perf_counter(), 0
+        window = {"start": time.perf_counter(), "step": start_step}
+        pending: tuple[int, dict[str, Any]] | None = None  # a logged step not yet fetched
+
+        def log_row(s: int, metrics: dict[str, Any]) -> divergence.Event | None:
+            """Checks steps <= s for non-finite values (raises, or returns a rewind Event),
+            then writes step s's row; waits for step s only."""
+            nonlocal last_metrics
+            event = guard.check(upto=s)
+            if event is not None:
+                return event
+            if guard.bad_steps:
+                details["skipped_steps"] = guard.bad_steps
+            row = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            row.update(step=s, tokens=s * tokens_per_step, flops=s * flops_per_step,
+                       time=time.time())
+            now = time.perf_counter()
+            if s > window["step"]:
+                tokens_per_s = (s - window["step"]) * tokens_per_step / max(
+                    now - window["start"], 1e-9)
+                row.update(tokens_per_s=tokens_per_s,
+                           mfu=tokens_per_s * run["flops_per_token"] / peak_total)
+            window.update(start=now, step=s)
+            if metrics_file is not None:
+                metrics_file.write(row)
+                tb.write_scalars(s, row)
+            last_metrics = row
+            bar.update(s - bar.n)
+            bar.set_postfix(loss=f"{row['loss']:.4f}",
+                            tok_s=f"{row.get('tokens_per_s', 0.0):.3g}", refresh=False)
+            return None
+
+        batch = trainer.put_batch(next(data_iter)) if step < end_step else None
         with _progress(num_steps, start_step, config.train.progress) as bar:
             while step < end_step:
-                if preemption.requested and step == start_step:
+                if step == start_step and preemption.stopped_before_start():
                     status = "interrupted"  # SIGTERM before the first step: nothing new to save
                     log.warning("SIGTERM before step %d; exiting", step + 1)
                     break
-                batch_np = next(data_iter)
                 if jitted is None:
-                    jitted = trainer.jit_train_step(batch_np)
-                state, metrics = jitted(state, batch_np)
-                guard.note(step + 1, metrics["nonfinite"])
+                    jitted = trainer.jit_train_step(batch)
+                state, metrics = jitted(state, batch)
                 step += 1
-                window_steps += 1
+                guard.note(step, metrics["nonfinite"])
+                data_state = data_iter.get_state()  # the position after this step's batch
                 if step == start_step + 1:  # exclude compilation from the throughput window
                     jax.block_until_ready(metrics)
-                    window_start, window_steps = time.perf_counter(), 0
+                    window.update(start=time.perf_counter(), step=step)
+                preempted = preemption.reached(step)  # the same answer on every process
+                saving = step in save_at or preempted
+                evaluating = evaluator is not None and should_eval(step)
                 logged = (step % config.train.log_every == 0 or step in save_at
                           or step == end_step)
-                preempted = preemption.requested  # read once: a save and the exit agree
-                saving = step in save_at or preempted
-                if logged:
-                    row = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    row.update(step=step, tokens=step * tokens_per_step,
-                               flops=step * flops_per_step, time=time.time())
-                    if window_steps:
-                        elapsed = time.perf_counter() - window_start
-                        tokens_per_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
-                        row.update(tokens_per_s=tokens_per_s,
-                                   mfu=tokens_per_s * run["flops_per_token"] / peak_total)
-                    if metrics_file is not None:
-                        metrics_file.write(row)
-                        tb.write_scalars(step, row)
-                    last_metrics = row
-                    window_start, window_steps = time.perf_counter(), 0
-                    bar.set_postfix(loss=f"{row['loss']:.4f}",
-                                    tok_s=f"{row.get('tokens_per_s', 0.0):.3g}", refresh=False)
-                if logged or saving:  # the host syncs here anyway; always before a save
-                    event = guard.check()
-                    if event is not None:  # rewind
-                        state, step = _rewind(config, trainer, checkpointer, data_iter, state,
-                                              event, rewinds)
-                        details["rewinds"] = rewinds
-                        guard.reset()
-                        if metrics_file is not None:
-                            metrics_file.close()
-                            metrics_writer.truncate_jsonl(workdir / "metrics.jsonl", step)
-                            metrics_file = open_metrics()
-                        if eval_file is not None:
-                            eval_file.close()
-                            metrics_writer.truncate_jsonl(workdir / "eval.jsonl", step)
-                            eval_file = metrics_writer.JsonlWriter(workdir / "eval.jsonl")
-                        write_status(workdir, "running", step, **details)
-                        bar.reset(total=num_steps)
-                        bar.update(step)
-                        window_start, window_steps = time.perf_counter(), 0
-                        continue
-                    if guard.bad_steps:
+                if step < end_step and not preempted:
+                    # the next batch goes to the device while this step runs
+                    batch = trainer.put_batch(next(data_iter))
+                # The previous logged step is fetched now that this one is queued behind it, so
+                # the device never waits for the host's logging (nanodo's pattern).
+                event = log_row(*pending) if pending is not None else None
+                pending = None
+                if event is None and (saving or evaluating or step == end_step):
+                    # the host waits for this step anyway: check it now, always before a save
+                    event = guard.check(upto=step) if not logged else log_row(step, metrics)
+                    if event is None and guard.bad_steps:
                         details["skipped_steps"] = guard.bad_steps
-                bar.update(1)
+                elif event is None and logged:
+                    pending = (step, metrics)
+                if event is not None:  # rewind
+                    state, step = _rewind(config, trainer, checkpointer, data_iter, state,
+                                          event, rewinds)
+                    details["rewinds"] = rewinds
+                    guard.reset()
+                    if metrics_file is not None:
+                        metrics_file.close()
+                        metrics_writer.truncate_jsonl(workdir / "metrics.jsonl", step)
+                        metrics_file = open_metrics()
+                    if eval_file is not None:
+                        eval_file.close()
+                        metrics_writer.truncate_jsonl(workdir / "eval.jsonl", step)
+                        eval_file = metrics_writer.JsonlWriter(workdir / "eval.jsonl")
+                    write_status(workdir, "running", step, **details)
+                    bar.reset(total=num_steps)
+                    bar.update(step)
+                    batch = trainer.put_batch(next(data_iter))
+                    window.update(start=time.perf_counter(), step=step)
+                    continue
                 if saving:
-                    checkpointer.save(step, state, data_iter.get_state(), config)
-                if evaluator is not None and should_eval(step):
+                    if metrics_file is not None:  # the log reaches the disk before its checkpoint
+                        metrics_file.sync()
+                        tb.flush()
+                    checkpointer.save(step, state, data_state, config)
+                if evaluating:
                     evaluate(state.params, step)
                 if preempted:
                     status = "interrupted"

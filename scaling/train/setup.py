@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -36,21 +37,50 @@ class Trainer:
         """Returns a freshly initialized, sharded TrainState (seeded by config.seed)."""
         return state_lib.init_state(self.model, self.tx, self.config, self.mesh, self.shardings)
 
+    def batch_shardings(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Returns the NamedSharding of each array of a batch (leading axis over 'batch')."""
+        return {k: _batch_sharding(self.mesh, self.rules, np.ndim(v)) for k, v in batch.items()}
+
+    def put_batch(self, batch_np: dict[str, Any]) -> dict[str, jax.Array]:
+        """Returns this process's numpy batch as global, batch-sharded device arrays (values
+        that already are jax Arrays are kept); the transfer is asynchronous."""
+        host = {k: v for k, v in batch_np.items() if not isinstance(v, jax.Array)}
+        if not host:
+            return dict(batch_np)
+        if jax.process_count() == 1:
+            placed = jax.device_put(host, self.batch_shardings(host))  # one call for all keys
+        else:
+            placed = {k: jax.make_array_from_process_local_data(s, np.asarray(host[k]))
+                      for k, s in self.batch_shardings(host).items()}
+        return {**batch_np, **placed}
+
     def jit_train_step(self, example_batch: dict[str, np.ndarray]) -> Callable:
-        """Returns the jitted train step with explicit in/out shardings; the state is donated."""
-        batch_shardings = {k: sharding_lib.batch_sharding(self.mesh, self.rules, np.ndim(v))
-                           for k, v in example_batch.items()}
+        """Returns the jitted train step with explicit in/out shardings; the state is donated.
+
+        The step takes numpy or device batches (see `put_batch`). It is compiled ahead of time
+        on the first call, inside the logical-axis context; later calls go straight to the
+        compiled program, without re-entering the context or re-deriving shardings per step."""
+        batch_shardings = self.batch_shardings(example_batch)
         step = step_lib.make_train_step(self.model, self.tx, self.config)
         jitted = jax.jit(step, in_shardings=(self.shardings, batch_shardings),
                          out_shardings=(self.shardings, sharding_lib.replicated(self.mesh)),
                          donate_argnums=(0,))
+        compiled: list[Any] = []
 
-        def run(state: state_lib.TrainState, batch_np: dict[str, np.ndarray]) -> tuple:
-            batch = sharding_lib.global_batch(batch_np, self.mesh, self.rules)
-            with sharding_lib.logical_context(self.mesh, self.rules):
-                return jitted(state, batch)
+        def run(state: state_lib.TrainState, batch: dict[str, Any]) -> tuple:
+            batch = self.put_batch(batch)
+            if not compiled:
+                with sharding_lib.logical_context(self.mesh, self.rules):
+                    compiled.append(jitted.lower(state, batch).compile())
+            return compiled[0](state, batch)
 
         return run
+
+
+@functools.lru_cache(maxsize=64)
+def _batch_sharding(mesh: Mesh, rules: Any, ndim: int) -> Any:
+    """Returns (cached) the batch sharding of rank `ndim` on `mesh` under `rules`."""
+    return sharding_lib.batch_sharding(mesh, rules, ndim)
 
 
 def check_platform(config: ml_collections.ConfigDict, devices: list | None = None) -> None:
