@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import signal
 import time
 from typing import Any, Callable, Sequence
 
@@ -29,38 +28,12 @@ from scaling import data as data_lib
 from scaling import metrics_writer
 from scaling import perf
 from scaling.train import loop
+from scaling.train import preemption as preemption_lib
 from scaling.train import population_step as pop_lib
 
 log = logging.getLogger(__name__)
 
 FINISHED = ("completed", "failed")
-
-
-class _Preemption:
-    """SIGTERM -> a flag checked after each step.
-
-    A minimal local equivalent of the loop's private preemption handler; sharing it needs it
-    public in `scaling/train/loop.py`.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-
-    def __enter__(self) -> "_Preemption":
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no signal handling
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        del signum, frame
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _read_status(workdir: pathlib.Path) -> dict[str, Any]:
@@ -253,7 +226,7 @@ def _train_active(live: list[_Member], evaluators: list, stop_after: int | None)
     jitted = None
     step = start_step
     log.info("population of %d members from step %d to %d", len(live), start_step, end_step)
-    with _Preemption() as preemption:
+    with preemption_lib.Preemption(log_every) as preemption:
         while step < end_step and not all(m.done for m in live):
             for i, m in enumerate(live):
                 if batches[i] is None or (not m.done and step < m.num_steps):
@@ -269,9 +242,10 @@ def _train_active(live: list[_Member], evaluators: list, stop_after: int | None)
                 jax.block_until_ready(metrics_K)
                 for m in live:
                     m.window_start, m.window_steps = time.perf_counter(), 0
+            preempted = preemption.reached(step)  # the same answer on every process
             _after_step(live, pop, state_K, metrics_K, control, step, end_step, log_every,
-                        peak_total, preemption.requested)
-            if preemption.requested:
+                        peak_total, preempted)
+            if preempted:
                 log.warning("SIGTERM: saved checkpoints at step %d; exiting", step)
                 break
     for m in live:
