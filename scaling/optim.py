@@ -182,4 +182,10 @@ def make_optimizer(config: ml_collections.ConfigDict,
 
         parts.append(mup.scale_by_multipliers(multipliers))
     parts.append(scale_by_schedule_state(config))
-    return optax.chain(*parts), schedule
+    tx = optax.chain(*parts)
+    if config.finetune.lora_rank > 0:  # LoRA: only the adapters train; the base gets no update
+        from scaling.models import lora
+
+        tx = optax.multi_transform({"adapter": tx, "frozen": optax.set_to_zero()},
+                                   lora.trainable_labels(abstract_params))
+    return tx, schedule

@@ -104,6 +104,8 @@ DOMAINS: dict[str, Domain] = {
     "optim.warmup_steps": NON_NEGATIVE_INT,
     "optim.final_lr_frac": UNIT,
     "optim.wsd_decay_frac": Domain(0, 1, lo_open=True),
+    "finetune.lora_rank": NON_NEGATIVE_INT,
+    "finetune.lora_alpha": POSITIVE,
     "checkpoint.log_max": COUNT,
     "checkpoint.every": NON_NEGATIVE_INT,
     "checkpoint.max_to_keep": NON_NEGATIVE_INT,
