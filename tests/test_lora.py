@@ -143,3 +143,16 @@ def test_cli_reports_an_unknown_module_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "config.finetune.lora_modules='attn,ffn'" in err and "'ffn' matches no module" in err
     assert not (tmp_path / "run" / "run.json").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("overrides", [{"model.n_kv_heads": 0},  # q, k, v of one shape
+                                       {"model.dtype": "bfloat16"}])  # weights cast before use
+def test_every_weight_of_the_modules_gets_an_adapter_on_the_mesh(overrides):
+    config = lora_config(**{"mesh.fsdp": 2, **overrides})
+    trainer = setup_lib.build(config)  # under the mesh's logical-axis rules
+    names = flat(trainer.abstract_state.params)
+    for module, weights in (("attn", "qkvo"), ("mlp", ("wi_gate", "wi_up", "wo"))):
+        for w in weights:
+            for suffix in lora_lib.ADAPTER_SUFFIXES:
+                assert f"layers/{module}/{w}{suffix}" in names, (module, w, suffix)
+    assert sorted(names) == sorted(flat(setup_lib.abstract_params(config)))  # same without mesh

@@ -32,14 +32,52 @@ class LinenLoraProvider(qwix.LoraProvider):
     """qwix's LoraProvider, usable on compact linen modules that call `jnp.einsum` on weights
     under logical-axis rules.
 
-    Hand-written because qwix 0.1.8's `LoraProvider.einsum` fails on such a model twice: it
+    Hand-written because qwix 0.1.8's `LoraProvider.einsum` fails on such a model three ways: it
     records a debug string on the current module with `setattr`, which a compact linen module
-    refuses once constructed (`SetAttributeFrozenModuleError`), and it boxes each adapter with
-    the adapted weight's full logical names before renaming them, so under a mesh with rules the
-    sharding constraint of a rank-3 weight meets a rank-2 adapter. This override keeps qwix's
-    adapter shapes, name mapping, initializers and math (`_parse_einsum_str_for_lora`) and
-    creates the adapters with their own logical names.
+    refuses once constructed (`SetAttributeFrozenModuleError`); it boxes each adapter with the
+    adapted weight's full logical names before renaming them, so under a mesh with rules the
+    sharding constraint of a rank-3 weight meets a rank-2 adapter; and it finds the weight an
+    einsum reads by object identity, which the sharding constraint of unboxing breaks, and then
+    by shape, which cannot tell q, k and v apart (an error, or silently no adapter for k and v).
+    This override keeps qwix's adapter shapes, name mapping, initializers and math
+    (`_parse_einsum_str_for_lora`), follows each weight from `Module.param` through the model's
+    `jnp.asarray` cast to the einsum by identity, and creates the adapters with their own logical
+    names.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._weights: dict[int, tuple[Any, str]] = {}  # id(array) -> (array, param name)
+
+    def process_model_inputs(self, model: Any, model_args: Any, model_kwargs: Any) -> Any:
+        """Returns qwix's processing of the inputs; forgets the previous call's weights."""
+        self._weights = {}
+        return super().process_model_inputs(model, model_args, model_kwargs)
+
+    def process_model_output(self, method_name: str, model_output: Any) -> Any:
+        """Returns qwix's processing of the output; drops this call's weight references."""
+        self._weights = {}
+        return super().process_model_output(method_name, model_output)
+
+    def nn_param(self, module: nn.Module, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Returns the param as qwix does, remembering which param the returned array is."""
+        value = super().nn_param(module, name, *args, **kwargs)
+        self._weights[id(value)] = (value, name)
+        return value
+
+    def asarray(self, a: Any, dtype: Any = None, order: Any = None, **kwargs: Any) -> Any:
+        """Returns qwix's `jnp.asarray`; a remembered weight stays remembered through the cast."""
+        out = super().asarray(a, dtype=dtype, order=order, **kwargs)
+        entry = self._weights.get(id(a))
+        if entry is not None and entry[0] is a:
+            self._weights[id(out)] = (out, entry[1])
+        return out
+
+    def _weight_name(self, module: nn.Module, x: Any) -> str | None:
+        entry = self._weights.get(id(x))
+        if entry is None or entry[0] is not x or not module.has_variable("params", entry[1]):
+            return None
+        return entry[1]
 
     def einsum(self, einsum_str: str, *operands: jax.Array, **kwargs: Any) -> jax.Array:
         """Returns einsum(operands) plus the scaled LoRA term when the rhs is an adapted weight."""
@@ -48,12 +86,12 @@ class LinenLoraProvider(qwix.LoraProvider):
         if not isinstance(rule, qwix.LoraRule) or len(operands) != 2:
             return res
         lhs, rhs = operands
-        weight_name = qwix_lora.flax_util.find_param(rhs, qwix_lora.ptq.WithAux)
+        module = qwix_lora.flax_util.get_current_module()
+        weight_name = self._weight_name(module, rhs)
         if weight_name is None:  # the rhs is an activation (attention scores, values)
             return res
         a_shape, b_shape, lora_str, a_transpose, b_transpose = (
             qwix_lora._parse_einsum_str_for_lora(lhs.shape, rhs.shape, einsum_str, rule.rank))
-        module = qwix_lora.flax_util.get_current_module()
         weight = module.get_variable("params", weight_name)
         names = getattr(weight, "names", None)
         dtype = nn.meta.unbox(weight).dtype
@@ -61,8 +99,10 @@ class LinenLoraProvider(qwix.LoraProvider):
                           names, a_transpose, dtype)
         lora_b = _adapter(module, weight_name + "_lora_b", rule.lora_b_initializer, b_shape,
                           names, b_transpose, dtype)
-        delta = jax.numpy.einsum(lora_str, lhs, lora_a, lora_b, **kwargs)
-        return res + delta * (rule.alpha / rule.rank)
+        # adapters in the compute dtype of the weight they adapt, as the model casts its weights
+        delta = jax.numpy.einsum(lora_str, lhs, lora_a.astype(rhs.dtype),
+                                 lora_b.astype(rhs.dtype), **kwargs)
+        return res + (delta * (rule.alpha / rule.rank)).astype(res.dtype)
 
 
 def _adapter(module: nn.Module, name: str, init: Any, shape: tuple[int, ...],
