@@ -10,7 +10,7 @@ import importlib
 from types import ModuleType
 
 # name -> module under experiments/, in the order `scaling experiment --list` shows them
-NAMES = ("quickstart", "sparse_parity", "grokking", "regularization", "augmentation")
+NAMES = ("quickstart", "sparse_parity", "grokking", "regularization", "augmentation", "transfer")
 
 
 def get(name: str) -> ModuleType:

@@ -17,6 +17,7 @@ the experiment, the scale and the wall time of every invocation.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -281,7 +282,10 @@ def run_experiment(module: Any, root: str | os.PathLike, scale: str = DEFAULT_SC
     timings: dict[str, float] = {}
     status = "completed"
     counts: dict[str, int] = {}
-    sweeps = module.sweeps(scale, data_dir=data_dir, tfds_name=tfds_name)
+    # a study whose runs start from its own earlier sweeps (train.init_from) takes the root
+    takes_root = "root" in inspect.signature(module.sweeps).parameters
+    sweeps = module.sweeps(scale, data_dir=data_dir, tfds_name=tfds_name,
+                           **({"root": root} if takes_root else {}))
     if workers <= 0:
         workers = default_workers(scale, backend)
 

@@ -176,6 +176,16 @@ def default_config() -> ml_collections.ConfigDict:
     t.max_skipped_steps = 20  # skip: more skipped steps than this fail the run
     t.max_rewinds = 3  # rewind: more rewinds than this fail the run
     t.rewind_lr_factor = 0.5  # rewind: peak and final LR are multiplied by this at each rewind
+    # RUN_DIR[:STEP]: start from that run's parameters at STEP (default: its newest checkpoint);
+    # the optimizer state and schedule are fresh; a resume reads this run's own checkpoint
+    t.init_from = ""
+
+    # ---------------------------------------------------------------- fine-tuning
+    f = c.finetune = ml_collections.ConfigDict()
+    f.lora_rank = 0  # 0: full fine-tuning (every parameter trains); r > 0: LoRA, base frozen
+    f.lora_alpha = 16.0  # LoRA scale alpha / rank
+    # comma-separated module names or regexes, matched against a module's path or last name
+    f.lora_modules = "attn,mlp"
 
     # ---------------------------------------------------------------- optimizer
     o = c.optim = ml_collections.ConfigDict()

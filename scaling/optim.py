@@ -194,4 +194,10 @@ def make_optimizer(config: ml_collections.ConfigDict, abstract_params: Any, *,
         from scaling.compress.gradual import magnitude_pruning  # the masks live in the opt state
 
         parts.append(magnitude_pruning(config, abstract_params))
-    return optax.chain(*parts), schedule
+    tx = optax.chain(*parts)
+    if config.finetune.lora_rank > 0:  # LoRA: only the adapters train; the base gets no update
+        from scaling.models import lora
+
+        tx = optax.multi_transform({"adapter": tx, "frozen": optax.set_to_zero()},
+                                   lora.trainable_labels(abstract_params))
+    return tx, schedule

@@ -42,7 +42,9 @@ from scaling import data as data_lib
 from scaling import metrics_writer
 from scaling import perf
 from scaling.models import accounting
+from scaling.models import lora as lora_lib
 from scaling.train import divergence
+from scaling.train import init_from as init_from_lib
 from scaling.train import preemption as preemption_lib
 from scaling.train import setup as setup_lib
 from scaling.train import step as step_lib
@@ -125,17 +127,25 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
             latest = checkpointer.latest_step()
             if latest is not None:  # nothing in the run directory is written before this check
                 ckpt_lib.check_resume(checkpointer.read_config(latest), config, latest, workdir)
+            source = None  # init_from and LoRA modules: checked before anything is written
+            if latest is None and config.train.init_from:
+                source = init_from_lib.resolve(config.train.init_from)
+            if latest is None and (source is not None or config.finetune.lora_rank > 0):
+                params = setup_lib.abstract_params(config)  # raises on an unknown LoRA module
+                if source is not None:
+                    init_from_lib.check_shapes(source, params, added=lora_lib.is_adapter)
         except BaseException:
             checkpointer.close()
             raise
         return _train_checked(config, workdir, checkpointer, latest, preemption,
-                              stop_after=stop_after, evaluator=evaluator)
+                              stop_after=stop_after, evaluator=evaluator, source=source)
 
 
 def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                    checkpointer: ckpt_lib.Checkpointer, latest: int | None,
                    preemption: preemption_lib.Preemption, *, stop_after: int | None,
-                   evaluator: Callable[..., list[dict]] | None) -> dict[str, Any]:
+                   evaluator: Callable[..., list[dict]] | None,
+                   source: init_from_lib.Source | None = None) -> dict[str, Any]:
     """Runs the loop once the resume check passed; every exit writes status.json."""
     metrics_file = eval_file = tb = None
     step = latest or 0
@@ -145,6 +155,9 @@ def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     try:
         num_steps = config_lib.train_steps(config)
         run = prepare_workdir(config, workdir, num_steps)
+        if source is not None and jax.process_index() == 0:
+            run["init_from"] = source.record()
+            write_json_atomic(workdir / "run.json", run)
         write_status(workdir, "running", step)
         trainer = setup_lib.build(config)
 
@@ -162,6 +175,8 @@ def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
             for name in ("metrics.jsonl", "eval.jsonl"):
                 if jax.process_index() == 0:
                     metrics_writer.truncate_jsonl(workdir / name, latest)
+        elif source is not None:
+            state = trainer.init_state_from(source)
         else:
             state = trainer.init_state()
         start_step = int(jax.device_get(state.step))

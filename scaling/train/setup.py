@@ -15,7 +15,9 @@ from jax.sharding import Mesh
 from scaling import config as config_lib
 from scaling import optim
 from scaling import sharding as sharding_lib
+from scaling.models import lora as lora_lib
 from scaling.models import make_model
+from scaling.train import init_from as init_from_lib
 from scaling.train import state as state_lib
 from scaling.train import step as step_lib
 
@@ -53,6 +55,12 @@ class Trainer:
             placed = {k: jax.make_array_from_process_local_data(s, np.asarray(host[k]))
                       for k, s in self.batch_shardings(host).items()}
         return {**batch_np, **placed}
+
+    def init_state_from(self, source: init_from_lib.Source) -> state_lib.TrainState:
+        """Returns a fresh TrainState whose params the source checkpoint replaces (init_from)."""
+        state = self.init_state()
+        params = init_from_lib.load_params(source, state.params, self.shardings.params)
+        return state.replace(params=params)
 
     def jit_train_step(self, example_batch: dict[str, np.ndarray]) -> Callable:
         """Returns the jitted train step with explicit in/out shardings; the state is donated.
@@ -104,12 +112,29 @@ def check_platform(config: ml_collections.ConfigDict, devices: list | None = Non
             f"head_dim <= {config_lib.CUDNN_MAX_HEAD_DIM_PRE_HOPPER}")
 
 
+def run_model(config: ml_collections.ConfigDict) -> Any:
+    """Returns the run's flax module: the model, with LoRA adapters when finetune.lora_rank > 0
+    (raises ConfigError if finetune.lora_modules matches none of its modules)."""
+    model = make_model(config.model)
+    if config.finetune.lora_rank > 0:
+        lora_lib.check_modules(config.finetune, state_lib.abstract_params(model, config))
+        model = lora_lib.apply(model, config.finetune)
+    return model
+
+
+def abstract_params(config: ml_collections.ConfigDict) -> Any:
+    """Returns the unboxed ShapeDtypeStruct tree of the run model's params (nothing compiles)."""
+    import flax.linen as nn
+
+    return nn.meta.unbox(state_lib.abstract_params(run_model(config), config))
+
+
 def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Trainer:
     """Returns the Trainer for a resolved, validated config on `devices` (default: all)."""
     check_platform(config, devices)  # before anything compiles
     mesh = sharding_lib.make_mesh(config, devices)
     rules = config_lib.logical_rules(config)
-    model = make_model(config.model)
+    model = run_model(config)
     with sharding_lib.logical_context(mesh, rules):
         boxed = state_lib.abstract_params(model, config)
     tx, schedule = optim.make_optimizer(config, boxed)
