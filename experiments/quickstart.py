@@ -1,6 +1,6 @@
 """The README's main job: an IsoFLOP grid of byte-level LMs on the offline stdlib corpus.
 
-Transformers of 5 sizes (non-embedding N from 3.4k to 50k on the `small` scale) are each trained at
+Transformers of 5 sizes (non-embedding N from 6.7k to 101k on the `small` scale) are each trained at
 3 compute budgets (steps = budget / FLOPs per step), on the Python-stdlib corpus with in-context
 associative recall mixed into the stream (data.source='mixture'); validation loss and recall exact
 match are scored at every checkpoint. The analysis fits L(N, D) = E + A/N^α + B/D^β (Hoffmann et
@@ -35,7 +35,7 @@ EXPECTED_OUTCOME = (
     "parameter at their scale; at a few hundred thousand parameters and a byte vocabulary the "
     "optimum need not sit at 20. Recall exact match starts at 0 (before the answer format is "
     "learned), sits near chance (0.1) and rises with compute once in-context lookup is learned.")
-EXPECTED_RUNTIME = {"tiny": "~30 s", "small": "~8 min on 2 CPU cores (15 runs)",
+EXPECTED_RUNTIME = {"tiny": "~30 s", "small": "~32 min on 2 loaded CPU cores (15 runs)",
                     "medium": "~5 min on one H100 with --workers 3 (12 runs)", "large": "GPU/TPU cluster (hours)"}
 FIGURES = ("qs_loss_vs_compute", "qs_isoflop", "qs_compute_optimal", "qs_emergence")
 
