@@ -47,23 +47,11 @@ class ResumeError(config_lib.ConfigError):
         ValueError.__init__(self, message)
 
 
-def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
-    """Returns {dotted field: value} for a nested dict of config values."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def config_differences(saved: ml_collections.ConfigDict, requested: ml_collections.ConfigDict
                        ) -> dict[str, tuple[Any, Any]]:
     """Returns {dotted field: (saved value, requested value)} for every field that differs."""
-    old = _flatten(json.loads(config_lib.to_json(saved)))
-    new = _flatten(json.loads(config_lib.to_json(requested)))
+    old = config_lib.flatten_fields(json.loads(config_lib.to_json(saved)))
+    new = config_lib.flatten_fields(json.loads(config_lib.to_json(requested)))
     missing = object()
     return {k: (old.get(k, missing), new.get(k, missing))
             for k in sorted(old.keys() | new.keys()) if old.get(k, missing) != new.get(k, missing)}

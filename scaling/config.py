@@ -323,6 +323,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
 # ------------------------------------------------------------------------------ serialization
 
 
+def flatten_fields(values: dict, prefix: str = "") -> dict[str, Any]:
+    """Returns {dotted field: value} for a nested dict of config values (e.g. config.to_dict())."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_fields(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
 def to_json(config: ml_collections.ConfigDict) -> str:
     """Returns the config as indented, key-sorted JSON (what `run_dir/config.json` holds)."""
     return config.to_json_best_effort(indent=2, sort_keys=True)

@@ -55,17 +55,6 @@ class PopulationError(ValueError):
     """Members that cannot be trained together; the message names the field and the members."""
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def _may_differ(field: str) -> bool:
     return any(field == f or (f.endswith(".") and field.startswith(f)) for f in MAY_DIFFER)
 
@@ -80,7 +69,7 @@ def check_members(configs: Sequence[ml_collections.ConfigDict]) -> None:
                 f"member {i} has config.train.on_nonfinite='rewind', which restores a checkpoint "
                 "mid-training and cannot run inside a population; use 'stop' or 'skip', or train "
                 "the run alone (resources.population=1)")
-    flat = [_flatten(c.to_dict()) for c in configs]
+    flat = [config_lib.flatten_fields(c.to_dict()) for c in configs]
     for i, other in enumerate(flat[1:], start=1):
         for field in sorted(set(flat[0]) | set(other)):
             if _may_differ(field):
@@ -95,7 +84,8 @@ def check_members(configs: Sequence[ml_collections.ConfigDict]) -> None:
 
 def program_key(config: ml_collections.ConfigDict) -> str:
     """Returns a hash of the fields members must share: equal keys can train as one population."""
-    shared = {k: v for k, v in _flatten(config.to_dict()).items() if not _may_differ(k)}
+    flat = config_lib.flatten_fields(config.to_dict())
+    shared = {k: v for k, v in flat.items() if not _may_differ(k)}
     blob = json.dumps(shared, sort_keys=True, default=repr).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
