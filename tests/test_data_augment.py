@@ -166,6 +166,7 @@ def test_pipeline_random_crop_reads_the_stream_inside_the_budget(data_dir):
     text_lib.clear_cache()
     c = _config(data_dir)
     c.data.augment.random_crop = True
+    c.data.shuffle_window_tokens = 0  # the budget is the stream's first rows
     it = data.make_train_iterator(c, process_index=0, process_count=1)
     stream = text_lib.token_stream(c.data.tfds_name, "train", "text", data_dir,
                                    data.make_tokenizer(c), c.seed, True)
@@ -180,3 +181,16 @@ def test_pipeline_random_crop_reads_the_stream_inside_the_budget(data_dir):
             assert starts, "a cropped row must be a slice of the budget's tokens"
             offsets.add(starts[0] % 32)
     assert len(offsets) > 3
+    # with first-epoch windows the budget's rows are spread over the window: a crop still reads
+    # only budget rows (a row's window extends into the next stream row only if that is one)
+    c.data.shuffle_window_tokens = 16 * 32
+    text_lib.clear_cache()
+    it = data.make_train_iterator(c, process_index=0, process_count=1)
+    rows_u = text_lib.RowOrder(6 * 8, c.seed, True, 16, 48).first_epoch(np.arange(6 * 8))
+    pieces = [stream.get(u * 32, u * 32 + 33) for u in rows_u]
+    pieces += [stream.get(u * 32, u * 32 + 65) for u in rows_u if u + 1 in set(rows_u)]
+    for _ in range(6):
+        b = next(it)
+        for row in np.concatenate([b["inputs"], b["targets"][:, -1:]], 1):
+            assert any(any(np.array_equal(p[s:s + 33], row) for s in range(len(p) - 32))
+                       for p in pieces), "a cropped row must lie in the budget's rows"

@@ -329,6 +329,10 @@ class _TextBatcher:
         window = int(d.shuffle_window_tokens) // self.seq_len if d.shuffle else 0
         self.order = text_lib.RowOrder(self.packed.num_rows, self.seed, d.shuffle, window,
                                        self.packed.window_limit(window))
+        self.in_budget = None  # random crops: which stream rows the budget's rows are
+        if d.augment.random_crop:
+            self.in_budget = np.zeros(self.order.limit_rows + 1, dtype=bool)
+            self.in_budget[self.order.first_epoch(np.arange(self.packed.num_rows))] = True
         self.mix_rate = float(d.task.mix_rate) if d.source == "mixture" else 0.0
         self.task = _task(config) if d.source == "mixture" else None
         self.loss_on = _loss_on(config)
@@ -372,7 +376,7 @@ class _TextBatcher:
         rows_g = _global_rows(b, self.batch_size, self.p, self.bp)
         unique = self.order(rows_g)
         if self.aug.random_crop:
-            windows, max_off = self.packed.windows(unique)
+            windows, max_off = self.packed.windows(unique, self.in_budget)
             keys = aug.row_keys(self.seed, rows_g, 0xC209)
             rows = np.array(aug.crop_rows(keys, windows, max_off, length=self.seq_len + 1))
         else:

@@ -336,14 +336,21 @@ class PackedText:
         starts_n = np.asarray(unique_n, dtype=np.int64) * t
         return self.stream.gather(starts_n[:, None] + np.arange(t + 1))
 
-    def windows(self, unique_n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (windows int32 [n, 2*seq_len + 1], max crop offset int32 [n]) for random crops."""
+    def windows(self, unique_n: np.ndarray, in_budget: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (windows int32 [n, 2*seq_len + 1], max crop offset int32 [n]) for random crops.
+
+        A row's window extends into the next stream row only when that row is one of the budget's
+        rows (`in_budget[u + 1]`, a boolean mask over stream rows; None: the first num_rows)."""
         t = self.seq_len
         out = np.empty((len(unique_n), 2 * t + 1), dtype=np.int32)
         max_off = np.zeros(len(unique_n), dtype=np.int32)
         for i, u in enumerate(np.asarray(unique_n, dtype=np.int64)):
             u = int(u)
-            if u + 1 < self.num_rows:  # the window's second row lies in the stream's first R rows
+            nxt = u + 1
+            inside = (nxt < self.num_rows if in_budget is None
+                      else nxt < len(in_budget) and bool(in_budget[nxt]))
+            if inside:  # the window stays inside the budget's rows
                 out[i] = self.stream.get(u * t, u * t + 2 * t + 1)
                 max_off[i] = t
             else:
