@@ -309,7 +309,14 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
             ell, how = float(np.median(lengths["value"])), f"measured {task}/answer_tokens"
         else:
             ell, how = _answer_len(runs, j)
-        res = discrete_vs_continuous(j["N"], j["value_lp"], j["value_em"], ell, bootstrap=bootstrap, seed=seed)
+        try:
+            res = discrete_vs_continuous(j["N"], j["value_lp"], j["value_em"], ell, bootstrap=bootstrap,
+                                         seed=seed)
+        except InsufficientData as e:  # e.g. non-finite log-probs leave too few sizes for the power law
+            R.skip(f"Emergence (continuous): {task}", str(e))
+            R.p(f"{task}: continuous metric not fitted: {e}")
+            cont_done = True  # reported (as skipped) above
+            continue
         R.p(f"{task}: power law on answer cross-entropy; predicted exact match p^ℓ with ℓ = {ell:g} ({how}); "
             f"RMS error vs measured exact match {res.rmse_em:.3f}.")
         R.figure(plots.plot_discrete_continuous(res, task), f"continuous_{task}",

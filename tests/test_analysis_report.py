@@ -217,6 +217,22 @@ def test_report_does_not_turn_an_error_into_a_skipped_section(tmp_path, monkeypa
         build_report(root, tmp_path / "rep", bootstrap=0)
 
 
+def test_continuous_emergence_with_too_little_data_is_a_skipped_section(tmp_path, monkeypatch):
+    import analysis.report as report_mod
+    from analysis.errors import InsufficientData
+
+    root = make_sweep(tmp_path / "sweep", sizes=(1e6, 2e6, 4e6, 8e6), budgets=(1e14,), arms=("a",),
+                      arm_scale=(1.0,))
+
+    def short(*a, **kw):  # what the fitter raises when non-finite log-probs leave too few sizes
+        raise InsufficientData("power-n: 3 distinct input points")
+
+    monkeypatch.setattr(report_mod, "discrete_vs_continuous", short)
+    text = build_report(root, tmp_path / "rep", bootstrap=0).read_text()
+    assert "| Emergence (continuous): addition | power-n: 3 distinct input points" in text
+    assert "addition: continuous metric not fitted" in text
+
+
 def test_cli_analyze_passes_the_convention_and_run_selection_flags(tmp_path, monkeypatch):
     import analysis.report as report_mod
 
