@@ -99,3 +99,36 @@ def test_missing_column_is_named():
     scratch, finetune = study()
     with pytest.raises(ValueError, match=r"fine-tuned runs: missing column\(s\) \['D_F'\]"):
         transfer.fit_transfer(scratch, finetune.drop(columns=["D_F"]))
+
+
+def test_cli_fit_transfer_from_one_csv(tmp_path, capsys):
+    import json
+
+    from scaling.cli import fit as fit_cli
+
+    scratch, finetune = study(noise=0.002, seeds=2)
+    rows = pd.concat([scratch.assign(arm="scratch"),
+                      finetune.rename(columns={"D_F": "D"}).assign(arm="full")], ignore_index=True)
+    rows = rows.rename(columns={"N": "params", "D": "examples", "loss": "val"})
+    src, out = tmp_path / "t.csv", tmp_path / "t.json"
+    rows.to_csv(src, index=False)
+    cols = "N=params,D=examples,loss=val"
+    rc = fit_cli.main(["scaling fit", str(src), "--law", "transfer", "--columns", cols, "--scratch", "arm=scratch",
+                       "--cluster", "seed", "--bootstrap", "30", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "D_T = k * D_F^alpha * N^beta" in printed and "resampling 2 clusters" in printed
+    res = json.loads(out.read_text())["all"]
+    assert res["n_scratch"] == len(scratch) and res["n_finetuned"] == len(finetune)
+    assert res["params"]["alpha"] == pytest.approx(TRUE["alpha"], abs=0.05)
+    assert res["params"]["beta"] == pytest.approx(TRUE["beta"], abs=0.05)
+    lo, hi = res["ci"]["alpha"]
+    assert lo <= res["params"]["alpha"] <= hi
+    # bad input: no --scratch, a selector that picks every row, --scratch on another law
+    for extra, msg in (([], "needs --scratch COL=VALUE"), (["--scratch", "arm=nope"], "selects 0 of"),
+                       (["--scratch", "group=scratch"], "column 'group' not in the CSV")):
+        assert fit_cli.main(["scaling fit", str(src), "--law", "transfer", "--columns", cols, *extra]) == 2
+        assert msg in capsys.readouterr().err
+    assert fit_cli.main(["scaling fit", str(src), "--law", "power-n", "--columns", cols,
+                         "--scratch", "arm=scratch"]) == 2
+    assert "--scratch applies only to --law transfer" in capsys.readouterr().err

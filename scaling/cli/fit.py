@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # imported lazily at run time, so `scaling --help` stays fast
 
 LAW_CHOICES = ("power-n", "power-d", "power-c", "kaplan", "chinchilla", "data-constrained", "isoflop",
                "bnsl", "sigmoid", "emergence", "finetune-rectified", "finetune-power", "sparsity",
-               "sparsity-linear")
+               "sparsity-linear", "transfer")
 DIRECTION_CHOICES = ("increasing", "decreasing")
 _DEFAULT_COLS = {"N": "N", "D": "D", "C": "C", "U": "U", "S": "S", "loss": "loss", "x": "x", "y": "y"}
 _LAW_Y = {"bnsl": "y", "sigmoid": "y", "emergence": "y"}
@@ -48,6 +48,12 @@ Laws (inputs -> output column roles):
               fit; 576 starts)                           (S, N, D -> loss)
   sparsity-linear
               the same law with Huber delta=0.01 on L itself (their ViT fit)
+  transfer    Hernandez et al. 2021, effective data transferred: D_T = k*D_F^alpha*N^beta. Rows
+              selected by --scratch are trained from scratch (a curve L = E + B*D^-beta per N,
+              >= 4 data sizes each); the other rows are fine-tuned on D = D_F examples. D_T is the
+              scratch data that reaches a fine-tuned loss, minus D_F; the plane is fitted to log D_T
+              (bootstrap resamples both kinds of rows together; --cluster takes one column)
+                                                          (N, D, loss + --scratch)
   isoflop     approach 2: per budget C, Akima minimum of ln loss over ln N; N* = k*C^a
                                                           (C, N, loss [, D])
   bnsl        y = a + b*x^-c0*(1+(x/d1)^(1/f1))^(-c1*f1)  (x -> y; least squares on ln(1+y))
@@ -73,6 +79,7 @@ examples:
   scaling fit repeats.csv --law data-constrained --columns N=params,D=tokens,U=unique_tokens,loss=loss
   scaling fit flan.csv --law finetune-rectified --columns D=examples,loss=loss --group model
   scaling fit sparse.csv --law sparsity --columns S=sparsity,N=nonzero_params,D=tokens,loss=loss
+  scaling fit transfer.csv --law transfer --scratch arm=scratch --cluster seed
   scaling fit mmlu.csv --law emergence --columns x=flops,y=accuracy --chance 0.25 --group model
 """
 
@@ -99,6 +106,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--query", metavar="COL=VALUE", action="append", default=[],
                         help="keep only rows where column COL equals VALUE (repeatable)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    tr = parser.add_argument_group("transfer (--law transfer)")
+    tr.add_argument("--scratch", metavar="COL=VALUE", default=None,
+                    help="rows whose column COL equals VALUE are trained from scratch; every other row "
+                         "is fine-tuned (its D is the fine-tuning data size D_F)")
     em = parser.add_argument_group("emergence (--law emergence)")
     em.add_argument("--direction", choices=DIRECTION_CHOICES, default=None,
                     help="which way the metric improves (default increasing; decreasing for error rates)")
@@ -131,6 +142,8 @@ def _roles(law: str, cols: dict[str, str], columns: Sequence[str]) -> tuple[list
         return used, used
     if law in ("sigmoid", "emergence"):
         return ["x", "y"], ["x"]
+    if law == "transfer":
+        return ["N", "D", "loss"], ["N", "D", "loss"]
     from analysis.fit import get_law
 
     lw = get_law(_law_name(law, cols, columns))
@@ -214,6 +227,8 @@ def _fit_one(df, law: str, cols: dict[str, str], args: argparse.Namespace) -> di
                             bootstrap=args.bootstrap, seed=args.seed, level=args.level)
         return {"law": "emergence", "formula": res.fit.law.formula, "x": cols["x"], "y": cols["y"],
                 **res.to_dict()}
+    if law == "transfer":
+        return _fit_transfer(df, cols, args)
     import numpy as np
     lw = get_law(_law_name(law, cols, list(df.columns)))
     X = np.column_stack([col(r) for r in lw.inputs])
@@ -232,6 +247,59 @@ def _fit_one(df, law: str, cols: dict[str, str], args: argparse.Namespace) -> di
     fit = fit_law(lw, X, col(_LAW_Y.get(law, "loss")), bootstrap=args.bootstrap, seed=args.seed,
                   level=args.level, groups=groups)
     return fit.to_dict()
+
+
+def _scratch_mask(df: pd.DataFrame, spec: str | None) -> np.ndarray:
+    """Returns a boolean array: True for the rows --scratch COL=VALUE selects."""
+    if not spec or "=" not in spec:
+        raise ValueError(f"--law transfer needs --scratch COL=VALUE (which rows are trained from scratch), "
+                         f"got {spec!r}")
+    name, value = spec.split("=", 1)
+    if name not in df.columns:
+        raise ValueError(f"--scratch: column {name!r} not in the CSV; columns: {list(df.columns)}")
+    return (df[name].astype(str) == value).to_numpy()
+
+
+def _fit_transfer(df: pd.DataFrame, cols: dict[str, str], args: argparse.Namespace) -> dict:
+    import pandas as pd
+
+    from analysis.transfer import fit_transfer
+
+    scratch_rows = _scratch_mask(df, args.scratch)
+    if not scratch_rows.any() or scratch_rows.all():
+        raise ValueError(f"--scratch {args.scratch}: selects {int(scratch_rows.sum())} of {len(df)} rows; "
+                         f"the transfer law needs both from-scratch and fine-tuned rows")
+    frame = pd.DataFrame({r: numeric_column(df[cols[r]], cols[r]) for r in ("N", "D", "loss")})
+    groups = None
+    if getattr(args, "cluster", None):
+        names = [c.strip() for c in args.cluster.split(",") if c.strip()]
+        missing = [c for c in names if c not in df.columns]
+        if missing:
+            raise ValueError(f"--cluster: column(s) {missing} not in the CSV; columns: {list(df.columns)}")
+        frame["cluster"] = df[names].astype(str).agg("|".join, axis=1).to_numpy()
+        groups = "cluster"
+    fit = fit_transfer(frame[scratch_rows], frame[~scratch_rows].rename(columns={"D": "D_F"}),
+                       bootstrap=args.bootstrap, groups=groups, seed=args.seed, level=args.level)
+    return fit.to_dict() | {"n_scratch": int(scratch_rows.sum()), "n_finetuned": int((~scratch_rows).sum())}
+
+
+def _print_transfer(r: dict, head: str, out) -> None:
+    level = int(round(100 * r["level"]))
+    print(f"{head}transfer: {r['formula']} ({r['n_scratch']} from-scratch rows, {r['n_finetuned']} "
+          f"fine-tuned rows)", file=out)
+    for k, v in r["params"].items():
+        ci = r["ci"].get(k)
+        ci_s = f"  {level}% CI [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
+        print(f"{head}  {k:>8s} = {_fmt(v)}{ci_s}", file=out)
+    print(f"{head}  {r['n_points']} fine-tuned rows in the plane; left out: {r['n_below_floor']} below their "
+          f"size's scratch floor, {r['n_no_transfer']} without positive transfer", file=out)
+    if r["n_bootstrap"] or r["n_bootstrap_failed"]:
+        unit = f"{r['n_groups']} clusters" if r["n_groups"] else "rows"
+        print(f"{head}  bootstrap: {r['n_bootstrap']} replicates used, {r['n_bootstrap_failed']} failed; "
+              f"resampling {unit}", file=out)
+    for n, c in r["scratch"].items():
+        print(f"{head}  scratch curve N={_fmt(float(n))}: E {_fmt(c['E'])}, B {_fmt(c['B'])}, "
+              f"beta {_fmt(c['beta'])}", file=out)
 
 
 def _print_emergence(r: dict, head: str, out) -> None:
@@ -261,6 +329,9 @@ def _print(result: dict, label: str | None, out) -> None:
     head = f"[{label}] " if label else ""
     if result["law"] == "emergence":
         _print_emergence(result, head, out)
+        return
+    if result["law"] == "transfer":
+        _print_transfer(result, head, out)
         return
     if result["law"] == "isoflop":
         for key, name in (("N_opt", "N*(C) = k*C^a"), ("D_opt", "D*(C) = k*C^b")):
@@ -302,6 +373,8 @@ def run(args: argparse.Namespace) -> int:
                             ("--chance-margin", args.chance_margin)):
                 if v is not None:
                     raise ValueError(f"{flag} applies only to --law emergence")
+        if args.law != "transfer" and args.scratch is not None:
+            raise ValueError("--scratch applies only to --law transfer")
         df = pd.read_csv(args.csv)
         for q in args.query:
             if "=" not in q:
