@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from experiments import common
+from experiments import targets as targets_lib
 
 NAME = "quickstart"
 DESCRIPTION = ("IsoFLOP grid (3 budgets x 5 sizes) of byte-level LMs on the stdlib corpus with "
@@ -269,6 +270,23 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
         sections += [f"Recall emergence vs compute: {em_s['verdict']}; sigmoid midpoint "
                      f"10^{common.fmt_ci(em_s['x0_log10_flops'], em_s['x0_ci'])} FLOPs; best final exact "
                      f"match {em_s['final_max_exact_match']:.3f} (chance 0.1).", ""]
+    # 5. targets: is the law identified? (experiments/targets.py; the same marks in experiment.json)
+    from analysis.runs import run_table
+    from analysis.spikes import spike_table
+
+    spikes = spike_table(sweep_root) if sweep_root.exists() else spike_table([])
+    done = {r["run"] for r in summary["runs"]}
+    spikes = spikes[spikes["run_name"].isin(done)]
+    table = run_table(sweep_root) if sweep_root.exists() else None
+    seed_of = ({} if table is None or "seed" not in table.columns
+               else dict(zip(table["run_name"].astype(str), table["seed"])))
+    summary["spikes"] = spikes.drop(columns=["run_dir"]).to_dict(orient="records")
+    summary["targets"] = targets_lib.quickstart_targets(summary, spikes, seed_of)
+    n_met = sum(t["met"] for t in summary["targets"].values())
+    sections = ["## Targets", "",
+                f"{n_met} of {len(summary['targets'])} targets met (experiments/README.md says what each "
+                "needs and why).", "", common.table(targets_lib.table_rows(summary["targets"])), "",
+                *sections]
     summary.update(figures=figures, notes=notes)
     common.write_markdown(out_dir, sys.modules[__name__], sections, figures, notes)
     return summary

@@ -28,7 +28,8 @@ import numpy as np
 import pytest
 
 import experiments
-from experiments import common
+from analysis import spikes
+from experiments import common, targets
 from scaling.cli import experiment as cli
 from scaling.sweeps import spec
 from tests.conftest import REPO_ROOT
@@ -130,6 +131,13 @@ def _check_quickstart_agrees_with_generic_report(root: pathlib.Path, summary: di
     for r in summary["runs"]:
         for v in (r["N"], r["D"], r["C"], r["val_loss"]):
             assert format(v, ".4g") in md and format(v, ".4g") in rep, (r["run"], v)
+    # every target is marked, in experiment.json and experiment.md; the spike mark is the run files'
+    assert set(summary["targets"]) == set(targets.DESCRIPTIONS)
+    assert all(isinstance(t["met"], bool) for t in summary["targets"].values())
+    worst = max(max(s["train"].max_rise, s["val"].max_rise)
+                for s in (spikes.run_spikes(d) for d in common.run_dirs(root / "isoflop")))
+    assert summary["targets"]["no_spikes"]["value"] == pytest.approx(worst, rel=1e-12)
+    assert md.count(" | ✓ |") + md.count(" | ✗ |") == len(targets.DESCRIPTIONS)
 
 
 def _png_size(path: pathlib.Path) -> tuple[int, int]:

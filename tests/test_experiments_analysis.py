@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 
 from analysis.errors import InsufficientData  # noqa: E402
 from analysis.synthetic import write_run  # noqa: E402
-from experiments import common, quickstart  # noqa: E402
+from experiments import common, quickstart, targets  # noqa: E402
 
 
 def test_figure_propagates_errors_and_draws_nothing_for_a_data_shortage(tmp_path):
@@ -162,3 +162,13 @@ def test_quickstart_and_the_generic_report_share_one_set_of_numbers(tmp_path):
         assert all(c in md for c in cells) and all(c in rep for c in cells), r["run"]
     assert qs["convention"]["text"] in md and qs["convention"]["text"] in rep
     assert "6ND" not in md and "6·N·D" not in md
+    # the targets block: marks computed from the same numbers, printed in experiment.md
+    t = qs["targets"]
+    assert set(t) == set(targets.DESCRIPTIONS) and all(isinstance(v["met"], bool) for v in t.values())
+    assert t["approach2_a"]["value"] == gen["approach2"]["N_opt"]["a"]
+    assert t["approach3_alpha"]["value"] == gen["chinchilla"]["params"]["alpha"]
+    assert t["approach3_alpha"]["ci"] == gen["chinchilla"]["ci"]["alpha"]
+    assert t["interior_minima"]["value"].endswith("/2") and t["no_spikes"]["runs"] == 10
+    assert "## Targets" in md
+    for row in targets.table_rows(t):
+        assert f"| {row['target']} | {row['measured']} | {row['met']} |" in md
