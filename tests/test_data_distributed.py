@@ -16,6 +16,7 @@ from scaling import config as config_lib
 from scaling import data
 from scaling.data import text as text_lib
 from scaling.data.corpora import stdlib_corpus
+from tests.conftest import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -52,7 +53,7 @@ def test_two_jax_processes_read_disjoint_shards(tmp_path):
     data_dir = tmp_path / "tfds"
     stdlib_corpus.ensure_built(data_dir, "tiny")
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+               XLA_FLAGS=xla_flags(1))
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(port), str(i), str(data_dir),
                                str(tmp_path / f"{i}.npy")], env=env, stdout=subprocess.PIPE,

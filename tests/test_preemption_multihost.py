@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, xla_flags
 
 STEPS = 240
 WORKER = textwrap.dedent("""
@@ -61,7 +61,7 @@ def _free_port() -> int:
 def _start(workdir: pathlib.Path, data_dir: pathlib.Path, cache_dir: pathlib.Path
            ) -> list[subprocess.Popen]:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+               XLA_FLAGS=xla_flags(1))
     port = _free_port()
     return [subprocess.Popen([sys.executable, "-c", WORKER, str(port), str(i), str(data_dir),
                               str(workdir), str(cache_dir), str(STEPS)], cwd=REPO_ROOT, env=env,

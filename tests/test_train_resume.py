@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, xla_flags
 
 STEPS = 160
 OVERRIDES = [
@@ -29,7 +29,7 @@ OVERRIDES = [
 
 def _env(data_dir: pathlib.Path) -> dict[str, str]:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["XLA_FLAGS"] = xla_flags(2)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO_ROOT)
     return env
