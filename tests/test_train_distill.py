@@ -74,13 +74,16 @@ def held_out_kl(teacher_dir: pathlib.Path, student_dir: pathlib.Path) -> float:
     s_config = config_lib.load_json(student_dir / "config.json")
     t_model, s_model = setup_lib.run_model(t_config), setup_lib.run_model(s_config)
     t_params, s_params = load_params(teacher_dir, STEPS), load_params(student_dir, STEPS)
-    total = weight = 0.0
-    for batch in data_lib.make_eval_batches(s_config):
-        t_logits = t_model.apply({"params": t_params}, batch["inputs"], deterministic=True)
-        s_logits = s_model.apply({"params": s_params}, batch["inputs"], deterministic=True)
-        total += float(jnp.sum(kd_per_token(s_logits, t_logits, 1.0) * batch["weights"]))
-        weight += float(np.sum(batch["weights"]))
-    return total / weight
+    batches = data_lib.make_eval_batches(s_config)
+    inputs, weights = (np.concatenate([b[k] for b in batches]) for k in ("inputs", "weights"))
+
+    @jax.jit
+    def kl_sum(inputs_BT: jax.Array, weights_BT: jax.Array) -> jax.Array:
+        t_logits = t_model.apply({"params": t_params}, inputs_BT, deterministic=True)
+        s_logits = s_model.apply({"params": s_params}, inputs_BT, deterministic=True)
+        return jnp.sum(kd_per_token(s_logits, t_logits, 1.0) * weights_BT)
+
+    return float(kl_sum(inputs, weights)) / float(np.sum(weights))
 
 
 def test_a_distilled_student_matches_its_teacher_far_better_than_one_trained_alone(runs):
@@ -138,10 +141,12 @@ def test_run_json_records_the_teacher_and_a_resume_continues_exactly(runs, tmp_p
 
 
 def one_distilled_step(config, batch) -> tuple[dict, dict, object]:
-    """Returns (params after one step, metrics, trainer) of `config` with its teacher loaded."""
-    config_lib.validate(config, jax.device_count())
-    trainer = setup_lib.build(config)
-    spec = setup_lib.resolve_teacher(config, num_devices=jax.device_count())
+    """Returns (params after one step, metrics, trainer) of `config` with its teacher loaded,
+    on one device (the distilled runs above train on eight)."""
+    devices = jax.devices()[:1]
+    config_lib.validate(config, len(devices))
+    trainer = setup_lib.build(config, devices)
+    spec = setup_lib.resolve_teacher(config, num_devices=len(devices))
     trainer = trainer.with_teacher(setup_lib.load_teacher(spec, trainer.mesh, trainer.rules))
     state, metrics = trainer.jit_train_step(batch)(trainer.init_state(), batch)
     return jax.device_get(state.params), jax.device_get(metrics), trainer
@@ -236,7 +241,8 @@ def test_cli_reports_a_missing_teacher_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "run" / "run.json").exists()
 
 
-def test_a_population_refuses_a_distilled_member(tmp_path):
+def test_a_population_refuses_a_distilled_member_and_the_runner_trains_it_alone(tmp_path):
+    from scaling.sweeps import runner, spec, testing
     from scaling.train.population import train_population
 
     configs = [student_config(tmp_path / "teacher"), student_config(tmp_path / "teacher", seed=2)]
@@ -244,3 +250,10 @@ def test_a_population_refuses_a_distilled_member(tmp_path):
                                                               r"config\.distill\.teacher="):
         train_population(configs, [tmp_path / "a", tmp_path / "b"])
     assert not (tmp_path / "a" / "run.json").exists()
+    sweep = testing.tiny_sweep(tmp_path, sizes=(3.4e3,))
+    sweep.axes = ({"optim.lr": (3e-3, 1e-2)},)
+    sweep.resources.population = 2
+    assert len(runner.take_population([(r, 1) for r in spec.expand(sweep)], 2, tmp_path)) == 2
+    sweep.base.distill.teacher = str(tmp_path / "teacher")
+    queue = [(r, 1) for r in spec.expand(sweep)]
+    assert [len(runner.take_population(queue, 2, tmp_path)) for _ in range(2)] == [1, 1]

@@ -137,25 +137,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
             teacher = None  # distillation: a resume reloads the teacher step it started with
             if config.distill.teacher:
                 teacher = setup_lib.resolve_teacher(
-                    config, recorded_teacher_step(workdir) if latest is not None else None,
-                    jax.device_count())
+                    config, workdir if latest is not None else None, jax.device_count())
         except BaseException:
             checkpointer.close()
             raise
         return _train_checked(config, workdir, checkpointer, latest, preemption,
                               stop_after=stop_after, evaluator=evaluator, source=source,
                               teacher=teacher)
-
-
-def recorded_teacher_step(workdir: pathlib.Path) -> int | None:
-    """Returns the teacher checkpoint step run.json recorded when the run started (None: none)."""
-    try:
-        step = json.loads((workdir / "run.json").read_text())["distill"]["teacher"]["step"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        log.warning("%s/run.json has no readable distill.teacher.step (%s); resuming with the "
-                    "teacher's newest checkpoint", workdir, err)
-        return None
-    return int(step)
 
 
 def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import logging
+import pathlib
 from typing import Any, Callable
 
 import jax
@@ -25,6 +28,8 @@ from scaling.models import make_model
 from scaling.train import init_from as init_from_lib
 from scaling.train import state as state_lib
 from scaling.train import step as step_lib
+
+log = logging.getLogger(__name__)
 
 TEACHER_FIELD = "distill.teacher"
 
@@ -59,17 +64,30 @@ class Teacher:
     shardings: Any
 
 
-def resolve_teacher(config: ml_collections.ConfigDict, default_step: int | None = None,
+def recorded_teacher_step(workdir: pathlib.Path) -> int | None:
+    """Returns the teacher checkpoint step the run's run.json recorded when it started (None,
+    with a warning, when it holds none: the resume then takes the teacher's newest step)."""
+    try:
+        step = json.loads((workdir / "run.json").read_text())["distill"]["teacher"]["step"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        log.warning("%s/run.json has no readable distill.teacher.step (%s); resuming with the "
+                    "teacher's newest checkpoint", workdir, err)
+        return None
+    return int(step)
+
+
+def resolve_teacher(config: ml_collections.ConfigDict, resume_dir: pathlib.Path | None = None,
                     num_devices: int | None = None) -> TeacherSpec:
     """Returns the checked teacher of a resolved config with `distill.teacher` set (no step in
-    it: `default_step`, else the newest). Raises ConfigError naming `distill.teacher`, before
-    anything compiles, for a missing run or step, an unreadable config.json, another vocabulary,
-    a model that cannot run on this run's sequence length or mesh, or a checkpoint whose
-    parameters do not fit the teacher's config."""
+    it: the step `resume_dir`'s run.json recorded when resuming, else the newest). Raises
+    ConfigError naming `distill.teacher`, before anything compiles, for a missing run or step,
+    an unreadable config.json, another vocabulary, a model that cannot run on this run's
+    sequence length or mesh, or a checkpoint whose parameters do not fit the teacher's config."""
     from scaling.compress import distill as distill_lib  # (scaling.compress imports training)
     from scaling.compress.spec import CompressionError
 
     spec = config.distill.teacher
+    default_step = recorded_teacher_step(resume_dir) if resume_dir is not None else None
     source = init_from_lib.resolve(spec, TEACHER_FIELD, default_step)
     try:
         saved = config_lib.load_json(source.run_dir / "config.json")
