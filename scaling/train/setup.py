@@ -101,9 +101,11 @@ def resolve_teacher(config: ml_collections.ConfigDict, resume_dir: pathlib.Path 
     placed = ml_collections.ConfigDict(saved.to_dict())
     placed.mesh = ml_collections.ConfigDict(config.mesh.to_dict())
     placed.data.seq_len = config.data.seq_len
+    placed.data.eval_tokens = max(placed.data.eval_tokens, config.data.seq_len)  # (unused)
     placed.train.batch_size, placed.train.microbatches = config.train.batch_size, 1
     try:
         config_lib.validate(placed, num_devices)
+        check_platform(placed)  # e.g. a cuDNN-attention teacher on a CPU
     except config_lib.ConfigError as err:
         raise config_lib.ConfigError(
             TEACHER_FIELD, spec, f"the teacher cannot run on this run's batches and mesh: {err}"
