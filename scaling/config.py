@@ -214,6 +214,15 @@ def default_config() -> ml_collections.ConfigDict:
     p.end_step = 0
     p.every = 10
 
+    # ---------------------------------------------------------------- distillation
+    # a student trained on a teacher run's logits (Hinton et al. 2015; `scaling.compress.distill`):
+    # objective (1 - mix)·CE(data) + mix·T²·KL(teacher_T ‖ student_T); the logged `loss` stays the
+    # data cross-entropy. Teacher and student may differ in size and depth, not in vocabulary.
+    s = c.distill = ml_collections.ConfigDict()
+    s.teacher = ""  # RUN_DIR[:STEP] (default: its newest checkpoint); "": no distillation
+    s.temperature = 1.0  # T > 0: both distributions are softened by T; the KL term is times T²
+    s.mix = 0.5  # in [0, 1]: weight of the distillation term (0: data loss only; 1: teacher only)
+
     # ---------------------------------------------------------------- checkpoints
     k = c.checkpoint = ml_collections.ConfigDict()
     k.log_spaced = True  # 1, 2, 4, ..., log_max

@@ -109,6 +109,8 @@ DOMAINS: dict[str, Domain] = {
     "prune.start_step": NON_NEGATIVE_INT,
     "prune.end_step": NON_NEGATIVE_INT,
     "prune.every": COUNT,
+    "distill.temperature": POSITIVE,
+    "distill.mix": UNIT,
     "finetune.lora_rank": NON_NEGATIVE_INT,
     "finetune.lora_alpha": POSITIVE,
     "checkpoint.log_max": COUNT,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scaling.compress import CompressionError
-from scaling.compress.distill import check_teacher, distillation_loss
+from scaling.compress.distill import check_teacher, distillation_loss, kd_per_token
 from tests.helpers import tiny_lm_config
 
 B, T, V = 2, 5, 7
@@ -60,3 +60,15 @@ def test_a_teacher_with_another_vocabulary_is_a_clear_error():
         distillation_loss(_logits(0), _logits(1)[..., :5], TARGETS, WEIGHTS)
     with pytest.raises(CompressionError, match="mix must lie in"):
         distillation_loss(_logits(0), _logits(1), TARGETS, WEIGHTS, mix=1.5)
+
+
+def test_kd_per_token_is_t_squared_kl_per_position_and_leaves_the_teacher_alone():
+    s, t = _logits(4), _logits(5)
+    kd_BT = kd_per_token(s, t, 3.0)
+    assert kd_BT.shape == (B, T)
+    p_t = jax.nn.softmax(t / 3.0)
+    kl_BT = jnp.sum(p_t * (jax.nn.log_softmax(t / 3.0) - jax.nn.log_softmax(s / 3.0)), axis=-1)
+    np.testing.assert_allclose(kd_BT, 9.0 * kl_BT, rtol=1e-5)
+    assert float(jnp.min(kd_BT)) >= 0.0
+    g_teacher = jax.grad(lambda x: jnp.sum(kd_per_token(s, x, 3.0)))(t)
+    assert float(jnp.max(jnp.abs(g_teacher))) == 0.0  # the teacher is frozen

@@ -32,14 +32,22 @@ def distillation_loss(student_BTV: jax.Array, teacher_BTV: jax.Array, targets_BT
         raise CompressionError(f"teacher logits have {teacher_BTV.shape[-1]} classes, the student's "
                                f"{student_BTV.shape[-1]}: teacher and student need one vocabulary")
     s = student_BTV.astype(jnp.float32)
-    t = jax.lax.stop_gradient(teacher_BTV.astype(jnp.float32))
     w = weights_BT.astype(jnp.float32)
     denom = jnp.maximum(jnp.sum(w), 1.0)
     ce_BT = optax.softmax_cross_entropy_with_integer_labels(s, targets_BT)
-    kd_BT = optax.losses.kl_divergence_with_log_targets(
-        jax.nn.log_softmax(s / temperature), jax.nn.log_softmax(t / temperature)) * temperature ** 2
+    kd_BT = kd_per_token(s, teacher_BTV, temperature)
     ce, kd = jnp.sum(w * ce_BT) / denom, jnp.sum(w * kd_BT) / denom
     return (1.0 - mix) * ce + mix * kd, {"ce": ce, "kd": kd}
+
+
+def kd_per_token(student_BTV: jax.Array, teacher_BTV: jax.Array,
+                 temperature: float = 1.0) -> jax.Array:
+    """Returns T²·KL(softmax(teacher/T) ‖ softmax(student/T)) per position (nats), float32,
+    shape of the logits without the class axis; no gradient flows into the teacher."""
+    s = student_BTV.astype(jnp.float32)
+    t = jax.lax.stop_gradient(teacher_BTV.astype(jnp.float32))
+    return optax.losses.kl_divergence_with_log_targets(
+        jax.nn.log_softmax(s / temperature), jax.nn.log_softmax(t / temperature)) * temperature ** 2
 
 
 def _vocabulary(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -607,6 +607,8 @@ def population_key(run: Run, root: pathlib.Path) -> tuple | None:
 
     if run.config.train.on_nonfinite == "rewind":  # restores mid-run: never in a population
         return None
+    if run.config.distill.teacher:  # the teacher's forward pass is not in the population step
+        return None
     # weight decay too: members that differ in it keep it in the optimizer state, and such a
     # checkpoint would not resume as a single run if the run were retried alone
     return (population_step.program_key(run.config), run.steps,

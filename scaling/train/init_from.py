@@ -1,5 +1,8 @@
 """Start a run from another run's checkpoint: `train.init_from = RUN_DIR[:STEP]`.
 
+The same resolution, shape check and parameter loading serve `distill.teacher` (a teacher run's
+frozen parameters); every error names the field the spec came from (`Source.field`).
+
 Only the parameters are taken from the source checkpoint; the optimizer state, the step counter,
 the RNG and the learning-rate schedule are fresh (a fine-tuning run has its own schedule). Every
 check runs before anything compiles: the run directory must exist and hold checkpoints, the step
@@ -27,21 +30,23 @@ _SPEC = re.compile(r"^(?P<run>.+?)(?::(?P<step>\d+))?$")
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A resolved `train.init_from`: the source run directory (absolute) and checkpoint step."""
+    """A resolved `RUN_DIR[:STEP]`: the run directory (absolute), the checkpoint step and the
+    config field it was given in (named by every error about it)."""
 
     run_dir: pathlib.Path
     step: int
+    field: str = FIELD
 
     def record(self) -> dict[str, Any]:
-        """Returns what run.json records under `init_from`: {'run': path, 'step': step}."""
+        """Returns what run.json records for it: {'run': path, 'step': step}."""
         return {"run": str(self.run_dir), "step": int(self.step)}
 
 
-def parse_spec(spec: str) -> tuple[pathlib.Path, int | None]:
+def parse_spec(spec: str, field: str = FIELD) -> tuple[pathlib.Path, int | None]:
     """Returns (run directory, step or None for the newest) of a `RUN_DIR[:STEP]` string."""
     match = _SPEC.match(spec.strip())
     if not match or not match.group("run"):
-        raise config_lib.ConfigError(FIELD, spec, "must be RUN_DIR or RUN_DIR:STEP")
+        raise config_lib.ConfigError(field, spec, "must be RUN_DIR or RUN_DIR:STEP")
     step = match.group("step")
     return pathlib.Path(match.group("run")).expanduser(), None if step is None else int(step)
 
@@ -54,29 +59,31 @@ def _manager(run_dir: pathlib.Path) -> ocp.CheckpointManager:
         options=ocp.CheckpointManagerOptions(create=False, read_only=True))
 
 
-def resolve(spec: str) -> Source:
-    """Returns the Source a `train.init_from` string names; raises ConfigError naming the field
-    if the run directory is missing, holds no checkpoint, or lacks the step (the message lists
-    the steps it has)."""
-    run_dir, step = parse_spec(spec)
+def resolve(spec: str, field: str = FIELD, default_step: int | None = None) -> Source:
+    """Returns the Source a `RUN_DIR[:STEP]` string given in `field` names (no step:
+    `default_step`, else the newest); raises ConfigError naming the field if the run directory
+    is missing, holds no checkpoint, or lacks the step (the message lists the steps it has)."""
+    run_dir, step = parse_spec(spec, field)
+    if step is None:
+        step = default_step
     run_dir = run_dir.absolute()
     if not run_dir.is_dir():
-        raise config_lib.ConfigError(FIELD, spec, f"no such run directory: {run_dir}")
+        raise config_lib.ConfigError(field, spec, f"no such run directory: {run_dir}")
     if not (run_dir / "checkpoints").is_dir():
-        raise config_lib.ConfigError(FIELD, spec, f"{run_dir} holds no checkpoints/ directory")
+        raise config_lib.ConfigError(field, spec, f"{run_dir} holds no checkpoints/ directory")
     manager = _manager(run_dir)
     try:
         steps = sorted(manager.all_steps())
     finally:
         manager.close()
     if not steps:
-        raise config_lib.ConfigError(FIELD, spec, f"{run_dir} holds no complete checkpoint")
+        raise config_lib.ConfigError(field, spec, f"{run_dir} holds no complete checkpoint")
     if step is None:
         step = steps[-1]
     elif step not in steps:
         raise config_lib.ConfigError(
-            FIELD, spec, f"{run_dir} has no checkpoint at step {step}; it has steps {steps}")
-    return Source(run_dir, step)
+            field, spec, f"{run_dir} has no checkpoint at step {step}; it has steps {steps}")
+    return Source(run_dir, step, field)
 
 
 def _flat(tree: Any) -> dict[str, Any]:
@@ -95,7 +102,7 @@ def source_param_shapes(source: Source) -> dict[str, tuple[int, ...]]:
     tree = getattr(metadata, "tree", metadata)
     if not isinstance(tree, dict) or "params" not in tree:
         raise config_lib.ConfigError(
-            FIELD, source.record(), "the checkpoint's state holds no 'params' tree")
+            source.field, source.record(), "the checkpoint's state holds no 'params' tree")
     return {k: tuple(v.shape) for k, v in _flat(tree["params"]).items()}
 
 
@@ -115,7 +122,7 @@ def check_shapes(source: Source, abstract_params: Any,
                  for k in sorted(theirs.keys() - ours.keys())]
     if problems:
         raise config_lib.ConfigError(
-            FIELD, str(source.run_dir), "the source checkpoint does not fit this model: "
+            source.field, str(source.run_dir), "the source checkpoint does not fit this model: "
             + "; ".join(problems))
 
 

@@ -134,18 +134,24 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                 params = setup_lib.abstract_params(config)  # raises on an unknown LoRA module
                 if source is not None:
                     init_from_lib.check_shapes(source, params, added=lora_lib.is_adapter)
+            teacher = None  # distillation: a resume reloads the teacher step it started with
+            if config.distill.teacher:
+                teacher = setup_lib.resolve_teacher(
+                    config, workdir if latest is not None else None, jax.device_count())
         except BaseException:
             checkpointer.close()
             raise
         return _train_checked(config, workdir, checkpointer, latest, preemption,
-                              stop_after=stop_after, evaluator=evaluator, source=source)
+                              stop_after=stop_after, evaluator=evaluator, source=source,
+                              teacher=teacher)
 
 
 def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                    checkpointer: ckpt_lib.Checkpointer, latest: int | None,
                    preemption: preemption_lib.Preemption, *, stop_after: int | None,
                    evaluator: Callable[..., list[dict]] | None,
-                   source: init_from_lib.Source | None = None) -> dict[str, Any]:
+                   source: init_from_lib.Source | None = None,
+                   teacher: setup_lib.TeacherSpec | None = None) -> dict[str, Any]:
     """Runs the loop once the resume check passed; every exit writes status.json."""
     metrics_file = eval_file = tb = None
     step = latest or 0
@@ -155,11 +161,17 @@ def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     try:
         num_steps = config_lib.train_steps(config)
         run = prepare_workdir(config, workdir, num_steps)
-        if source is not None and jax.process_index() == 0:
+        if source is not None:
             run["init_from"] = source.record()
+        if teacher is not None:
+            run["distill"] = teacher.record(config)
+        if (source is not None or teacher is not None) and jax.process_index() == 0:
             write_json_atomic(workdir / "run.json", run)
         write_status(workdir, "running", step)
         trainer = setup_lib.build(config)
+        if teacher is not None:
+            trainer = trainer.with_teacher(
+                setup_lib.load_teacher(teacher, trainer.mesh, trainer.rules))
 
         if evaluator is None:
             from scaling import evaluate as evaluate_lib

@@ -1,7 +1,10 @@
 """Pure train and eval steps: `train_step(state, batch) -> (state, metrics)`. No I/O here.
 
 Loss is token cross-entropy in nats/token, averaged over the tokens with weight > 0, with optional
-label smoothing and z-loss (PaLM: z_loss * log(Z)^2). With gradient accumulation the batch is split
+label smoothing and z-loss (PaLM: z_loss * log(Z)^2). A batch that carries `teacher_logits`
+(distillation, `distill.*`) trains on (1 − mix)·data objective + mix·T²·KL(teacher_T ‖ student_T)
+(+ the z-loss, a stabilizer, in full); `loss` stays the plain data cross-entropy, and `distill_kd`
+and `distill_ce` report the two terms. With gradient accumulation the batch is split
 into `train.microbatches` equal parts and per-part *sums* are accumulated, so the update equals the
 full-batch update up to float summation order.
 
@@ -87,11 +90,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     skip_nonfinite = t.on_nonfinite == "skip"
     use_dropout = any(config.model.get(k, 0.0) > 0 for k in
                       ("embed_dropout", "attn_dropout", "resid_dropout"))
+    mix, temperature = float(config.distill.mix), float(config.distill.temperature)
 
     def sums_fn(params: Any, mb: Batch, rng: jax.Array | None) -> tuple[jax.Array, dict]:
         logits = _apply(model, params, mb["inputs"], rng)
         sums = cross_entropy_sums(logits, mb["targets"], mb["weights"], t.label_smoothing,
                                   t.z_loss)
+        if "teacher_logits" in mb:  # distillation: the key's presence is static under jit
+            from scaling.compress import distill as distill_lib
+
+            kd_BT = distill_lib.kd_per_token(logits, mb["teacher_logits"], temperature)
+            sums["kd"] = jnp.sum(kd_BT * mb["weights"])
+            z_sum = t.z_loss * sums["z"] if t.z_loss > 0 else 0.0
+            sums["loss"] = (1.0 - mix) * (sums["loss"] - z_sum) + mix * sums["kd"] + z_sum
         return sums["loss"], sums
 
     grad_fn = jax.value_and_grad(sums_fn, has_aux=True)
@@ -115,7 +126,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                         jax.tree.map(jnp.add, sums_acc, s)), None
 
             init_sums = {k: jnp.zeros((), jnp.float32)
-                         for k in ("loss", "nll", "z", "weight", "correct")}
+                         for k in ("loss", "nll", "z", "weight", "correct")
+                         + (("kd",) if "teacher_logits" in batch else ())}
             (grads, sums), _ = jax.lax.scan(accumulate, (zeros, init_sums),
                                             (micro, jnp.arange(n_micro)))
         denom = jnp.maximum(sums["weight"], 1.0)
@@ -147,6 +159,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
             "lr": optim.current_lr(config, state.opt_state, state.step),
             "weight": sums["weight"],
         }
+        if "kd" in sums:
+            metrics.update(distill_kd=sums["kd"] / denom, distill_ce=sums["nll"] / denom)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 
