@@ -129,6 +129,23 @@ def test_axes_product_zip_seeds_and_names():
         assert r.name.startswith(f"N{spec.format_count(r.n)}-D{spec.format_count(r.d)}-")
 
 
+def test_run_source_axes_name_runs_by_the_source_run_not_its_path():
+    s = testing.tiny_sweep(sizes=(testing.TINY_SIZES[0],))
+    sources = ["/data/study/pretrain/runs/N3k-s0", "/data/study/pretrain/runs/N3k-s0:40",
+               "/elsewhere/runs/N3k-s0/"]
+    s.axes = ({"train.init_from": sources},)
+    runs = spec.expand(s)
+    assert [r.config.train.init_from for r in runs] == sources
+    names = [r.name for r in runs]
+    assert all("data" not in n and "study" not in n and "elsewhere" not in n for n in names), names
+    assert "-from_N3k-s0_40-" in names[1]
+    # the same source name from two places: still two run directories, told apart by their ids
+    for i in (0, 2):
+        assert names[i] == f"N{spec.format_count(runs[i].n)}-D{spec.format_count(runs[i].d)}-from_N3k-s0-s0-" \
+                           f"{runs[i].id[:6]}"
+    assert len({r.dir for r in runs}) == 3
+
+
 def test_tokens_per_param_and_batch_lr_rules():
     s = testing.tiny_sweep()
     s.tokens = None

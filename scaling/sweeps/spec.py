@@ -39,6 +39,7 @@ import functools
 import itertools
 import json
 import math
+import pathlib
 import re
 from typing import Any, Iterable
 
@@ -478,6 +479,10 @@ def _labels(sweep: ml_collections.ConfigDict) -> dict[str, str]:
     return labels
 
 
+# Fields whose value is another run's directory: names show that run's name, with this label
+RUN_SOURCE_FIELDS = {"train.init_from": "from_", "distill.teacher": "teacher_"}
+
+
 def run_name(axes: dict[str, Any], n: int, d: int, labels: dict[str, str],
              budget: float | None) -> str:
     """Returns the readable run name, e.g. C1e15-N3.2M-D50M-wd0.1-s0."""
@@ -488,6 +493,12 @@ def run_name(axes: dict[str, Any], n: int, d: int, labels: dict[str, str],
     for field, value in axes.items():
         if field in ("N_target", "D_target", "tokens_per_param", "C_budget", "seed", "lr_step",
                      "batch_step"):
+            continue
+        if field in RUN_SOURCE_FIELDS and isinstance(value, str):
+            # another run's directory (RUN_DIR[:STEP]): its own name, not the path to it
+            head, step = re.match(r"^(.*?)(?::(\d+))?$", value.strip()).groups()
+            value = pathlib.PurePath(head.rstrip("/")).name + (f":{step}" if step else "")
+            parts.append(f"{labels.get(field, RUN_SOURCE_FIELDS[field])}{value}")
             continue
         default = "" if isinstance(value, str) else field.rsplit(".", 1)[-1]
         label = labels.get(field, default)
