@@ -237,16 +237,21 @@ def _fit_one(df, law: str, cols: dict[str, str], args: argparse.Namespace) -> di
         if np.any((S < 0) | (S >= 1)):
             raise ValueError(f"column {cols['S']!r} (role S, sparsity) must lie in [0, 1); got values "
                              f"from {S.min():g} to {S.max():g}")
-    groups = None
-    if getattr(args, "cluster", None):
-        names = [c.strip() for c in args.cluster.split(",") if c.strip()]
-        missing = [c for c in names if c not in df.columns]
-        if missing:
-            raise ValueError(f"--cluster: column(s) {missing} not in the CSV; columns: {list(df.columns)}")
-        groups = df[names].astype(str).to_numpy()
+    groups = _cluster_labels(df, args)
     fit = fit_law(lw, X, col(_LAW_Y.get(law, "loss")), bootstrap=args.bootstrap, seed=args.seed,
                   level=args.level, groups=groups)
     return fit.to_dict()
+
+
+def _cluster_labels(df: pd.DataFrame, args: argparse.Namespace) -> np.ndarray | None:
+    """Returns the --cluster columns of each row as strings (rows x columns), or None without it."""
+    if not getattr(args, "cluster", None):
+        return None
+    names = [c.strip() for c in args.cluster.split(",") if c.strip()]
+    missing = [c for c in names if c not in df.columns]
+    if missing:
+        raise ValueError(f"--cluster: column(s) {missing} not in the CSV; columns: {list(df.columns)}")
+    return df[names].astype(str).to_numpy()
 
 
 def _scratch_mask(df: pd.DataFrame, spec: str | None) -> np.ndarray:
@@ -270,13 +275,10 @@ def _fit_transfer(df: pd.DataFrame, cols: dict[str, str], args: argparse.Namespa
         raise ValueError(f"--scratch {args.scratch}: selects {int(scratch_rows.sum())} of {len(df)} rows; "
                          f"the transfer law needs both from-scratch and fine-tuned rows")
     frame = pd.DataFrame({r: numeric_column(df[cols[r]], cols[r]) for r in ("N", "D", "loss")})
+    labels = _cluster_labels(df, args)
     groups = None
-    if getattr(args, "cluster", None):
-        names = [c.strip() for c in args.cluster.split(",") if c.strip()]
-        missing = [c for c in names if c not in df.columns]
-        if missing:
-            raise ValueError(f"--cluster: column(s) {missing} not in the CSV; columns: {list(df.columns)}")
-        frame["cluster"] = df[names].astype(str).agg("|".join, axis=1).to_numpy()
+    if labels is not None:
+        frame["cluster"] = ["|".join(row) for row in labels]
         groups = "cluster"
     fit = fit_transfer(frame[scratch_rows], frame[~scratch_rows].rename(columns={"D": "D_F"}),
                        bootstrap=args.bootstrap, groups=groups, seed=args.seed, level=args.level)
