@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -175,3 +176,28 @@ def test_rewind_policy_is_refused_before_compiling(tmp_path, stdlib_tiny_data_di
         train_population([a, _config(stdlib_tiny_data_dir, **MEMBERS[1])],
                          [tmp_path / "a", tmp_path / "b"])
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("train.init_from", "pretrain/run", "config.train.init_from='pretrain/run'"),
+    ("finetune.lora_rank", 4, "config.finetune.lora_rank=4"),
+])
+def test_runs_that_load_or_adapt_parameters_train_alone(tmp_path, stdlib_tiny_data_dir, field, value, says):
+    """The population step initializes plain models itself: a member with init_from or LoRA would
+    silently train from scratch, or train nothing, so it is refused and the runner keeps it alone."""
+    from scaling.sweeps import runner, spec, testing
+
+    a, b = (_config(stdlib_tiny_data_dir, **MEMBERS[i]) for i in (0, 1))
+    for c in (a, b):
+        section, key = field.split(".")
+        c[section][key] = value
+    with pytest.raises(population_step.PopulationError, match=re.escape(f"member 0 has {says}")):
+        train_population([a, b], [tmp_path / "a", tmp_path / "b"])
+    assert not (tmp_path / "a").exists()
+    sweep = testing.tiny_sweep(stdlib_tiny_data_dir, sizes=(3.4e3,))
+    sweep.axes = ({"optim.lr": (3e-3, 1e-2)},)
+    assert len(runner.take_population([(r, 1) for r in spec.expand(sweep)], 2, tmp_path)) == 2
+    section, key = field.split(".")
+    sweep.base[section][key] = value
+    queue = [(r, 1) for r in spec.expand(sweep)]
+    assert [len(runner.take_population(queue, 2, tmp_path)) for _ in range(2)] == [1, 1]

@@ -605,9 +605,7 @@ def population_key(run: Run, root: pathlib.Path) -> tuple | None:
     """Returns what runs of one population share (program, length, resume step); None: alone."""
     from scaling.train import population_step
 
-    if run.config.train.on_nonfinite == "rewind":  # restores mid-run: never in a population
-        return None
-    if run.config.distill.teacher:  # the teacher's forward pass is not in the population step
+    if population_step.trains_alone(run.config):  # init_from, LoRA, a teacher, rewind
         return None
     # weight decay too: members that differ in it keep it in the optimizer state, and such a
     # checkpoint would not resume as a single run if the run were retried alone

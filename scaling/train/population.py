@@ -91,10 +91,11 @@ def _prepare(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[pa
         raise pop_lib.PopulationError("two members share a workdir; each needs its own")
     for i, c in enumerate(configs):
         config_lib.validate(c, jax.device_count())
-        if c.distill.teacher:  # the teacher's forward pass is not part of the vmapped step
+        why = pop_lib.trains_alone(c)
+        if why:
             raise pop_lib.PopulationError(
-                f"member {i} has config.distill.teacher={c.distill.teacher!r}; a distilled run "
-                "cannot train inside a population: train it alone (resources.population=1)")
+                f"member {i} has {why}, so it cannot train inside a population: train it alone "
+                "(resources.population=1)")
     pop_lib.check_members(configs)  # shapes differ: a clear error before data or devices
     resolved = [data_lib.resolve(c, w) for c, w in zip(configs, workdirs)]
     for c in resolved:

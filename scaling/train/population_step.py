@@ -59,6 +59,22 @@ def _may_differ(field: str) -> bool:
     return any(field == f or (f.endswith(".") and field.startswith(f)) for f in MAY_DIFFER)
 
 
+def trains_alone(config: ml_collections.ConfigDict) -> str:
+    """Returns why a run cannot be a population member ('' if it can): the population step
+    initializes its members itself, with the plain model and one optimizer form, so a run that
+    loads another run's parameters, trains LoRA adapters, distills from a teacher or rewinds to
+    a checkpoint mid-run trains alone."""
+    if config.train.on_nonfinite == "rewind":
+        return "config.train.on_nonfinite='rewind' (it restores a checkpoint mid-training)"
+    if config.train.init_from:
+        return f"config.train.init_from={config.train.init_from!r} (it starts from another run's parameters)"
+    if config.finetune.lora_rank > 0:
+        return f"config.finetune.lora_rank={config.finetune.lora_rank} (LoRA adapters on a frozen base)"
+    if config.distill.teacher:
+        return f"config.distill.teacher={config.distill.teacher!r} (a teacher's forward pass per step)"
+    return ""
+
+
 def check_members(configs: Sequence[ml_collections.ConfigDict]) -> None:
     """Raises PopulationError naming the first field (not in MAY_DIFFER) where members differ."""
     if not configs:
