@@ -33,6 +33,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 from typing import Any
 
 import ml_collections
@@ -175,7 +176,9 @@ def compress_family(root: str | pathlib.Path, scale: str, shard: int = 0, shards
             continue
         if out.exists():
             shutil.rmtree(out)
+        t0 = time.time()
         compress_run(src, out, quant=quant, prune=prune, evaluate=True, progress=progress)
+        log.info("compressed %s in %.1f s", out.name, time.time() - t0)
         done += 1
     return done
 
@@ -196,7 +199,9 @@ def post_train(root: pathlib.Path, scale: str, progress: bool = False) -> None:
                             cache_dir=str(root / "family" / "compile_cache"))
     procs = []
     for shard in range(shards):
-        code = (f"from experiments import compression as c; "
+        code = (f"import logging; logging.basicConfig(level=logging.WARNING); "
+                f"logging.getLogger('experiments').setLevel(logging.INFO); "
+                f"from experiments import compression as c; "
                 f"c.compress_family({str(root)!r}, {scale!r}, {shard}, {shards}, {bool(progress)})")
         log_path = root / COMPRESSED / f"stage-{shard}.log"
         with open(log_path, "w", encoding="utf-8") as fh:
@@ -211,12 +216,13 @@ def post_train(root: pathlib.Path, scale: str, progress: bool = False) -> None:
 
 
 def final_losses(df: pd.DataFrame) -> pd.DataFrame:
-    """Returns one row per run: run, N (non-embedding), D (tokens), seed, loss (nats/token)."""
-    cols = ["run", "N", "D", "seed", "loss"]
+    """Returns one row per run: run (name), dir, N (non-embedding), D (tokens), seed, loss (nats/token)."""
+    cols = ["run", "dir", "N", "D", "seed", "loss"]
     if df.empty:
         return pd.DataFrame(columns=cols)
     last = common.final(df[df["source"] == "eval"], METRIC)
-    return pd.DataFrame({"run": last["run_name"], "N": last["N_nonembed"].astype(float),
+    return pd.DataFrame({"run": last["run_name"], "dir": last["run_dir"],
+                         "N": last["N_nonembed"].astype(float),
                          "D": last["D"].astype(float),
                          "seed": last["seed"].astype(int) if "seed" in last else 0,
                          "loss": last["value"].astype(float)})
@@ -273,7 +279,8 @@ def distill_table(distilled: pd.DataFrame, alone: pd.DataFrame, bootstrap: int,
                      "alone": float(paired["loss_alone"].mean()),
                      "distilled": float(paired["loss"].mean()), "gain": float(gain.mean()),
                      "gain_ci": [ci["ci_low"], ci["ci_high"]] if ci else [math.nan, math.nan],
-                     "runs": sorted(paired["run"]) + sorted(paired["run_alone"]),
+                     # directories: a student and its control share a run name
+                     "distilled_dirs": sorted(paired["dir"]), "alone_dirs": sorted(paired["dir_alone"]),
                      "gain_every_seed": bool((gain > 0).all())})
     return rows
 

@@ -182,7 +182,11 @@ def test_tiny_study_writes_its_report(tmp_path, stdlib_tiny_data_dir):
     root = tmp_path / "compression"
     argv = ["scaling experiment", "compression", "--root", str(root), "--scale", "tiny",
             "--tfds_data_dir", str(stdlib_tiny_data_dir), "--noprogress"]
-    code = experiment_cli.main(argv)
+    check_tiny_report(root, experiment_cli.main(argv))
+
+
+def check_tiny_report(root: pathlib.Path, code: int) -> None:
+    """Asserts what the tiny study's report and run files must hold (returns None)."""
     out = root / common.REPORT_DIR
     summary = json.loads((out / "experiment.json").read_text())
     assert summary["experiment"] == "compression" and (out / "experiment.md").is_file()
@@ -221,20 +225,23 @@ def test_tiny_study_writes_its_report(tmp_path, stdlib_tiny_data_dir):
         assert any("ΔL(N, D, bits) fit" in n for n in summary["notes"])
     # distillation: the smallest size, 2 seeds, gain = alone − distilled from the run files
     (g,) = summary["distillation"]
-    alone = {json.loads((d / "run.json").read_text())["name"]: d
-             for d in common.run_dirs(root / "alone") + sources}
-    distilled = {json.loads((d / "run.json").read_text())["name"]: d
-                 for d in common.run_dirs(root / "distill")}
-    assert g["seeds"] == [0, 1] and len(distilled) == 2
-    losses = {name: _val_loss(d, common.checkpoint_steps(d)[-1])
-              for name, d in {**alone, **distilled}.items() if name in g["runs"]}
-    assert len(losses) == 4
-    alone_mean = np.mean([v for k, v in losses.items() if k in alone])
-    dist_mean = np.mean([v for k, v in losses.items() if k in distilled])
-    assert g["gain"] == pytest.approx(alone_mean - dist_mean, abs=1e-12)
+    alone_dirs = [str(d.resolve()) for d in common.run_dirs(root / "alone")] + [
+        str(d.resolve()) for d in sources if json.loads((d / "run.json").read_text())["axes"]["D_target"] == 2560
+        and json.loads((d / "run.json").read_text())["n_params_nonembed"] == g["N"]]
+    distilled_dirs = [str(d.resolve()) for d in common.run_dirs(root / "distill")]
+    assert g["seeds"] == [0, 1] and len(distilled_dirs) == len(alone_dirs) == 2
+    assert (sorted(g["alone_dirs"]), sorted(g["distilled_dirs"])) == (sorted(alone_dirs),
+                                                                     sorted(distilled_dirs))
+
+    def final_loss(d: str) -> float:
+        return _val_loss(pathlib.Path(d), common.checkpoint_steps(pathlib.Path(d))[-1])
+
+    assert g["alone"] == pytest.approx(np.mean([final_loss(d) for d in alone_dirs]), abs=1e-12)
+    assert g["distilled"] == pytest.approx(np.mean([final_loss(d) for d in distilled_dirs]), abs=1e-12)
+    assert g["gain"] == pytest.approx(g["alone"] - g["distilled"], abs=1e-12)
     assert all(math.isfinite(x) for x in g["gain_ci"])
-    for d in distilled.values():
-        assert json.loads((d / "run.json").read_text())["distill"]["teacher"]["run"].startswith(
+    for d in distilled_dirs:
+        assert json.loads((pathlib.Path(d) / "run.json").read_text())["distill"]["teacher"]["run"].startswith(
             str(root / "family"))
     # rerun-safe: a second pass over the compression stage has nothing left to do
     assert study.compress_family(root, "tiny") == 0
