@@ -60,7 +60,7 @@ EXPECTED_OUTCOME = (
     "much as 50% unstructured or more. A student trained on the teacher's distribution reaches a "
     "lower data loss than the same student alone when the teacher is much better; the gain is "
     "small at these token budgets and may shrink for students closer to the teacher.")
-EXPECTED_RUNTIME = {"tiny": "~2-4 min on 2 busy CPU cores (7 runs, 16 compressed checkpoints)",
+EXPECTED_RUNTIME = {"tiny": "903 s on 2 CPU cores at load 8-11 (7 runs, 16 compressed checkpoints)",
                     "small": "~15 min on 2 CPU cores (not measured yet: 15 runs, 63 compressed)",
                     "medium": "~30 min on one GPU (not measured)",
                     "large": "GPU/TPU cluster (hours; not measured)"}
@@ -191,7 +191,7 @@ def post_train(root: pathlib.Path, scale: str, progress: bool = False) -> None:
     """
     from scaling.sweeps import runner
 
-    sweep = sweeps(scale, root=root)["family"]
+    sweep = sweeps(scale, tfds_name="stdlib_corpus", root=root)["family"]  # for its resources
     shards = common.default_workers(scale, "local")
     (root / COMPRESSED).mkdir(parents=True, exist_ok=True)
     env = runner.worker_env(dict(os.environ),
@@ -285,7 +285,7 @@ def distill_table(distilled: pd.DataFrame, alone: pd.DataFrame, bootstrap: int,
     return rows
 
 
-def _plot_bits(t: pd.DataFrame, family: pd.DataFrame) -> Any:
+def _plot_bits(t: pd.DataFrame, fit: Any) -> Any:
     import matplotlib.pyplot as plt
 
     from analysis.errors import InsufficientData
@@ -294,17 +294,26 @@ def _plot_bits(t: pd.DataFrame, family: pd.DataFrame) -> Any:
     if q.empty:
         raise InsufficientData("no quantized checkpoint was evaluated")
     sizes = sorted(q["N"].unique())
-    fig, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes), 2.8), squeeze=False,
-                             sharey=True)
-    for ax, n in zip(axes[0], sizes):
+    fig, axes = plt.subplots(2, len(sizes), figsize=(3.2 * len(sizes), 5.0), squeeze=False,
+                             sharex=True)
+    for j, n in enumerate(sizes):
+        top, bottom = axes[0][j], axes[1][j]
         for i, (d, g) in enumerate(q[q["N"] == n].groupby("D")):
             g = g.sort_values("quant_bits")
-            ax.plot(g["quant_bits"], g["loss"], "o-", color=f"C{i}", ms=3, label=f"D={d:.3g}")
-            ax.axhline(float(g["loss_float"].iloc[0]), color=f"C{i}", ls=":", lw=1)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("weight bits (dotted: float32)")
-        ax.set_title(f"N = {n:.3g}", fontsize=8)
-    axes[0][0].set_ylabel("validation loss (nats/token)")
+            top.plot(g["quant_bits"], g["loss"], "o-", color=f"C{i}", ms=3, label=f"D={d:.3g}")
+            top.axhline(float(g["loss_float"].iloc[0]), color=f"C{i}", ls=":", lw=1)
+            pos = g[g["delta_loss"] > 0]
+            bottom.plot(pos["quant_bits"], pos["delta_loss"], "o", color=f"C{i}", ms=3)
+            if fit is not None:
+                b = np.linspace(g["quant_bits"].min(), g["quant_bits"].max(), 20)
+                X = np.column_stack([np.full_like(b, n), np.full_like(b, d), b])
+                bottom.plot(b, fit.fit.predict(X), "-", color=f"C{i}", lw=1)
+        top.set_title(f"N = {n:.3g}", fontsize=8)
+        bottom.set_yscale("log")
+        bottom.set_xscale("log", base=2)
+        bottom.set_xlabel("weight bits")
+    axes[0][0].set_ylabel("val loss (nats/token; dotted: float)")
+    axes[1][0].set_ylabel("ΔL (nats/token; lines: fit)")
     common.legend(axes[0][0])
     fig.suptitle("Post-training quantization: loss vs bits per size and D", fontsize=9)
     return fig
@@ -376,7 +385,7 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
                        family[family["D"] >= max(s["tokens"])]], ignore_index=True)
     gains = distill_table(final_losses(common.load(root / "distill", notes)), alone, bootstrap, notes)
     figures = {"comp_loss_vs_bits": common.figure(out_dir, "comp_loss_vs_bits",
-                                                  lambda: _plot_bits(t, family), notes),
+                                                  lambda: _plot_bits(t, fit), notes),
                "comp_loss_vs_sparsity": common.figure(out_dir, "comp_loss_vs_sparsity",
                                                       lambda: _plot_sparsity(t), notes),
                "comp_distill_gain": common.figure(out_dir, "comp_distill_gain",
