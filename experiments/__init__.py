@@ -10,7 +10,8 @@ import importlib
 from types import ModuleType
 
 # name -> module under experiments/, in the order `scaling experiment --list` shows them
-NAMES = ("quickstart", "sparse_parity", "grokking", "regularization", "augmentation", "transfer")
+NAMES = ("quickstart", "sparse_parity", "grokking", "regularization", "augmentation", "transfer",
+         "compression")
 
 
 def get(name: str) -> ModuleType:

@@ -7,6 +7,8 @@ An experiment (`experiments/<name>.py`) declares
     sweeps(scale, data_dir="", tfds_name="") -> {sweep name: sweep ConfigDict (scaling.sweeps.spec format)}
     analyze(root, out_dir, scale, bootstrap) -> summary dict (also written to
         out_dir/experiment.json, with out_dir/experiment.md)
+    and optionally post_train(root, scale, progress), a stage run after training and evaluation
+        and before the analysis (e.g. compressing the trained checkpoints into new run directories)
 
 and `run_experiment` trains every sweep into ROOT/<sweep name>/ with the sweep runner (which skips
 completed runs and resumes interrupted ones from their latest checkpoint), evaluates any checkpoint
@@ -317,6 +319,16 @@ def run_experiment(module: Any, root: str | os.PathLike, scale: str = DEFAULT_SC
         for name in sweeps:
             evaluate_missing(root / name, progress=progress)
         timings["evaluate_s"] = time.time() - t
+        post_train = getattr(module, "post_train", None)
+        if post_train is not None:  # a stage over the trained runs (e.g. compressing them)
+            t = time.time()
+            try:
+                post_train(root, scale, progress)
+            except Exception:
+                timings["post_train_s"] = time.time() - t
+                record("failed")  # recorded, then re-raised unchanged
+                raise
+            timings["post_train_s"] = time.time() - t
     t = time.time()
     out_dir = root / REPORT_DIR
     boot = BOOTSTRAP[scale] if bootstrap is None else int(bootstrap)
