@@ -5,7 +5,7 @@ model is then fine-tuned on 3-digit additions (`train.init_from` its final check
 with LoRA, at >= 4 fine-tuning data sizes D_F (a fixed set of D_F examples, repeated for the same
 number of steps), and the same sizes train from scratch on the same D_F. Both tasks share one
 vocabulary and sequence length, so the checkpoints fit. The loss is the held-out 3-digit answer
-loss (−answer_logprob, nats/token). The analysis reports, per model, the fine-tuning curves with
+loss (−answer_logprob, nats/token) at each run's best checkpoint (early stopping). The analysis reports, per model, the fine-tuning curves with
 Lin et al.'s rectified fit, fine-tuned minus scratch loss per D_F with its spread over seeds, and
 the effective data transferred D_T(N, D_F) = k·D_F^alpha·N^beta (`analysis.transfer`) for full
 fine-tuning and LoRA.
@@ -81,7 +81,7 @@ def _base(scale: str, task_params: dict[str, int]) -> ml_collections.ConfigDict:
     c.train.batch_size = s["batch"]
     c.optim.lr = 3e-3
     c.optim.clip_norm = 1.0
-    c.checkpoint.log_max = 1  # the final checkpoint is the one that counts
+    c.checkpoint.log_max = 128  # steps 1, 2, 4, ..., 128 and the last: early stopping picks the best
     c.checkpoint.every = 0
     return c
 
@@ -126,15 +126,19 @@ def sweeps(scale: str, data_dir: str = "", tfds_name: str = "",
 # ------------------------------------------------------------------------------------ analysis
 
 
-def final_losses(df: pd.DataFrame, arm: str) -> pd.DataFrame:
-    """Returns one row per run: N (non-embedding), D_F, seed, loss (nats/token), arm."""
+def best_losses(df: pd.DataFrame, arm: str) -> pd.DataFrame:
+    """Returns one row per run: N (non-embedding), D_F, seed, loss (nats/token), step, arm; the
+    loss is the lowest held-out answer loss over the run's evaluated checkpoints (early stopping,
+    as Hernandez et al. 2021 do: at small D_F a fixed step count repeats the examples for many
+    epochs, and the final checkpoint measures overfitting rather than transfer)."""
     if df.empty:
-        return pd.DataFrame(columns=["N", "D_F", "seed", "loss", "arm"])
-    last = common.final(df[df["source"] == "eval"], METRIC)
+        return pd.DataFrame(columns=["N", "D_F", "seed", "loss", "step", "arm"])
+    rows = common.curves(df[df["source"] == "eval"], METRIC)
+    last = rows.loc[rows.groupby("run_id")["value"].idxmax()]  # value = answer log-prob
     out = pd.DataFrame({"N": last["N_nonembed"].astype(float),
                         "D_F": last["data.task.num_examples"].astype(float),
                         "seed": last["seed"] if "seed" in last else 0,
-                        "loss": -last["value"].astype(float)})
+                        "loss": -last["value"].astype(float), "step": last["step"].astype(int)})
     if arm == "finetune":
         rank = last.get("finetune.lora_rank", pd.Series(0, index=last.index)).astype(int)
         out["arm"] = np.where(rank > 0, "lora", "full")
@@ -256,8 +260,8 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
     """Returns the transfer summary (gaps, D_T fits with CIs); writes figures and Markdown."""
     notes: list[str] = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = pd.concat([final_losses(common.load(root / "finetune", notes), "finetune"),
-                      final_losses(common.load(root / "scratch", notes), "scratch")],
+    runs = pd.concat([best_losses(common.load(root / "finetune", notes), "finetune"),
+                      best_losses(common.load(root / "scratch", notes), "scratch")],
                      ignore_index=True)
     gaps = gap_table(runs)
     fits = transfer_fits(runs, bootstrap, notes)
@@ -282,7 +286,8 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
         f"Pre-training: {s['pretrain_steps']} steps on 1–2 digit additions; fine-tuning and "
         f"scratch: {s['ft_steps']} steps on D_F ∈ {list(s['data_sizes'])} 3-digit additions, "
         f"seeds {list(s['seeds'])}, LoRA rank {s['rank']} (attn, mlp). Loss: held-out answer "
-        "loss, nats/token.", "",
+        "loss, nats/token, at each run's best evaluated checkpoint (early stopping; checkpoints at "
+        "steps 1, 2, 4, ..., 128 and the last).", "",
         "### Fine-tuned minus scratch loss (negative: fine-tuning wins)", "",
         common.table([{"arm": g["arm"], "N": g["N"], "D_F": g["D_F"], "seeds": g["seeds"],
                        "fine-tuned": g["loss"], "scratch": g["scratch_loss"],

@@ -75,6 +75,19 @@ def test_analysis_of_final_losses():
     assert set(rect) == {(arm, n) for arm in ("full", "lora") for n in (1e3, 4e3, 1.6e4)}
 
 
+def test_best_losses_take_each_runs_best_checkpoint():
+    rows = []
+    for run, rank, logprobs in (("a", 0, [-3.0, -1.2, -2.5]), ("b", 8, [-2.0, -1.9, -1.5])):
+        for step, lp in zip((1, 64, 150), logprobs):
+            rows.append({"run_id": run, "metric": study.METRIC, "value": lp, "step": step, "source": "eval",
+                         "N_nonembed": 1e3, "seed": 0, "data.task.num_examples": 32,
+                         "finetune.lora_rank": rank})
+    rows.append(dict(rows[0], metric="val/loss", value=0.1))  # other metrics do not count
+    best = study.best_losses(pd.DataFrame(rows), "finetune").set_index("arm")
+    assert best.loc["full", "loss"] == 1.2 and best.loc["full", "step"] == 64  # overfits after 64
+    assert best.loc["lora", "loss"] == 1.5 and best.loc["lora", "step"] == 150
+
+
 @pytest.mark.slow
 def test_tiny_study_writes_its_report(tmp_path):
     root = tmp_path / "transfer"
