@@ -277,7 +277,11 @@ def build_report(roots: str | os.PathLike | Sequence[str | os.PathLike], out_dir
             continue
         # x: final compute, or parameters when the runs share few budgets (an IsoFLOP grid)
         em_x = "C" if len(np.unique(np.round(np.log10(f["C"]), 2))) >= 5 else "N"
-        res = fit_emergence(f[em_x], f["value"], bootstrap=bootstrap, seed=seed)
+        try:
+            res = fit_emergence(f[em_x], f["value"], bootstrap=bootstrap, seed=seed)
+        except InsufficientData as e:  # e.g. seeds of a few (N, C) points: too few distinct x
+            R.skip(f"Emergence {m}", str(e))
+            continue
         label = m.rsplit("/", 1)[0] if m.startswith(HARNESS_PREFIX) else m.split("/")[0]
         curves.append((label, f[em_x].to_numpy(), f["value"].to_numpy(), res))
         em_rows.append({"metric": m, "x": em_x, "verdict": res.verdict, "x0 (log10 x)": res.x0,
@@ -410,8 +414,10 @@ def _chinchilla_section(R: ReportDoc, fin: pd.DataFrame, budget: pd.Series | Non
                         bootstrap: int, seed: int) -> None:
     """Writes the L(N, D) fit, the compute-optimal allocation and the backtest (returns None)."""
     R.h("L(N, D) fit (approach 3)")
-    if not (len(fin) >= 8 and fin["N"].nunique() >= 2 and fin["D"].nunique() >= 2):
-        R.skip("L(N, D) fit", f"{len(fin)} runs with final loss and distinct N, D (need ≥ 8)")
+    points = len(fin[["N", "D"]].drop_duplicates())  # seeds of one (N, D) are one point
+    if not (len(fin) >= 8 and points >= 6 and fin["N"].nunique() >= 2 and fin["D"].nunique() >= 2):
+        R.skip("L(N, D) fit", f"{len(fin)} runs with final loss at {points} distinct (N, D) points "
+               "(need ≥ 8 runs at ≥ 6 points)")
         R.p("Skipped: too few runs.")
         return
     ch = fit_chinchilla(fin["N"], fin["D"], fin["value"], bootstrap=bootstrap, seed=seed)

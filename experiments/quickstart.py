@@ -1,13 +1,18 @@
-"""The README's main job: an IsoFLOP grid of byte-level LMs on the offline stdlib corpus.
+"""The README's main job: a tuned IsoFLOP grid of byte-level LMs on the offline stdlib corpus.
 
-Transformers of 5 sizes (non-embedding N from 6.7k to 101k on the `small` scale) are each trained at
-3 compute budgets (steps = budget / FLOPs per step), on the Python-stdlib corpus with in-context
-associative recall mixed into the stream (data.source='mixture'); validation loss and recall exact
-match are scored at every checkpoint. The analysis fits L(N, D) = E + A/N^α + B/D^β (Hoffmann et
-al. approach 3, Huber on ln L, bootstrap CIs), derives the compute-optimal frontier N_opt(C),
-D_opt(C) and tokens per parameter with CIs, draws loss vs compute and the IsoFLOP profiles, and
-fits recall exact match against compute over all checkpoints with a sigmoid (emergence point with
-CI, or "no transition" when a flat/linear model explains it as well).
+Two stages. Tuning: every size is trained at the smallest budget over a grid of peak LRs (ratio 2
+on the CPU scales) around a rule's prediction, each size's grid as one population; an optimum at a
+grid edge extends the grid; tuned.json holds each size's refined optimum LR* and the fitted LR*(N).
+IsoFLOP: transformers of 5 sizes (non-embedding N from 6.7k to 101k on the `small` scale) are each
+trained at 3 compute budgets (steps = budget / FLOPs per step) with 2 seeds (a population per size
+and budget), each at its tuned LR*, on the Python-stdlib corpus with in-context associative recall
+mixed into the stream (data.source='mixture'); validation loss and recall exact match are scored at
+every checkpoint. The analysis fits L(N, D) = E + A/N^α + B/D^β (Hoffmann et al. approach 3, Huber
+on ln L, bootstrap CIs clustered by run), derives the compute-optimal frontier N_opt(C), D_opt(C)
+and tokens per parameter with CIs, draws the LR tuning curves, loss vs compute and the IsoFLOP
+profiles (mean over seeds), fits recall exact match against compute over all checkpoints with a
+sigmoid (emergence point with CI, or "no transition" when a flat/linear model explains it as well),
+and marks the study's targets (experiments/targets.py).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import math
 import pathlib
 import sys
-from typing import Any
+from typing import Any, Mapping
 
 import ml_collections
 import numpy as np
@@ -24,8 +29,9 @@ from experiments import common
 from experiments import targets as targets_lib
 
 NAME = "quickstart"
-DESCRIPTION = ("IsoFLOP grid (3 budgets x 5 sizes) of byte-level LMs on the stdlib corpus with "
-               "associative recall mixed in: Chinchilla fit, compute-optimal frontier, emergence")
+DESCRIPTION = ("LR tuning per size, then an IsoFLOP grid (3 budgets x 5 sizes x 2 seeds) of byte-level "
+               "LMs on the stdlib corpus with associative recall mixed in: Chinchilla fit, "
+               "compute-optimal frontier, emergence")
 PAPER = ("Hoffmann et al. (2022), \"Training Compute-Optimal Large Language Models\" (approaches "
          "2 and 3); emergence as in Wei et al. (2022) and Schaeffer et al. (2023)")
 EXPECTED_OUTCOME = (
@@ -36,33 +42,48 @@ EXPECTED_OUTCOME = (
     "parameter at their scale; at a few hundred thousand parameters and a byte vocabulary the "
     "optimum need not sit at 20. Recall exact match starts at 0 (before the answer format is "
     "learned), sits near chance (0.1) and rises with compute once in-context lookup is learned.")
-EXPECTED_RUNTIME = {"tiny": "~30 s", "small": "~32 min on 2 loaded CPU cores (15 runs)",
-                    "medium": "~5 min on one H100 with --workers 3 (12 runs)", "large": "GPU/TPU cluster (hours)"}
-FIGURES = ("qs_loss_vs_compute", "qs_isoflop", "qs_compute_optimal", "qs_emergence")
+EXPECTED_RUNTIME = {"tiny": "~1 min", "small": "not yet measured (15 tuning + 30 IsoFLOP runs)",
+                    "medium": "not yet measured on one GPU (20 tuning + 24 IsoFLOP runs)",
+                    "large": "GPU/TPU cluster (hours)"}
+FIGURES = ("qs_lr_tuning", "qs_loss_vs_compute", "qs_isoflop", "qs_compute_optimal", "qs_emergence")
 
 TASK = "associative_recall"
 
 
 def settings(scale: str) -> dict[str, Any]:
-    """Returns sizes (target non-embedding N), IsoFLOP budgets (FLOPs) and the mix rate of a scale."""
+    """Returns sizes (target non-embedding N), IsoFLOP budgets (FLOPs), the mix rate, the seeds and
+    the tuning stage (its budget in FLOPs, LR grid points, ratio of neighbouring LRs) of a scale."""
     return common.pick(
         scale,
-        tiny=dict(sizes=(3.4e3, 6.7e3), flops=(2e8, 5e8), mix=0.3),
-        small=dict(sizes=(6.7e3, 12.5e3, 25e3, 50e3, 100e3), flops=(1e11, 3e11, 1e12), mix=0.3),
-        medium=dict(sizes=(0.25e6, 0.5e6, 1e6, 2e6), flops=(1e13, 3e13, 1e14), mix=0.2),
-        large=dict(sizes=(10e6, 20e6, 40e6, 80e6, 160e6), flops=(1e17, 3e17, 1e18), mix=0.1),
+        tiny=dict(sizes=(3.4e3, 6.7e3), flops=(2e8, 5e8), mix=0.3, seeds=(0, 1),
+                  tune_flops=2e8, lr_points=3, lr_factor=2.0, max_extend=0),
+        small=dict(sizes=(6.7e3, 12.5e3, 25e3, 50e3, 100e3), flops=(1e11, 3e11, 1e12), mix=0.3,
+                   seeds=(0, 1), tune_flops=1e11, lr_points=3, lr_factor=2.0, max_extend=2),
+        medium=dict(sizes=(0.25e6, 0.5e6, 1e6, 2e6), flops=(1e13, 3e13, 1e14), mix=0.2,
+                    seeds=(0, 1), tune_flops=1e13, lr_points=5, lr_factor=2.0 ** 0.5, max_extend=2),
+        large=dict(sizes=(10e6, 20e6, 40e6, 80e6, 160e6), flops=(1e17, 3e17, 1e18), mix=0.1,
+                   seeds=(0,), tune_flops=1e17, lr_points=5, lr_factor=2.0 ** 0.5, max_extend=2),
     )
 
 
-def sweeps(scale: str, data_dir: str = "", tfds_name: str = "") -> dict[str, ml_collections.ConfigDict]:
-    """Returns {'isoflop': the sizes x budgets sweep} for a scale."""
+def sweeps(scale: str, data_dir: str = "", tfds_name: str = "",
+           root: str | pathlib.Path | None = None) -> dict[str, ml_collections.ConfigDict]:
+    """Returns {'tune': the LR tuning stage, 'isoflop': the sizes x budgets x seeds sweep}.
+
+    The tuning stage trains every size at the smallest budget over a grid of peak LRs around the
+    rule's prediction (extended where the optimum sits at an edge); its runs of one size share a
+    shape and a length, so the runner trains them as one population. It writes ROOT/tune/tuned.json
+    (per-size optimum and the fitted LR*(N)), which the IsoFLOP sweep reads (`lr.rule = "tuned"`).
+    Without `root` (a dry run, which trains nothing) the IsoFLOP sweep shows the rule's predicted
+    LRs instead, since the tuned ones do not exist yet.
+    """
     s = settings(scale)
     base = common.lm_base(scale, data_dir, tfds_name)
     common.add_recall_task(base, scale, s["mix"])
     sw = common.lm_sweep(scale, "quickstart", base)
     sw.sizes = tuple(s["sizes"])
     sw.flops = tuple(s["flops"])
-    if scale == "small":  # smaller models take a higher learning rate
+    if scale == "small":  # the prediction the tuning grid is centred on: smaller models, higher LR
         sw.lr.rule = "table"
         sw.lr.table = ((60e3, 5e-3), (1e12, 3e-3))
     elif scale in ("medium", "large"):
@@ -73,7 +94,21 @@ def sweeps(scale: str, data_dir: str = "", tfds_name: str = "") -> dict[str, ml_
         sw.lr.ref_n = 1e5
         sw.lr.ref_value = 3e-3
         sw.lr.exponent = -0.25
-    return {"isoflop": sw}
+    tune = sw.copy_and_resolve_references()
+    tune.name = "quickstart_tune"
+    tune.flops = (float(s["tune_flops"]),)
+    tune.seeds = (0,)
+    tune.tune.enabled = True
+    tune.tune.lr_points = int(s["lr_points"])
+    tune.tune.lr_factor = float(s["lr_factor"])
+    tune.tune.max_extend = int(s["max_extend"])
+    tune.tune.bootstrap = common.BOOTSTRAP[scale]
+    sw.seeds = tuple(s["seeds"])
+    if root is not None:
+        sw.lr.rule = "tuned"
+        sw.lr.tuned_file = str(pathlib.Path(root).absolute() / "tune" / tune.tune.out)
+        sw.lr.tuned_source = "optimum"  # every size was tuned: its own refined optimum
+    return {"tune": tune, "isoflop": sw}
 
 
 # ------------------------------------------------------------------------------------ analysis
@@ -129,17 +164,25 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
 
     figures["qs_loss_vs_compute"] = common.figure(out_dir, "qs_loss_vs_compute", _draw1, notes)
 
-    # 2. IsoFLOP profiles: final loss vs N per budget; the measured minimum per budget
+    # 2. IsoFLOP profiles: final loss vs N per budget (mean over seeds); the minimum per budget
     by_budget: dict[float, list[dict[str, Any]]] = {}
     for r in summary["runs"]:
         if math.isfinite(r["budget"] if r["budget"] is not None else math.nan):
             by_budget.setdefault(float(r["budget"]), []).append(r)
+    profiles: dict[float, list[dict[str, Any]]] = {}  # budget -> per N: mean loss over seeds
+    for b, g in by_budget.items():
+        per_n: dict[int, list[dict[str, Any]]] = {}
+        for r in g:
+            per_n.setdefault(r["N"], []).append(r)
+        profiles[b] = [{"N": n, "D": float(np.mean([r["D"] for r in rs])),
+                        "val_loss": float(np.mean([r["val_loss"] for r in rs])), "seeds": len(rs)}
+                       for n, rs in sorted(per_n.items())]
     best: list[dict[str, Any]] = []
-    for b, g in sorted(by_budget.items()):
-        m = min(g, key=lambda r: r["val_loss"])
-        ns = [r["N"] for r in g]
+    for b, prof in sorted(profiles.items()):
+        m = min(prof, key=lambda p: p["val_loss"])
+        ns = [p["N"] for p in prof]
         best.append({"budget": b, "N_best": m["N"], "D_best": m["D"], "loss_best": m["val_loss"],
-                     "interior": bool(min(ns) < m["N"] < max(ns))})
+                     "seeds": m["seeds"], "interior": bool(min(ns) < m["N"] < max(ns))})
     summary["isoflop_minima"] = best
 
     def _draw2() -> Any:
@@ -147,15 +190,17 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
             raise InsufficientData("no completed run with a budget axis and a final val/loss")
         fig, ax = plt.subplots(figsize=(5.0, 3.6))
         for i, m in enumerate(best):
-            g = sorted(by_budget[m["budget"]], key=lambda r: r["N"])
-            ax.plot([r["N"] for r in g], [r["val_loss"] for r in g], "o-", color=f"C{i}", ms=4,
+            prof = profiles[m["budget"]]
+            ax.plot([p["N"] for p in prof], [p["val_loss"] for p in prof], "o-", color=f"C{i}", ms=4,
                     label=f"C = {m['budget']:.1e}")
+            ax.plot([r["N"] for r in by_budget[m["budget"]]], [r["val_loss"] for r in by_budget[m["budget"]]],
+                    ".", color=f"C{i}", ms=3, alpha=0.6)
             ax.plot([m["N_best"]], [m["loss_best"]], "*", color=f"C{i}", ms=11)
         common.legend(ax)
         ax.set_xscale("log")
         ax.set_xlabel("non-embedding parameters N")
         ax.set_ylabel("final validation loss (nats/byte)")
-        ax.set_title("IsoFLOP profiles (star: lowest loss per budget)", fontsize=9)
+        ax.set_title("IsoFLOP profiles (line: mean over seeds, dots: seeds; star: lowest)", fontsize=9)
         return fig
 
     figures["qs_isoflop"] = common.figure(out_dir, "qs_isoflop", _draw2, notes)
@@ -239,7 +284,14 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
 
     figures["qs_emergence"] = common.figure(out_dir, "qs_emergence", _draw4, notes)
 
+    # 5. the tuning stage: loss vs peak LR per size, the optimum each IsoFLOP run trained with
+    tuning = _tuning(root / "tune", out_dir, figures, notes)
+    if tuning is not None:
+        summary["tuning"] = tuning
+
     sections = ["## Measured", "", f"Convention (as in `report.md`): {conv}.", ""]
+    if tuning is not None:
+        sections += [_tuning_text(tuning), ""]
     if summary["runs"]:
         sections += [common.table([{"run": r["run"], "N": r["N"], "D": r["D"], "C": r["C"],
                                     "val loss": r["val_loss"]} for r in summary["runs"]]), ""]
@@ -263,14 +315,14 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
                                     "tokens/param [95% CI]": common.fmt_ci(r["tokens_per_param"], [r["tpp_low"], r["tpp_high"]])}
                                    for r in summary["compute_optimal"]]), ""]
     if best:
-        sections += ["Lowest-loss run per budget (IsoFLOP minimum on the grid):", "",
+        sections += ["Lowest loss per budget (IsoFLOP minimum on the grid; loss: mean over seeds):", "",
                      common.table(best), ""]
     if "emergence" in summary:
         em_s = summary["emergence"]
         sections += [f"Recall emergence vs compute: {em_s['verdict']}; sigmoid midpoint "
                      f"10^{common.fmt_ci(em_s['x0_log10_flops'], em_s['x0_ci'])} FLOPs; best final exact "
                      f"match {em_s['final_max_exact_match']:.3f} (chance 0.1).", ""]
-    # 5. targets: is the law identified? (experiments/targets.py; the same marks in experiment.json)
+    # 6. targets: is the law identified? (experiments/targets.py; the same marks in experiment.json)
     from analysis.runs import run_table
     from analysis.spikes import spike_table
 
@@ -290,3 +342,55 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
     summary.update(figures=figures, notes=notes)
     common.write_markdown(out_dir, sys.modules[__name__], sections, figures, notes)
     return summary
+
+
+def _tuning(tune_root: pathlib.Path, out_dir: pathlib.Path, figures: dict[str, str | None],
+            notes: list[str]) -> dict[str, Any] | None:
+    """Returns the tuning stage's per-size optima, LR*(N) fit and flags (None, noted, without
+    tuned.json); draws qs_lr_tuning (final validation loss vs peak LR per size)."""
+    from analysis.errors import InsufficientData
+    from analysis.tuning import plot_lr_curves, read_tuned
+
+    path = tune_root / "tuned.json"
+    if not path.exists():
+        notes.append(f"tuning stage: {path.relative_to(tune_root.parent)} not written (a tuning run "
+                     "neither completed nor diverged); the IsoFLOP sweep could not read its LRs")
+
+        def _missing() -> Any:
+            raise InsufficientData("no tuned.json")
+
+        figures["qs_lr_tuning"] = common.figure(out_dir, "qs_lr_tuning", _missing, notes)
+        return None
+    tuned, table = read_tuned(path)
+    fit = (tuned.get("fits") or {}).get("lr")
+
+    def _draw() -> Any:
+        kept = table[table.groupby("N")["loss"].transform(lambda v: np.isfinite(v).any())]
+        if not len(kept):
+            raise InsufficientData("every tuning run diverged")
+        return plot_lr_curves(kept, fit=fit)
+
+    figures["qs_lr_tuning"] = common.figure(out_dir, "qs_lr_tuning", _draw, notes)
+    n_runs = int(len(table))
+    n_diverged = int((~np.isfinite(table["loss"].to_numpy(float))).sum())
+    return {"sizes": tuned["sizes"], "fit": fit, "flags": list(tuned.get("flags", [])),
+            "runs": n_runs, "diverged": n_diverged, "file": str(path.relative_to(tune_root.parent))}
+
+
+def _tuning_text(tuning: Mapping[str, Any]) -> str:
+    """Returns the Markdown of the tuning stage: per-size optima, the LR*(N) fit and its flags."""
+    rows = [{"N": r["N"], "grid LR": r["lr"],
+             "LR* (refined)": "diverged" if r.get("lr_opt") is None else r["lr_opt"],
+             "loss": r.get("loss"), "seeds": r.get("n_seeds"), "edge": r.get("edge") or ""}
+            for r in tuning["sizes"]]
+    lines = [f"Tuning stage ({tuning['runs']} runs, {tuning['diverged']} diverged; "
+             f"`{tuning['file']}`): final validation loss over a grid of peak LRs per size at the "
+             "smallest budget; each IsoFLOP run trains at its size's refined optimum LR*.", "",
+             common.table(rows)]
+    fit = tuning.get("fit")
+    if fit:
+        lines += ["", f"LR*(N) = {fit['c']:.4g} · N^{fit['e']:.3f}, exponent 95% CI "
+                  f"[{fit['ci_e'][0]:.3f}, {fit['ci_e'][1]:.3f}] (cluster bootstrap over sizes)."]
+    lines += [f"- flag: {flag}" for flag in tuning["flags"]]
+    return "\n".join(lines)
+

@@ -18,6 +18,22 @@ def xla_flags(devices: int) -> str:
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# Many tests compile the same small programs (the tiny model's init, train and eval steps). One
+# persistent compilation cache for the whole session -- created by the process that loads this file
+# first (the xdist controller), inherited through the environment by the workers and by the
+# subprocesses tests start -- lets every later compile of a program load it instead. Thresholds are
+# zero so that the quick compiles of tiny models are cached too. Removed when the session ends.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _compile_cache_dir = tempfile.mkdtemp(prefix="scaling-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _compile_cache_dir
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    atexit.register(shutil.rmtree, _compile_cache_dir, True)
+
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402

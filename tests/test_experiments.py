@@ -91,20 +91,45 @@ def test_tiny_experiment_writes_its_report(name, tmp_path, stdlib_tiny_data_dir)
             "--tfds_data_dir", str(stdlib_tiny_data_dir), "--noprogress"]
     assert cli.main(argv) == 0
     summary = _check_report(root, module)
-    runs = [r for s in module.sweeps("tiny", str(stdlib_tiny_data_dir)).values()
-            for r in spec.expand(s)]
-    for sweep_name in module.sweeps("tiny"):
+    sweeps = module.sweeps("tiny", str(stdlib_tiny_data_dir), **({"root": root} if name == "quickstart" else {}))
+    for sweep_name, sweep in sweeps.items():
         for run_dir in common.run_dirs(root / sweep_name):
             assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
             # every checkpoint is evaluated
             assert set(common.checkpoint_steps(run_dir)) <= common.evaluated_steps(run_dir)
-    assert len(runs) == sum(len(common.run_dirs(root / s)) for s in module.sweeps("tiny"))
+        expected = len(spec.expand(sweep))
+        trained = len(common.run_dirs(root / sweep_name))
+        # a tuning stage adds LR grid points beyond an edge optimum (at most max_extend per side)
+        extra = 2 * sweep.tune.max_extend * len(sweep.sizes) if sweep.tune.enabled else 0
+        assert expected <= trained <= expected + extra, sweep_name
     assert summary["figures"]
     assert summary["status"] == "completed" and summary["figures_missing"] == []
     if name == "quickstart":
         _check_quickstart_agrees_with_generic_report(root, summary)
+        _check_quickstart_tuning(root, summary)
     if name == "sparse_parity":
         _check_sparse_parity_ce(root, module, summary, tmp_path)
+
+
+def _check_quickstart_tuning(root: pathlib.Path, summary: dict) -> None:
+    """The tuning stage trained each size's LR grid as one population, wrote tuned.json, and every
+    IsoFLOP run (both seeds, each pair one population) trained at its size's tuned optimum."""
+    tuned = json.loads((root / "tune" / "tuned.json").read_text())
+    lr_of = {row["N"]: row["lr_opt"] for row in tuned["sizes"]}
+    assert len(lr_of) == 2 and all(v is not None and v > 0 for v in lr_of.values())
+    assert [r["N"] for r in summary["tuning"]["sizes"]] == [r["N"] for r in tuned["sizes"]]
+    assert summary["tuning"]["runs"] == len(common.run_dirs(root / "tune"))
+    seeds: dict[int, set] = {}
+    for run_dir in common.run_dirs(root / "isoflop"):
+        info = json.loads((run_dir / "run.json").read_text())
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["optim"]["lr"] == pytest.approx(lr_of[info["n_params_nonembed"]], rel=1e-12)
+        seeds.setdefault(info["n_params_nonembed"], set()).add(config["seed"])
+    assert all(s == {0, 1} for s in seeds.values()) and len(seeds) == 2
+    for stage in ("tune", "isoflop"):  # the runner grouped runs of one shape and length
+        logs = [p.read_text() for d in common.run_dirs(root / stage) for p in d.glob("*.log")]
+        assert any("trained in a population of" in text for text in logs), stage
+    assert "Tuning stage" in (root / common.REPORT_DIR / "experiment.md").read_text()
 
 
 def _check_quickstart_agrees_with_generic_report(root: pathlib.Path, summary: dict) -> None:
@@ -115,7 +140,7 @@ def _check_quickstart_agrees_with_generic_report(root: pathlib.Path, summary: di
     gruns = {r["run"]: r for r in gen["runs"]}
     infos = [json.loads((d / "run.json").read_text()) for d in common.run_dirs(root / "isoflop")]
     infos = {i["name"]: i for i in infos}
-    assert len(summary["runs"]) == len(gruns) == len(infos) == 4
+    assert len(summary["runs"]) == len(gruns) == len(infos) == 8  # 2 sizes x 2 budgets x 2 seeds
     for r in summary["runs"]:
         g = gruns[r["run"]]
         assert (r["N"], r["D"], r["C"], r["val_loss"], r["budget"]) == (g["N"], g["D"], g["C"], g["loss"],

@@ -285,14 +285,19 @@ def _fit_transfer(df: pd.DataFrame, cols: dict[str, str], args: argparse.Namespa
     return fit.to_dict() | {"n_scratch": int(scratch_rows.sum()), "n_finetuned": int((~scratch_rows).sum())}
 
 
+def _print_params(params: dict, ci: dict, level: float, head: str, out) -> None:
+    """Prints one line per parameter: its estimate and, where there is one, its CI; returns None."""
+    pct = int(round(100 * level))
+    for k, v in params.items():
+        c = ci.get(k)
+        c_s = f"  {pct}% CI [{_fmt(c[0])}, {_fmt(c[1])}]" if c else ""
+        print(f"{head}  {k:>8s} = {_fmt(v)}{c_s}", file=out)
+
+
 def _print_transfer(r: dict, head: str, out) -> None:
-    level = int(round(100 * r["level"]))
     print(f"{head}transfer: {r['formula']} ({r['n_scratch']} from-scratch rows, {r['n_finetuned']} "
           f"fine-tuned rows)", file=out)
-    for k, v in r["params"].items():
-        ci = r["ci"].get(k)
-        ci_s = f"  {level}% CI [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
-        print(f"{head}  {k:>8s} = {_fmt(v)}{ci_s}", file=out)
+    _print_params(r["params"], r["ci"], r["level"], head, out)
     print(f"{head}  {r['n_points']} fine-tuned rows in the plane; left out: {r['n_below_floor']} below their "
           f"size's scratch floor, {r['n_no_transfer']} without positive transfer", file=out)
     if r["n_bootstrap"] or r["n_bootstrap_failed"]:
@@ -313,10 +318,7 @@ def _print_emergence(r: dict, head: str, out) -> None:
     where = "inside" if r["x0_in_range"] else "outside"
     print(f"{head}  x0 = {_fmt(r['x0_log10'])} (log10 {r['x']}){ci}; {r['x']} = {_fmt(r['x_emergence'])}, "
           f"{where} the data", file=out)
-    for k, v in r["params"].items():
-        c = r["ci"].get(k)
-        c_s = f"  {level}% CI [{_fmt(c[0])}, {_fmt(c[1])}]" if c else ""
-        print(f"{head}  {k:>8s} = {_fmt(v)}{c_s}", file=out)
+    _print_params(r["params"], r["ci"], r["level"], head, out)
     chance = "" if r["chance"] is None else f", chance {_fmt(r['chance'])} (margin {_fmt(r['chance_margin'])})"
     print(f"{head}  rise over the data {_fmt(r['rise'])}, residual SD {_fmt(r['residual_sd'])}, "
           f"level at the largest x {_fmt(r['level_end'])}{chance}", file=out)
@@ -348,11 +350,7 @@ def _print(result: dict, label: str | None, out) -> None:
         print(f"{head}budgets kept {result['budgets_kept']}/{result['budgets_total']}", file=out)
         return
     print(f"{head}{result['law']}: {result['formula']}", file=out)
-    level = int(round(100 * result["level"]))
-    for k, v in result["params"].items():
-        ci = result["ci"].get(k)
-        ci_s = f"  {level}% CI [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else ""
-        print(f"{head}  {k:>8s} = {_fmt(v)}{ci_s}", file=out)
+    _print_params(result["params"], result["ci"], result["level"], head, out)
     print(f"{head}  objective {_fmt(result['objective'])} (target {result['target']}, "
           f"delta {result['delta']}), RMS residual {_fmt(result['rms_residual'])}, "
           f"{result['n_points']} points ({result['n_distinct']} distinct), {result['n_starts']} starts, "
