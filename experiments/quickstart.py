@@ -293,8 +293,10 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
     if tuning is not None:
         sections += [_tuning_text(tuning), ""]
     if summary["runs"]:
+        ordered = sorted(summary["runs"], key=lambda r: (r["budget"] if r["budget"] is not None else math.inf,
+                                                         r["N"], r["run"]))
         sections += [common.table([{"run": r["run"], "N": r["N"], "D": r["D"], "C": r["C"],
-                                    "val loss": r["val_loss"]} for r in summary["runs"]]), ""]
+                                    "val loss": r["val_loss"]} for r in ordered]), ""]
     if summary["runs_excluded"]:
         sections += [f"{len(summary['runs_excluded'])} runs left out of every fit (did not complete): "
                      + ", ".join(f"{r['run']} ({r['state']})" for r in summary["runs_excluded"]) + ".", ""]
