@@ -57,19 +57,3 @@ def stdlib_tiny_data_dir(tmp_path_factory) -> pathlib.Path:
     data_dir = tmp_path_factory.mktemp("tfds_data")
     ensure_built(data_dir, config="tiny")
     return data_dir
-
-
-# The modules that take longest on 2 cores (measured with --durations), longest first. Scheduled
-# before the rest, so that xdist's workers (--dist loadscope: a module is one unit) end together
-# instead of one worker idling while the other runs a long module it took last.
-SLOW_MODULES = ("test_experiments.py", "test_experiment_compression.py", "test_sweeps_local.py",
-                "test_analysis_report.py", "test_experiment_transfer.py", "test_population.py",
-                "test_train_distill.py", "test_preemption_multihost.py", "test_analysis_fit.py",
-                "test_train_resume.py", "test_models.py", "test_analysis_emergence.py",
-                "test_analysis_transfer.py", "test_cli_fit_laws.py")
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """Puts the slow modules first, longest first; the rest keep their order (returns None)."""
-    rank = {name: i for i, name in enumerate(SLOW_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
