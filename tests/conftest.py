@@ -19,10 +19,10 @@ os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # Many tests compile the same small programs (the tiny model's init, train and eval steps). One
-# persistent compilation cache for the whole session -- created by the process that loads this file
+# persistent compilation cache for the whole pytest run -- created by the process that loads this file
 # first (the xdist controller), inherited through the environment by the workers and by the
 # subprocesses tests start -- lets every later compile of a program load it instead. Thresholds are
-# zero so that the quick compiles of tiny models are cached too. Removed when the session ends.
+# zero so that the quick compiles of tiny models are cached too. Removed when the pytest run ends.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import atexit
     import shutil
