@@ -36,7 +36,7 @@ from matplotlib.colors import LogNorm  # noqa: E402
 from analysis.plots import CMAP, STYLE  # noqa: E402
 
 __all__ = ["aggregate_seeds", "size_optima", "fit_optimum_law", "predict_law",
-           "plot_lr_curves", "read_tuned", "report_section", "POINT_COLUMNS"]
+           "plot_lr_curves", "read_tuned", "report_section", "sizes_not_all_diverged", "POINT_COLUMNS"]
 
 POINT_COLUMNS = ("lr", "batch", "b2")  # the swept values that make one grid point
 
@@ -62,6 +62,11 @@ def aggregate_seeds(df: pd.DataFrame, by: Sequence[str], value: str = "loss",
     out["std"] = std.to_numpy()
     out["n_seeds"] = grouped[seed_col].nunique().to_numpy()
     return out
+
+
+def sizes_not_all_diverged(table: pd.DataFrame) -> pd.DataFrame:
+    """Returns the rows of a tuned.json table whose size has at least one finite final loss."""
+    return table[table.groupby("N")["loss"].transform(lambda s: np.isfinite(s).any())]
 
 
 def read_tuned(path: str | os.PathLike) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -296,7 +301,7 @@ def report_section(tuned_path: str | os.PathLike, out_dir: str | os.PathLike,
 
     tuned, table = read_tuned(tuned_path)
     fit = (tuned.get("fits") or {}).get("lr")
-    kept = table[table.groupby("N")["loss"].transform(lambda s: np.isfinite(s).any())]
+    kept = sizes_not_all_diverged(table)
     files = save_figure(plot_lr_curves(kept, fit=fit), pathlib.Path(out_dir) / stem) \
         if len(kept) else []
     lines = ["## Learning-rate tuning", "",

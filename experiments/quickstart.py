@@ -351,7 +351,7 @@ def _tuning(tune_root: pathlib.Path, out_dir: pathlib.Path, figures: dict[str, s
     """Returns the tuning stage's per-size optima, LR*(N) fit and flags (None, noted, without
     tuned.json); draws qs_lr_tuning (final validation loss vs peak LR per size)."""
     from analysis.errors import InsufficientData
-    from analysis.tuning import plot_lr_curves, read_tuned
+    from analysis.tuning import plot_lr_curves, read_tuned, sizes_not_all_diverged
 
     path = tune_root / "tuned.json"
     if not path.exists():
@@ -367,7 +367,7 @@ def _tuning(tune_root: pathlib.Path, out_dir: pathlib.Path, figures: dict[str, s
     fit = (tuned.get("fits") or {}).get("lr")
 
     def _draw() -> Any:
-        kept = table[table.groupby("N")["loss"].transform(lambda v: np.isfinite(v).any())]
+        kept = sizes_not_all_diverged(table)
         if not len(kept):
             raise InsufficientData("every tuning run diverged")
         return plot_lr_curves(kept, fit=fit)
