@@ -129,6 +129,9 @@ def default_config() -> ml_collections.ConfigDict:
     d.tfds_data_dir = ""  # "" : the TFDS default data directory
     d.split = "train"
     d.eval_split = "validation"
+    # a directory written by `scaling data prepare`: read its pre-tokenized shards instead of
+    # tokenizing the split in memory (same rows, same order); "" : tokenize in memory
+    d.prepared_dir = ""
     d.text_key = "text"
     d.tokenizer = "byte"  # byte | bpe | sentencepiece | hf
     d.tokenizer_path = ""  # hf: a local directory; bpe/sentencepiece: trained if empty

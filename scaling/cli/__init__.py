@@ -8,6 +8,7 @@ import sys
 # subcommand -> (module under scaling.cli, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train (or resume) one run from a config file into a run directory"),
+    "data": ("data", "tokenize a dataset once into sharded files (prepare) or check them (verify)"),
     "evaluate": ("evaluate", "evaluate a run's checkpoints: validation loss and task metrics"),
     "export": ("export", "write a checkpoint as a Hugging Face model (config, safetensors, tokenizer)"),
     "sweep": ("sweep", "expand a sweep config into runs and train them (local or Ray backend)"),

@@ -137,11 +137,12 @@ def is_user_error(err: BaseException) -> bool:
     (`config.data.tfds_name=...: no TFDS dataset of that name`) are user errors by convention."""
     from experiments.common import ExperimentError
     from scaling.config import ConfigError, ConfigFileError
+    from scaling.data.prepared import PreparedDataError
     from scaling.sweeps.manifest import ManifestError
     from scaling.sweeps.spec import SweepError
 
     if isinstance(err, (ConfigError, ConfigFileError, SweepError, ManifestError, ExperimentError,
-                        UsageError)):
+                        UsageError, PreparedDataError)):
         return True
     return isinstance(err, ValueError) and str(err).startswith("config.")
 

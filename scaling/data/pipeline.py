@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 
 from scaling.data import augment as aug
+from scaling.data import prepared as prepared_lib
 from scaling.data import tasks as tasks_lib
 from scaling.data import text as text_lib
 from scaling.data.tasks import base as task_base
@@ -119,6 +120,17 @@ def _local_batch(config: ml_collections.ConfigDict, process_count: int) -> int:
     return b // process_count
 
 
+def _token_stream(config: ml_collections.ConfigDict, tok: Tokenizer, split: str, seed: int
+                  ) -> text_lib.TokenStream | prepared_lib.PreparedStream:
+    """Returns the split's token stream: read from data.prepared_dir if set, else tokenized here."""
+    d = config.data
+    if d.get("prepared_dir"):
+        return prepared_lib.open_stream(d.prepared_dir, split, d.tfds_name, d.text_key, tok,
+                                        seed, d.shuffle)
+    return text_lib.token_stream(d.tfds_name, split, d.text_key, d.tfds_data_dir, tok, seed,
+                                 d.shuffle)
+
+
 def _round_up(n: int, multiple: int) -> int:
     multiple = max(1, int(multiple))
     return int(math.ceil(n / multiple) * multiple)
@@ -182,8 +194,7 @@ def make_eval_batches(config: ml_collections.ConfigDict, workdir: PathLike | Non
     d = config.data
     split = split or d.eval_split
     tok = make_tokenizer(config, workdir)
-    stream = text_lib.token_stream(d.tfds_name, split, d.text_key, d.tfds_data_dir, tok,
-                                   EVAL_SEED, d.shuffle)
+    stream = _token_stream(config, tok, split, EVAL_SEED)
     t = int(d.seq_len)
     want = max(1, math.ceil(int(d.eval_tokens) / t))
     rows = want if stream.ensure(want * t + 1) else max(0, (len(stream) - 1) // t)
@@ -238,8 +249,7 @@ def num_unique_tokens(config: ml_collections.ConfigDict, workdir: PathLike | Non
         n = int(d.task.get("num_examples", 0))
         return n if n > 0 else sys.maxsize
     tok = make_tokenizer(config, workdir)
-    stream = text_lib.token_stream(d.tfds_name, split or d.split, d.text_key, d.tfds_data_dir,
-                                   tok, int(config.seed), d.shuffle)
+    stream = _token_stream(config, tok, split or d.split, int(config.seed))
     return stream.total()
 
 
@@ -322,8 +332,7 @@ class _TextBatcher:
         self.batch_size = int(config.train.batch_size)
         self.seed = int(config.seed)
         self.seq_len = int(d.seq_len)
-        stream = text_lib.token_stream(d.tfds_name, d.split, d.text_key, d.tfds_data_dir, tok,
-                                       self.seed, d.shuffle)
+        stream = _token_stream(config, tok, d.split, self.seed)
         self.packed = text_lib.PackedText(stream, self.seq_len, int(d.num_tokens),
                                           row_multiple=self.batch_size)
         window = int(d.shuffle_window_tokens) // self.seq_len if d.shuffle else 0

@@ -382,6 +382,8 @@ def tokenizer_file(config: ml_collections.ConfigDict, workdir: str | os.PathLike
     d = config.data
     if d.tokenizer_path:
         return pathlib.Path(d.tokenizer_path)
+    if d.get("prepared_dir"):  # the tokenizer `scaling data prepare` trained and saved
+        return pathlib.Path(d.prepared_dir) / "tokenizer" / f"{d.tokenizer}.{_SUFFIX[d.tokenizer]}"
     if workdir is None:
         return None
     return pathlib.Path(workdir) / "tokenizer" / f"{d.tokenizer}.{_SUFFIX[d.tokenizer]}"
@@ -438,6 +440,9 @@ def make_tokenizer(config: ml_collections.ConfigDict,
     path = tokenizer_file(config, workdir)
     if path is not None and path.exists():
         return cls.load(path)
+    if d.get("prepared_dir") and not d.tokenizer_path:
+        raise ValueError(f"config.data.prepared_dir={d.prepared_dir!r} holds no {kind} tokenizer "
+                         f"({path} is missing); it was prepared with another data.tokenizer")
     key = (kind, d.tfds_name, d.split, d.text_key, d.tfds_data_dir, int(d.tokenizer_vocab_size),
            int(d.get("tokenizer_train_chars", DEFAULT_TRAIN_CHARS)))
     with _LOCK:
