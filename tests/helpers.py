@@ -56,3 +56,17 @@ def one_step(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray],
     step = trainer.jit_train_step(batch)
     state, metrics = step(trainer.init_state(), batch)
     return state, {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def take(it: Any, n: int) -> list[dict]:
+    """Returns the next `n` batches of a data iterator."""
+    return [next(it) for _ in range(n)]
+
+
+def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
+    """Returns None; fails unless both lists hold the same batches (same keys, equal arrays)."""
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)

@@ -57,3 +57,14 @@ def test_split_assignment_is_stable_and_roughly_90_5_5():
     assert 0.85 < len(files["train"]) / n < 0.95
     assert stdlib_corpus.split_of("json/decoder.py") == stdlib_corpus.split_of("json/decoder.py")
     assert all(stdlib_corpus.split_of(p) == s for s, fs in files.items() for p in fs)
+
+
+def test_site_config_adds_the_installed_packages_under_a_prefix():
+    site = stdlib_corpus.list_files(stdlib_corpus.site_root(), stdlib_corpus.SITE_PREFIX)
+    paths = [p for fs in site.values() for p in fs]
+    assert len(paths) > 100 and all(p.startswith("site-packages/") for p in paths)
+    assert any(p == "site-packages/scaling/data/prepared.py" or p.startswith(
+        "site-packages/numpy/") for p in paths)
+    assert all(stdlib_corpus.source_path(p).is_file() for p in paths[:50])
+    stdlib = stdlib_corpus.list_files()["train"][0]
+    assert stdlib_corpus.source_path(stdlib) == stdlib_corpus.stdlib_root() / stdlib

@@ -18,6 +18,7 @@ from scaling.data import prepared as prepared_lib
 from scaling.data import text as text_lib
 from scaling.data import tokenizers
 from scaling.data.corpora import stdlib_corpus
+from tests.helpers import assert_batches_equal, take
 
 T = 16
 B = 4
@@ -58,18 +59,6 @@ def prepared_dir(data_dir, tmp_path_factory) -> pathlib.Path:
     # small records and 3 shards: rows cross records, documents and shards
     prepare_lib.prepare(make_config(data_dir), out, shards=3, record_tokens=300)
     return out
-
-
-def take(it, n: int) -> list[dict]:
-    return [next(it) for _ in range(n)]
-
-
-def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 def with_prepared(c, directory):

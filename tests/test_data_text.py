@@ -14,6 +14,7 @@ from scaling import data
 from scaling.data import text as text_lib
 from scaling.data import tokenizers
 from scaling.data.corpora import stdlib_corpus
+from tests.helpers import assert_batches_equal, take
 
 T = 16  # seq_len
 B = 4  # global batch
@@ -43,18 +44,6 @@ def make_config(data_dir: str, **data_overrides):
     for k, v in data_overrides.items():
         c.data[k] = v
     return c
-
-
-def take(it, n: int) -> list[dict]:
-    return [next(it) for _ in range(n)]
-
-
-def assert_batches_equal(a: list[dict], b: list[dict]) -> None:
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 def test_mock_tiny_shakespeare_packs_documents_with_eos():

@@ -2,15 +2,17 @@
 
 Needs no download: the documents are the `.py` files under `sysconfig.get_paths()['stdlib']` of
 the interpreter that builds it, one document per file (feature `text`, plus its relative `path`).
-Excluded: `site-packages`/`dist-packages`, every directory named `test`, `tests` or `idle_test`,
+Excluded: `site-packages`/`dist-packages` (except in the `site` config), every directory named `test`, `tests` or `idle_test`,
 and `__pycache__`. Each file goes to a split by a stable hash of its relative path (SHA-256 of the
 POSIX path): 90% `train`, 5% `validation`, 5% `test`, so a file never moves between splits when
 others are added. The Python version and the per-split file lists are stored in the dataset's
 metadata (`builder.info.metadata`).
 
-Builder configs: `full` (default, every selected file; about 12 MB on CPython 3.11) and `tiny`
-(a fixed subset, about 300 KB train and 40 KB per evaluation split, for tests). Build once with
-`ensure_built(data_dir)`, then read like any TFDS dataset:
+Builder configs: `full` (default, every selected file; about 12 MB on CPython 3.11), `tiny`
+(a fixed subset, about 300 KB train and 40 KB per evaluation split, for tests) and `site` (the
+stdlib plus the installed packages' .py files under `site-packages/`, capped at 160 MB train and
+2 MB per evaluation split: over 1e8 byte tokens, for data-pipeline benchmarks; its content depends
+on what is installed). Build once with `ensure_built(data_dir)`, then read like any TFDS dataset:
 `tfds.data_source('stdlib_corpus/tiny', split='train', data_dir=data_dir)`.
 """
 
@@ -42,6 +44,10 @@ class StdlibCorpusConfig(tfds.core.BuilderConfig):
 
     max_train_bytes: int = 0
     max_eval_bytes: int = 0
+    with_site_packages: bool = False  # also the installed packages' .py files
+
+
+SITE_PREFIX = "site-packages/"
 
 
 def stdlib_root() -> pathlib.Path:
@@ -64,15 +70,27 @@ def split_of(rel: str) -> str:
     return "test"
 
 
-def list_files(root: pathlib.Path | None = None) -> dict[str, list[str]]:
-    """Returns {split: relative POSIX paths}, each list in hash order."""
+def site_root() -> pathlib.Path:
+    """Returns the directory of this interpreter's installed pure-Python packages."""
+    return pathlib.Path(sysconfig.get_paths()["purelib"])
+
+
+def source_path(rel: str) -> pathlib.Path:
+    """Returns the file a relative corpus path names (SITE_PREFIX: under site_root())."""
+    if rel.startswith(SITE_PREFIX):
+        return site_root() / rel[len(SITE_PREFIX):]
+    return stdlib_root() / rel
+
+
+def list_files(root: pathlib.Path | None = None, prefix: str = "") -> dict[str, list[str]]:
+    """Returns {split: relative POSIX paths (with `prefix`)}, each list in hash order."""
     root = root or stdlib_root()
     out: dict[str, list[str]] = {s: [] for s in SPLIT_PERCENT}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED_DIRS)
         for f in filenames:
             if f.endswith(".py"):
-                rel = (pathlib.Path(dirpath) / f).relative_to(root).as_posix()
+                rel = prefix + (pathlib.Path(dirpath) / f).relative_to(root).as_posix()
                 out[split_of(rel)].append(rel)
     for s in out:
         out[s].sort(key=lambda r: (_path_hash(r), r))
@@ -87,12 +105,12 @@ def _read(path: pathlib.Path) -> str:
         return path.read_text(encoding="utf-8", errors="replace")
 
 
-def _cap(root: pathlib.Path, files: list[str], max_bytes: int) -> list[str]:
+def _cap(files: list[str], max_bytes: int) -> list[str]:
     if not max_bytes:
         return files
     out, total = [], 0
     for rel in files:  # in hash order, skipping files that would overflow the cap
-        size = (root / rel).stat().st_size
+        size = source_path(rel).stat().st_size
         if total + size <= max_bytes:
             out.append(rel)
             total += size
@@ -111,6 +129,10 @@ class StdlibCorpus(tfds.core.GeneratorBasedBuilder):
         StdlibCorpusConfig(name="full", description="Every selected stdlib .py file."),
         StdlibCorpusConfig(name="tiny", description="~300 KB train, ~40 KB validation/test.",
                            max_train_bytes=300_000, max_eval_bytes=40_000),
+        StdlibCorpusConfig(name="site", description="The stdlib and the installed packages' "
+                           ".py files: 160 MB train, 2 MB validation/test (data benchmarks).",
+                           max_train_bytes=160_000_000, max_eval_bytes=2_000_000,
+                           with_site_packages=True),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -125,10 +147,13 @@ class StdlibCorpus(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         del dl_manager  # nothing to download
-        root = stdlib_root()
-        files = list_files(root)
         cfg = self.builder_config
-        files = {s: _cap(root, fs, cfg.max_train_bytes if s == "train" else cfg.max_eval_bytes)
+        files = list_files()
+        if cfg.with_site_packages:
+            site = list_files(site_root(), SITE_PREFIX)
+            files = {s: sorted(fs + site[s], key=lambda r: (_path_hash(r), r))
+                     for s, fs in files.items()}
+        files = {s: _cap(fs, cfg.max_train_bytes if s == "train" else cfg.max_eval_bytes)
                  for s, fs in files.items()}
         self.info.metadata.update({
             "python_version": platform.python_version(),
@@ -137,11 +162,11 @@ class StdlibCorpus(tfds.core.GeneratorBasedBuilder):
             "excluded_dirs": sorted(EXCLUDED_DIRS),
             "files": files,
         })
-        return {s: self._generate_examples(root, fs) for s, fs in files.items()}
+        return {s: self._generate_examples(fs) for s, fs in files.items()}
 
-    def _generate_examples(self, root: pathlib.Path, files: list[str]) -> Iterator[tuple[str, dict]]:
+    def _generate_examples(self, files: list[str]) -> Iterator[tuple[str, dict]]:
         for rel in files:
-            yield rel, {"text": _read(root / rel), "path": rel}
+            yield rel, {"text": _read(source_path(rel)), "path": rel}
 
 
 @contextlib.contextmanager
