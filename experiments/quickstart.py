@@ -57,7 +57,10 @@ def settings(scale: str) -> dict[str, Any]:
         scale,
         tiny=dict(sizes=(3.4e3, 6.7e3), flops=(2e8, 5e8), mix=0.3, seeds=(0, 1),
                   tune_flops=2e8, lr_points=3, lr_factor=2.0, max_extend=0),
-        small=dict(sizes=(6.7e3, 12.5e3, 25e3, 50e3, 100e3), flops=(1e11, 3e11, 1e12), mix=0.3,
+        # sizes one step below the last grid's (6.7k-101k): there the 1e11 profiles were lowest
+        # at the smallest size and the IsoFLOP minima sat at 6.7k, 12.6k and 25k, so 101k only
+        # cost compute (every run of a budget costs the same FLOPs)
+        small=dict(sizes=(3.4e3, 6.7e3, 12.5e3, 25e3, 50e3), flops=(1e11, 3e11, 1e12), mix=0.3,
                    seeds=(0, 1), tune_flops=1e11, lr_points=3, lr_factor=2.0, max_extend=2),
         medium=dict(sizes=(0.25e6, 0.5e6, 1e6, 2e6), flops=(1e13, 3e13, 1e14), mix=0.2,
                     seeds=(0, 1), tune_flops=1e13, lr_points=5, lr_factor=2.0 ** 0.5, max_extend=2),
@@ -83,9 +86,11 @@ def sweeps(scale: str, data_dir: str = "", tfds_name: str = "",
     sw = common.lm_sweep(scale, "quickstart", base)
     sw.sizes = tuple(s["sizes"])
     sw.flops = tuple(s["flops"])
-    if scale == "small":  # the prediction the tuning grid is centred on: smaller models, higher LR
-        sw.lr.rule = "table"
-        sw.lr.table = ((60e3, 5e-3), (1e12, 3e-3))
+    if scale == "small":  # the tuning grid's centre: the LR*(N) this stage measured before
+        sw.lr.rule = "power"  # (1.56 N^-0.49 over 6.7k-101k at 1e11; the old table was 2-5x low)
+        sw.lr.ref_n = 25e3
+        sw.lr.ref_value = 0.011
+        sw.lr.exponent = -0.5
     elif scale in ("medium", "large"):
         if scale == "medium":  # 4k tokens per step: >= 150 steps for the largest model
             sw.base.train.batch_size = 16

@@ -121,7 +121,7 @@ def _local_batch(config: ml_collections.ConfigDict, process_count: int) -> int:
 
 
 def _token_stream(config: ml_collections.ConfigDict, tok: Tokenizer, split: str, seed: int
-                  ) -> text_lib.TokenStream | prepared_lib.PreparedStream:
+                  ) -> text_lib.Stream:
     """Returns the split's token stream: read from data.prepared_dir if set, else tokenized here."""
     d = config.data
     if d.get("prepared_dir"):

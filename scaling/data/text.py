@@ -4,7 +4,8 @@ Token stream. The documents of a split are put in a seeded order (grain's index 
 document indices; original order if data.shuffle is False), tokenized, each followed by one EOS,
 and concatenated into one token stream S. Empty documents are skipped. The stream depends only on
 (dataset, split, text_key, tokenizer, seed, shuffle), never on the model or the budget, and it is
-built lazily: only the prefix a run needs is read and tokenized.
+built lazily: only the prefix a run needs is read and tokenized. `prepared.PreparedStream` is the
+same stream read from shards that `scaling data prepare` tokenized once.
 
 Rows. Row u is S[u*T : u*T + T + 1] for T = data.seq_len: consecutive rows overlap by one token,
 so every stream token after the first is a target exactly once; inputs = row[:-1],
@@ -33,7 +34,7 @@ import collections
 import difflib
 import math
 import threading
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import grain
 import numpy as np
@@ -288,10 +289,27 @@ class RowOrder:
         return self.first_epoch(pos_g)
 
 
+class Stream(Protocol):
+    """What packing needs of a token stream: TokenStream here, or prepared.PreparedStream."""
+
+    source: Any  # has .name and .split
+    tokenizer: Tokenizer
+
+    def __len__(self) -> int: ...
+
+    def ensure(self, n: int) -> bool: ...
+
+    def total(self) -> int: ...
+
+    def gather(self, index: np.ndarray) -> np.ndarray: ...
+
+    def get(self, start: int, stop: int) -> np.ndarray: ...
+
+
 class PackedText:
     """Rows of seq_len + 1 tokens over the first `num_rows` rows of a token stream."""
 
-    def __init__(self, stream: TokenStream, seq_len: int, num_tokens: int, *, row_multiple: int = 1,
+    def __init__(self, stream: Stream, seq_len: int, num_tokens: int, *, row_multiple: int = 1,
                  what: str = ""):
         self.stream = stream
         self.seq_len = int(seq_len)
