@@ -3,7 +3,7 @@
 Two stages. Tuning: every size is trained at the smallest budget over a grid of peak LRs (ratio 2
 on the CPU scales) around a rule's prediction, each size's grid as one population; an optimum at a
 grid edge extends the grid; tuned.json holds each size's refined optimum LR* and the fitted LR*(N).
-IsoFLOP: transformers of 5 sizes (non-embedding N from 6.7k to 101k on the `small` scale) are each
+IsoFLOP: transformers of 5 sizes (non-embedding N from 3.4k to 50k on the `small` scale) are each
 trained at 3 compute budgets (steps = budget / FLOPs per step) with 2 seeds (a population per size
 and budget), each at its tuned LR*, on the Python-stdlib corpus with in-context associative recall
 mixed into the stream (data.source='mixture'); validation loss and recall exact match are scored at
@@ -42,7 +42,7 @@ EXPECTED_OUTCOME = (
     "parameter at their scale; at a few hundred thousand parameters and a byte vocabulary the "
     "optimum need not sit at 20. Recall exact match starts at 0 (before the answer format is "
     "learned), sits near chance (0.1) and rises with compute once in-context lookup is learned.")
-EXPECTED_RUNTIME = {"tiny": "~1 min", "small": "29 min on 2 CPU cores (21 tuning + 30 IsoFLOP runs)",
+EXPECTED_RUNTIME = {"tiny": "~1 min", "small": "33 min on 2 CPU cores (16 tuning + 30 IsoFLOP runs)",
                     "medium": "not yet measured on one GPU (20 tuning + 24 IsoFLOP runs)",
                     "large": "GPU/TPU cluster (hours)"}
 FIGURES = ("qs_lr_tuning", "qs_loss_vs_compute", "qs_isoflop", "qs_compute_optimal", "qs_emergence")

@@ -226,10 +226,12 @@ class PreparedStream:
             return np.zeros(index.shape, dtype=np.int32)
         if int(flat.max()) >= len(self):
             raise IndexError(f"token stream holds {len(self)} tokens, asked for {flat.max()}")
-        pos = np.searchsorted(self._ends, flat, side="right")
-        doc = self._order[pos]
+        with self._lock:  # one consistent prefix, even while another caller extends it
+            ends, order = self._ends, self._order
+        pos = np.searchsorted(ends, flat, side="right")
+        doc = order[pos]
         n_tokens = self.source.doc_tokens[doc]
-        offset = flat - (self._ends[pos] - (n_tokens + 1))
+        offset = flat - (ends[pos] - (n_tokens + 1))
         out = np.full(flat.shape, self._eos, dtype=np.int32)
         body = offset < n_tokens
         rt = self.source.record_tokens
