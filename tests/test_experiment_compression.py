@@ -15,6 +15,7 @@ import pytest
 import experiments
 from experiments import common
 from experiments import compression as study
+from experiments import compression_report as report
 from scaling.cli import experiment as experiment_cli
 from scaling.sweeps import spec
 
@@ -142,20 +143,20 @@ def synthetic_study(root: pathlib.Path) -> None:
 def test_analysis_of_synthetic_run_files(tmp_path):
     synthetic_study(tmp_path)
     notes: list[str] = []
-    t = study.compressed_table(common.load(tmp_path / "family"),
+    t = report.compressed_table(common.load(tmp_path / "family"),
                                common.load(tmp_path / study.COMPRESSED))
     assert len(t) == 9 * 5
     pruned = t[t["sparsity"].notna()]
     np.testing.assert_allclose(pruned["delta_loss"], pruned["sparsity"].astype(float) ** 2, rtol=1e-9)
-    fit = study.quant_fit(t, bootstrap=100, notes=notes)
+    fit = report.quant_fit(t, bootstrap=100, notes=notes)
     assert not notes
     assert fit.grows_with_D == "yes" and fit.gamma_D == pytest.approx(0.3, abs=0.05)
     assert fit.fit.params["gamma_N"] == pytest.approx(0.5, abs=0.05)
     assert len(fit.slopes) == 9 and (fit.slopes["slope_lnD"] > 0).all()
-    family = study.final_losses(common.load(tmp_path / "family"))
-    alone = pd.concat([study.final_losses(common.load(tmp_path / "alone")),
+    family = report.final_losses(common.load(tmp_path / "family"))
+    alone = pd.concat([report.final_losses(common.load(tmp_path / "alone")),
                        family[family["D"] >= 40_000]], ignore_index=True)
-    gains = study.distill_table(study.final_losses(common.load(tmp_path / "distill")), alone,
+    gains = report.distill_table(report.final_losses(common.load(tmp_path / "distill")), alone,
                                 bootstrap=200, notes=notes)
     assert [g["N"] for g in gains] == [1000.0, 4000.0] and not notes
     for g in gains:
@@ -163,7 +164,7 @@ def test_analysis_of_synthetic_run_files(tmp_path):
         assert 0.1 - 1e-9 <= g["gain_ci"][0] <= 0.11 <= g["gain_ci"][1] <= 0.12 + 1e-9
         assert g["gain_every_seed"]
     # one seed: the gain is reported, its CI is a note, never a crash
-    one = study.distill_table(study.final_losses(common.load(tmp_path / "distill")).query("seed == 0"),
+    one = report.distill_table(report.final_losses(common.load(tmp_path / "distill")).query("seed == 0"),
                               alone, bootstrap=200, notes=notes)
     assert all(math.isnan(g["gain_ci"][0]) for g in one) and len(notes) == 2
 
