@@ -210,8 +210,9 @@ def fit_emergence(x: Any, y: Any, *, direction: str = "increasing", chance: floa
     y_ends = _sigmoid_at(ends, nat, direction)
     rise, level_end = float(abs(y_ends[1] - y_ends[0])), float(y_ends[1])
     rise_ci = level_ci = (math.nan, math.nan)
-    if fit.boot is not None and len(fit.boot):
-        b = fit.boot[np.all(np.isfinite(fit.boot), axis=1)]
+    b = (fit.boot[np.all(np.isfinite(fit.boot), axis=1)] if fit.boot is not None
+         else np.zeros((0, len(nat))))
+    if len(b):  # no finite replicate (all failed or degenerate): no interval
         yb = _sigmoid_at(ends, b, direction)
         lo_q, hi_q = 50 * (1 - level), 50 * (1 + level)
         rb, eb = np.abs(yb[:, 1] - yb[:, 0]), yb[:, 1]

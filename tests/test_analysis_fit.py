@@ -157,14 +157,36 @@ def test_sigmoid_recovery_and_coverage():
 def test_bootstrap_weights_paired_and_validation():
     x = np.geomspace(1e7, 1e11, 20)
     y = laws.power_law(x, 1.8, 300.0, 0.3)
-    w = np.ones((5, 20))
+    rng = np.random.default_rng(0)
+    w = np.vstack([np.ones(20), rng.multinomial(20, np.full(20, 0.05), size=4)])
     f = fit_law(get_law("power-n"), x[:, None], y, bootstrap_weights=w)
-    # unit weights reproduce the full-data fit in every resample
-    np.testing.assert_allclose(f.boot[:, 2], f.params["alpha"], rtol=1e-6)
+    # the unit-weight resample reproduces the full-data fit; the others are refitted too
+    np.testing.assert_allclose(f.boot[0, 2], f.params["alpha"], rtol=1e-6)
+    assert np.isfinite(f.boot).all() and f.n_bootstrap == 5
     with pytest.raises(ValueError):
         fit_law("power-n", x[:, None], y, bootstrap_weights=np.ones((2, 19)))
     with pytest.raises(KeyError):
         get_law("nope")
+
+
+def test_bootstrap_with_one_more_point_than_parameters_gives_no_interval():
+    # E + B·D^−β has 3 parameters: with 4 points the only resamples that keep 4 distinct points
+    # hold each point once, so their refits all equal the point estimate (a zero-width "CI")
+    law = get_law("power-d")
+    rng = np.random.default_rng(1)
+    x = np.geomspace(1.6e4, 1.3e5, 4)
+    y = laws.power_law(x, 1.0, 12.0, 0.3) * np.exp(rng.normal(0, 0.01, 4))
+    f = fit_law(law, x[:, None], y, bootstrap=100, seed=0)
+    assert all(np.isnan(lo) and np.isnan(hi) for lo, hi in f.ci.values())
+    assert f.n_bootstrap == 0 and f.n_bootstrap_degenerate == 100
+    paired = fit_law(law, x[:, None], y, bootstrap_weights=rng.multinomial(4, np.full(4, 0.25), 50))
+    assert np.isnan(paired.boot).all()
+    # with 6 points the surviving resamples differ, and so does the interval
+    x6 = np.geomspace(1.6e4, 5.2e5, 6)
+    y6 = laws.power_law(x6, 1.0, 12.0, 0.3) * np.exp(rng.normal(0, 0.01, 6))
+    f6 = fit_law(law, x6[:, None], y6, bootstrap=100, seed=0)
+    lo, hi = f6.ci["beta"]
+    assert f6.n_bootstrap > 10 and hi > lo
 
 
 def test_compute_optimal_ci_under_a_flops_per_token_law():
