@@ -17,7 +17,6 @@ from scaling.data import prepare as prepare_lib
 from scaling.data import prepared as prepared_lib
 from scaling.data import text as text_lib
 from scaling.data import tokenizers
-from scaling.data.corpora import stdlib_corpus
 from tests.helpers import assert_batches_equal, take
 
 T = 16
@@ -25,10 +24,8 @@ B = 4
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> str:
-    d = tmp_path_factory.mktemp("tfds")
-    stdlib_corpus.ensure_built(d, "tiny")
-    return str(d)
+def data_dir(stdlib_tiny_data_dir) -> str:
+    return str(stdlib_tiny_data_dir)
 
 
 @pytest.fixture(autouse=True)
