@@ -181,6 +181,8 @@ def load_run(run_dir: str | os.PathLike, manifest_entry: dict[str, Any] | None =
                 rows.append({"source": "train", "step": step, "metric": f"train/{k}", "value": val,
                              "D": _num(r.get("tokens")), "C": _num(r.get("flops")),
                              "N": n_total, "N_nonembed": n_ne})
+    elif "compression" in info and (d / "eval.jsonl").exists():
+        pass  # a compressed checkpoint (`scaling compress`) is evaluated, never trained
     elif status.get("status") not in ("pending", None) or not (d / "eval.jsonl").exists():
         _warn(mpath, "file is missing")
     epath = d / "eval.jsonl"

@@ -89,6 +89,22 @@ def test_run_dir_root_and_missing_path(tmp_path, caplog):
     assert set(load_runs(tmp_path / "loose")["run_id"]) == {"r1"}
 
 
+def test_a_compressed_checkpoint_has_no_training_log_by_design(tmp_path, caplog):
+    # `scaling compress` writes an evaluated run without metrics.jsonl: no warning for it, while a
+    # trained run that lost its metrics.jsonl is still warned about
+    for name in ("compressed", "trained"):
+        write_run(tmp_path / name, run_id=name, N=1e6, D=1e7, axes={}, tasks=False)
+        (tmp_path / name / "metrics.jsonl").unlink()
+    info = json.loads((tmp_path / "compressed" / "run.json").read_text())
+    info["compression"] = {"quant": {"bits": 4}, "prune": None}
+    (tmp_path / "compressed" / "run.json").write_text(json.dumps(info))
+    with caplog.at_level(logging.WARNING, logger="analysis.runs"):
+        df = load_runs(tmp_path)
+    missing = [r.getMessage() for r in caplog.records if "metrics.jsonl" in r.getMessage()]
+    assert len(missing) == 1 and str(tmp_path / "trained") in missing[0]
+    assert set(df[df["metric"] == "val/loss"]["run_id"]) == {"compressed", "trained"}
+
+
 def test_failed_diverged_interrupted_and_running_runs_are_excluded_and_listed(tmp_path):
     root = tmp_path / "sweep"
     entries = []
