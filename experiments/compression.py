@@ -58,7 +58,7 @@ EXPECTED_OUTCOME = (
     "lower data loss than the same student alone when the teacher is much better; the gain is "
     "small at these token budgets and may shrink for students closer to the teacher.")
 EXPECTED_RUNTIME = {"tiny": "903 s on 2 CPU cores at load 8-11 (7 runs, 16 compressed checkpoints)",
-                    "small": "~15 min on 2 CPU cores (not measured yet: 15 runs, 63 compressed)",
+                    "small": "326 s on 2 CPU cores (15 runs, 63 compressed checkpoints)",
                     "medium": "~30 min on one GPU (not measured)",
                     "large": "GPU/TPU cluster (hours; not measured)"}
 FIGURES = ("comp_loss_vs_bits", "comp_loss_vs_sparsity", "comp_distill_gain")
