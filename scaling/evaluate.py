@@ -75,7 +75,7 @@ class Evaluator:
     """Holds the fixed evaluation data and a compiled eval step for one resolved config."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path | None,
-                 mesh: jax.sharding.Mesh, model: Any):
+                 mesh: jax.sharding.Mesh, model: Any, eval_step: Callable | None = None):
         self.config = config
         self.mesh = mesh
         self.rules = config_lib.logical_rules(config)
@@ -90,7 +90,7 @@ class Evaluator:
             table_V = data_lib.make_tokenizer(config, workdir).token_bytes()
             self.val_bytes = sum(batch_bytes(b, table_V) for b in self.val_batches)
         self.task_batches = data_lib.make_task_eval(config, workdir) if self.task else []
-        self._step = jax.jit(step_lib.make_eval_step(model))
+        self._step = eval_step if eval_step is not None else jit_eval_step(model)
 
     def _run(self, params: Any, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         padded, n = _pad_rows(batch, self.dp)
@@ -233,9 +233,17 @@ def replace_rows(path: pathlib.Path, rows: Iterable[dict[str, Any]], steps: set[
     tmp.replace(path)
 
 
+def jit_eval_step(model: Any) -> Callable:
+    """Returns the jitted eval step of `model` (see `step.make_eval_step`); evaluators of one
+    model may share it, so that its program compiles once (a population's members do)."""
+    return jax.jit(step_lib.make_eval_step(model))
+
+
 def make_inline_evaluator(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-                          mesh: jax.sharding.Mesh, model: Any) -> Callable | None:
-    """Returns an evaluator for the loop if `train.eval_at_checkpoints` or `train.eval_every`."""
+                          mesh: jax.sharding.Mesh, model: Any,
+                          eval_step: Callable | None = None) -> Callable | None:
+    """Returns an evaluator for the loop if `train.eval_at_checkpoints` or `train.eval_every`
+    (with `eval_step`, a shared `jit_eval_step(model)`, when given)."""
     if not (config.train.eval_at_checkpoints or config.train.eval_every > 0):
         return None
-    return Evaluator(config, workdir, mesh, model)
+    return Evaluator(config, workdir, mesh, model, eval_step)

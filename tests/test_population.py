@@ -178,13 +178,90 @@ def test_rewind_policy_is_refused_before_compiling(tmp_path, stdlib_tiny_data_di
     assert not (tmp_path / "a").exists()
 
 
+def test_members_that_start_from_a_checkpoint_equal_their_single_runs(
+        population_and_singles, stdlib_tiny_data_dir, tmp_path):
+    """`train.init_from` members (from two steps of one source run) take the source's parameters
+    with a fresh optimizer and schedule, exactly as the same runs trained alone: a fine-tuning
+    sweep's data sizes and seeds train together."""
+    from scaling.sweeps import runner, spec, testing
+
+    source = population_and_singles[1][0]
+    steps = sorted(int(p.name) for p in (source / "checkpoints").iterdir())
+    configs = []
+    for lr, seed, spec_ in ((3e-3, 3, str(source)), (1e-3, 4, f"{source}:{steps[0]}")):
+        c = _config(stdlib_tiny_data_dir, lr=lr, seed=seed, wd=0.1, steps=6)
+        c.train.init_from = spec_
+        configs.append(c)
+    pop_dirs = [tmp_path / f"pop{i}" for i in range(2)]
+    summaries = train_population(configs, pop_dirs)
+    assert [s["status"] for s in summaries] == ["completed"] * 2
+    for c, pop_dir, step in zip(configs, pop_dirs, (steps[-1], steps[0])):
+        single_dir = tmp_path / f"single-{pop_dir.name}"
+        train(c, single_dir)
+        pop_rows, single_rows = _rows(pop_dir), _rows(single_dir)
+        for key in ("loss", "grad_norm", "lr", "param_norm"):
+            np.testing.assert_allclose([r[key] for r in pop_rows], [r[key] for r in single_rows],
+                                       atol=LOSS_ATOL, rtol=1e-4, err_msg=f"{pop_dir} {key}")
+        pop_params, single_params = _params(pop_dir, 6), _params(single_dir, 6)
+        for name in single_params:
+            np.testing.assert_allclose(pop_params[name], single_params[name], atol=PARAM_ATOL,
+                                       err_msg=name)
+        run = json.loads((pop_dir / "run.json").read_text())
+        assert run["init_from"] == {"run": str(source.absolute()), "step": step}
+        assert run == {**json.loads((single_dir / "run.json").read_text()), "name": pop_dir.name}
+    # the source's parameters, not a fresh init: the first loss is the trained model's
+    fresh = _rows(population_and_singles[1][2])[0]["loss"]  # member 2 trained from scratch
+    assert _rows(pop_dirs[0])[0]["loss"] < fresh - 0.5
+    # a missing source is a clear error naming the field, before any member directory is written
+    bad = _config(stdlib_tiny_data_dir, **MEMBERS[0])
+    bad.train.init_from = str(tmp_path / "nope")
+    with pytest.raises(config_lib.ConfigError, match=r"train\.init_from.*no such run directory"):
+        train_population([configs[0], bad], [tmp_path / "a", tmp_path / "b"])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # and the sweep runner groups such runs into populations
+    sweep = testing.tiny_sweep(stdlib_tiny_data_dir, sizes=(3.4e3,))
+    sweep.axes = ({"optim.lr": (3e-3, 1e-2)},)
+    sweep.base.train.init_from = str(source)
+    queue = [(r, 1) for r in spec.expand(sweep)]
+    assert len(runner.take_population(queue, 2, tmp_path)) == 2
+
+
+def test_lora_members_equal_their_single_runs_and_leave_the_base_bit_identical(
+        population_and_singles, stdlib_tiny_data_dir, tmp_path):
+    source = population_and_singles[1][0]
+    last = max(int(p.name) for p in (source / "checkpoints").iterdir())
+    configs = []
+    for lr, seed in ((1e-2, 5), (3e-3, 6)):
+        c = _config(stdlib_tiny_data_dir, lr=lr, seed=seed, wd=0.1, steps=4)
+        c.train.init_from = str(source)
+        c.finetune.lora_rank = 4
+        configs.append(c)
+    pop_dirs = [tmp_path / f"lora{i}" for i in range(2)]
+    assert [s["status"] for s in train_population(configs, pop_dirs)] == ["completed"] * 2
+    base = _params(source, last)
+    for pop_dir in pop_dirs:  # the frozen base: bit-identical to the source in every member
+        ours = _params(pop_dir, 4)
+        assert ours.keys() > base.keys()
+        for name in base:
+            np.testing.assert_array_equal(ours[name], base[name], err_msg=name)
+    train(configs[0], tmp_path / "single")  # member 0 alone: the same curve and adapters
+    np.testing.assert_allclose([r["loss"] for r in _rows(pop_dirs[0])],
+                               [r["loss"] for r in _rows(tmp_path / "single")], atol=LOSS_ATOL, rtol=1e-4)
+    ours, theirs = _params(pop_dirs[0], 4), _params(tmp_path / "single", 4)
+    assert ours.keys() == theirs.keys()
+    for name in ours.keys() - base.keys():
+        np.testing.assert_allclose(ours[name], theirs[name], atol=PARAM_ATOL, err_msg=name)
+    # the two members' adapters differ (another LR and seed)
+    other = _params(pop_dirs[1], 4)
+    assert any(not np.allclose(ours[k], other[k]) for k in ours.keys() - base.keys())
+
+
 @pytest.mark.parametrize("field, value, says", [
-    ("train.init_from", "pretrain/run", "config.train.init_from='pretrain/run'"),
-    ("finetune.lora_rank", 4, "config.finetune.lora_rank=4"),
+    ("distill.teacher", "teacher/run", "config.distill.teacher='teacher/run'"),
 ])
-def test_runs_that_load_or_adapt_parameters_train_alone(tmp_path, stdlib_tiny_data_dir, field, value, says):
-    """The population step initializes plain models itself: a member with init_from or LoRA would
-    silently train from scratch, or train nothing, so it is refused and the runner keeps it alone."""
+def test_runs_that_distill_train_alone(tmp_path, stdlib_tiny_data_dir, field, value, says):
+    """The population step has no teacher forward pass: a member with a teacher would silently
+    train without it, so it is refused and the runner keeps it alone."""
     from scaling.sweeps import runner, spec, testing
 
     a, b = (_config(stdlib_tiny_data_dir, **MEMBERS[i]) for i in (0, 1))

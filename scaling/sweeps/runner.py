@@ -605,7 +605,7 @@ def population_key(run: Run, root: pathlib.Path) -> tuple | None:
     """Returns what runs of one population share (program, length, resume step); None: alone."""
     from scaling.train import population_step
 
-    if population_step.trains_alone(run.config):  # init_from, LoRA, a teacher, rewind
+    if population_step.trains_alone(run.config):  # a teacher, rewind
         return None
     # weight decay too: members that differ in it keep it in the optimizer state, and such a
     # checkpoint would not resume as a single run if the run were retried alone

@@ -27,9 +27,12 @@ from scaling import config as config_lib
 from scaling import data as data_lib
 from scaling import metrics_writer
 from scaling import perf
+from scaling.models import lora as lora_lib
+from scaling.train import init_from as init_from_lib
 from scaling.train import loop
 from scaling.train import preemption as preemption_lib
 from scaling.train import population_step as pop_lib
+from scaling.train import setup as setup_lib
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,7 @@ class _Member:
         self.metrics_file: metrics_writer.JsonlWriter | None = None
         self.eval_file: metrics_writer.JsonlWriter | None = None
         self.tb: metrics_writer.TensorBoardWriter | None = None
+        self.source: init_from_lib.Source | None = None  # train.init_from, on a fresh start
 
     def should_eval(self, step: int) -> bool:
         """Returns True when this member evaluates after `step` (as a single run would)."""
@@ -101,11 +105,39 @@ def _prepare(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[pa
     for c in resolved:
         config_lib.validate(c, jax.device_count())
     pop_lib.check_members(resolved)
+    if resolved[0].finetune.lora_rank > 0:  # an unknown LoRA module: ConfigError, nothing written
+        setup_lib.abstract_params(resolved[0])
+    sources = [_fresh_source(c, w) for c, w in zip(resolved, workdirs)]
     members = []
-    for c, w in zip(resolved, workdirs):
+    for c, w, source in zip(resolved, workdirs, sources):
         n = config_lib.train_steps(c)
-        members.append(_Member(c, w, loop.prepare_workdir(c, w, n), n))
+        m = _Member(c, w, loop.prepare_workdir(c, w, n), n)
+        if source is not None:  # recorded as a single run records it
+            m.source = source
+            m.run["init_from"] = source.record()
+            if jax.process_index() == 0:
+                loop.write_json_atomic(w / "run.json", m.run)
+        members.append(m)
     return members
+
+
+def _fresh_source(config: ml_collections.ConfigDict, workdir: pathlib.Path
+                  ) -> init_from_lib.Source | None:
+    """Returns the `train.init_from` source of a member that starts fresh (None without one, or
+    when the member resumes: a resume reads its own checkpoint, never the source); raises
+    ConfigError naming the field (missing run or step, another shape) before anything compiles."""
+    if not config.train.init_from:
+        return None
+    if (workdir / "checkpoints").is_dir():
+        checkpointer = ckpt_lib.Checkpointer(workdir, config)
+        try:
+            if checkpointer.latest_step() is not None:
+                return None
+        finally:
+            checkpointer.close()
+    source = init_from_lib.resolve(config.train.init_from)
+    init_from_lib.check_shapes(source, setup_lib.abstract_params(config), added=lora_lib.is_adapter)
+    return source
 
 
 def train_population(configs: Sequence[ml_collections.ConfigDict],
@@ -159,7 +191,14 @@ def _restore_or_init(pop: pop_lib.Population, live: list[_Member]) -> Any:
             f"members are at different checkpoint steps ({listing}); a population resumes only "
             "from one common step: train the members alone, or restart them")
     if latest[0] is None:
-        return pop_lib.stack_states(pop, [pop_lib.init_member(pop, i) for i in range(len(live))])
+        states = []
+        for i, m in enumerate(live):
+            state = pop_lib.init_member(pop, i)
+            if m.source is not None:  # as `setup.Trainer.init_state_from`: params only
+                state = state.replace(params=init_from_lib.load_params(
+                    m.source, state.params, pop.shardings.params))
+            states.append(state)
+        return pop_lib.stack_states(pop, states)
     ckpt_lib.log_restore(latest[0])
     states = []
     for m in live:
@@ -201,15 +240,16 @@ def _log_row(m: _Member, metrics: dict[str, np.ndarray], i: int, step: int,
 
 def _train_active(live: list[_Member], evaluators: list, stop_after: int | None) -> int:
     """Runs the population loop over the not-yet-finished members; returns the last step."""
+    from scaling import evaluate as evaluate_lib
+
     pop = pop_lib.build([m.config for m in live])
+    eval_step = evaluate_lib.jit_eval_step(pop.model)  # one program for every member
     for m, evaluator in zip(live, evaluators):
         m.checkpointer = ckpt_lib.Checkpointer(m.workdir, m.config)
         m.data_iter = data_lib.make_train_iterator(m.config, m.workdir)
         if evaluator is None:
-            from scaling import evaluate as evaluate_lib
-
             evaluator = evaluate_lib.make_inline_evaluator(m.config, m.workdir, pop.mesh,
-                                                           pop.model)
+                                                           pop.model, eval_step)
         m.evaluator = evaluator
     state_K = _restore_or_init(pop, live)  # truncates the JSONL files: open them only after it
     for m in live:
@@ -219,7 +259,7 @@ def _train_active(live: list[_Member], evaluators: list, stop_after: int | None)
             if m.evaluator is not None:
                 m.eval_file = metrics_writer.JsonlWriter(m.workdir / "eval.jsonl")
     start_step = int(jax.device_get(state_K.step[0]))
-    control = pop_lib.initial_control([m.num_steps for m in live])
+    control = pop_lib.initial_control([m.num_steps for m in live], pop.mesh)
     per_device_peak, _ = perf.peak_flops_per_device(live[0].config.train.peak_flops,
                                                     live[0].config.model.dtype)
     peak_total = perf.total_peak_flops(per_device_peak)

@@ -3,7 +3,8 @@
 Members may differ only in numbers the program reads from its inputs: the learning-rate schedule
 (peak LR, warmup, total steps; they live in the optimizer state, `optim.ScheduleState`), weight
 decay (kept in the optimizer state when members differ in it), the seed (init, dropout and data
-order), the data budget, evaluation and checkpoint settings. Everything else (model shape, batch,
+order), the data budget (tokens, epochs, a task's number of training examples), the run whose
+parameters a member starts from (`train.init_from`), evaluation and checkpoint settings. Everything else (model shape, batch,
 sequence length, optimizer form, schedule kind, mesh) must be equal; `check_members` says which
 field differs before anything compiles.
 
@@ -33,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from scaling import config as config_lib
 from scaling import optim
 from scaling import sharding as sharding_lib
-from scaling.models import make_model
+from scaling.train import setup as setup_lib
 from scaling.train import state as state_lib
 from scaling.train import step as step_lib
 
@@ -41,7 +42,8 @@ from scaling.train import step as step_lib
 MAY_DIFFER = ("seed", "name", "optim.lr", "optim.weight_decay", "optim.warmup_steps",
               "optim.final_lr_frac", "optim.wsd_decay_frac", "train.num_steps",
               "train.eval_every", "train.eval_at_checkpoints", "train.progress",
-              "data.num_tokens", "data.epochs", "data.eval_tokens", "checkpoint.")
+              "train.init_from", "data.num_tokens", "data.epochs", "data.eval_tokens",
+              "data.task.num_examples", "checkpoint.")
 
 # Why a member stopped: the train step's `nonfinite` bits (step.NONFINITE_BITS), in
 # `control["failed_code_K"]`; FAILED_SKIPS marks a member stopped for too many skipped steps.
@@ -60,16 +62,12 @@ def _may_differ(field: str) -> bool:
 
 
 def trains_alone(config: ml_collections.ConfigDict) -> str:
-    """Returns why a run cannot be a population member ('' if it can): the population step
-    initializes its members itself, with the plain model and one optimizer form, so a run that
-    loads another run's parameters, trains LoRA adapters, distills from a teacher or rewinds to
-    a checkpoint mid-run trains alone."""
+    """Returns why a run cannot be a population member ('' if it can). Members share one model
+    (with the same LoRA adapters, if any) and one optimizer form, and may start from another
+    run's parameters (`train.init_from`, loaded over their initialization); a run that distills
+    from a teacher or rewinds to a checkpoint mid-run trains alone."""
     if config.train.on_nonfinite == "rewind":
         return "config.train.on_nonfinite='rewind' (it restores a checkpoint mid-training)"
-    if config.train.init_from:
-        return f"config.train.init_from={config.train.init_from!r} (it starts from another run's parameters)"
-    if config.finetune.lora_rank > 0:
-        return f"config.finetune.lora_rank={config.finetune.lora_rank} (LoRA adapters on a frozen base)"
     if config.distill.teacher:
         return f"config.distill.teacher={config.distill.teacher!r} (a teacher's forward pass per step)"
     return ""
@@ -141,7 +139,7 @@ def build(configs: Sequence[ml_collections.ConfigDict], devices: list | None = N
     first = configs[0]
     mesh = sharding_lib.make_mesh(first, devices)
     rules = config_lib.logical_rules(first)
-    model = make_model(first.model)
+    model = setup_lib.run_model(first)  # LoRA members: the adapters on the frozen base
     with sharding_lib.logical_context(mesh, rules):
         boxed = state_lib.abstract_params(model, first)
     in_state = needs_decay_in_state(configs)
@@ -176,14 +174,19 @@ def member_state(state_K: Any, i: int) -> Any:
     return _index_jit(state_K, jnp.asarray(i, jnp.int32))
 
 
-def initial_control(num_steps: Sequence[int], skipped: Sequence[int] | None = None
-                    ) -> dict[str, jax.Array]:
-    """Returns the on-device control arrays: last steps, alive flags, skip counts, failure record."""
+def initial_control(num_steps: Sequence[int], mesh: Mesh | None = None,
+                    skipped: Sequence[int] | None = None) -> dict[str, jax.Array]:
+    """Returns the on-device control arrays: last steps, alive flags, skip counts, failure record;
+    replicated over `mesh` when given, as the population step returns them (an uncommitted
+    first control would be another input type and compile the step a second time)."""
     k = len(num_steps)
-    return {"end_K": jnp.asarray(num_steps, jnp.int32), "alive_K": jnp.ones((k,), bool),
-            "skipped_K": jnp.asarray(skipped if skipped is not None else [0] * k, jnp.int32),
-            "failed_at_K": jnp.zeros((k,), jnp.int32),
-            "failed_code_K": jnp.zeros((k,), jnp.int32)}
+    control = {"end_K": np.asarray(num_steps, np.int32), "alive_K": np.ones((k,), bool),
+               "skipped_K": np.asarray(skipped if skipped is not None else [0] * k, np.int32),
+               "failed_at_K": np.zeros((k,), np.int32),
+               "failed_code_K": np.zeros((k,), np.int32)}
+    if mesh is None:
+        return {name: jnp.asarray(x) for name, x in control.items()}
+    return jax.device_put(control, sharding_lib.replicated(mesh))
 
 
 def make_population_step(model: Any, tx: Any, config: ml_collections.ConfigDict) -> Callable:
