@@ -1,6 +1,7 @@
-"""This project's train step against a PyTorch one on the same GPT-2-style configs, on CPU.
+"""This project's train step against PyTorch's and nanodo's on the same GPT-2-style configs, on CPU.
 
 Usage: python benchmarks/peers_cpu.py [--sizes gpt-small,gpt-large] [--steps 3] [--repeats 3]
+                                      [--nanodo-src DIR]
 
 The PyTorch side is a plain GPT-2-style model written here for the comparison (learned positions,
 pre-LayerNorm, causal softmax attention, GELU MLP of 4·d, tied byte embeddings of 256, float32,
@@ -11,6 +12,13 @@ a warm-up), the implementations interleaved, `--repeats` rounds; it prints the m
 each and the ratios project / eager and project / compiled, with MFU = 6·N·tokens/s over the best
 2048³ float32 matmul that JAX measured in the project's processes (the same denominator for
 all). The last line is all figures as JSON.
+
+With `--nanodo-src DIR` (a checkout of github.com/google-deepmind/nanodo; it is not a package on
+the registries and not a dependency of this project) nanodo's own model, loss, optimizer and
+`Trainer` run the same shapes: its GPT-2-style decoder (learned positions, LayerNorm, GELU MLP,
+tied embeddings) in float32 on a one-device mesh, with its default AdamW and
+`log_internal_metrics` off (its cheaper setting), rows of T tokens (it predicts T−1 of them;
+tokens/s counts T, as for the others).
 """
 
 from __future__ import annotations
@@ -99,10 +107,53 @@ def project_worker(size: str, steps: int) -> dict:
     return {"tokens_per_s": r["tokens_per_s"], "N": r["N"], "peak": peak}
 
 
-def run(impl: str, size: str, steps: int) -> dict:
+def nanodo_worker(size: str, steps: int, src: str) -> dict:
+    """Returns tokens/s and N of nanodo's own train step (`Trainer.do_step`) at `size`."""
+    sys.path.insert(0, src)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import linen as nn
+    from flax.training.train_state import TrainState
+    from jax.sharding import Mesh
+    from nanodo import model_factory, optimizer, train
+    from nanodo.configs import default
+
+    n_layers, d, heads, seq, batch = SIZES[size]
+    c = default.get_config()
+    c.model.update(D=d, H=heads, L=seq, N=n_layers, F=4 * d, dtype="float32", fsdp_enabled=False)
+    c.batch_size = batch
+    c.log_internal_metrics = False
+    module, get_loss_fn = model_factory.get_model_and_loss(c, 256)
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+
+    def init(rng: jax.Array) -> TrainState:  # as nanodo's train.py builds its state
+        params = module.init(rng, jnp.zeros((1, seq), jnp.int32))["params"]
+        return TrainState.create(apply_fn=module.apply, params=params,
+                                 tx=optimizer.get_optimizer(c.opt))
+
+    shardings = nn.get_sharding(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh)
+    state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))
+    n = sum(int(np.prod(x.shape)) for path, x in jax.tree_util.tree_leaves_with_path(state.params)
+            if "embed" not in jax.tree_util.keystr(path))
+    trainer = train.Trainer(c, state, mesh, shardings, get_loss_fn)
+    tokens = np.random.default_rng(0).integers(1, 256, (batch, seq), dtype=np.int32)  # 0 is pad
+
+    for step in range(2):  # warm-up (and compilation)
+        trainer.do_step(step, jnp.asarray(tokens))
+    jax.block_until_ready(trainer.state)
+    start = time.perf_counter()
+    for step in range(2, 2 + steps):
+        trainer.do_step(step, jnp.asarray(tokens))  # the batch is donated: a fresh one each step
+    jax.block_until_ready(trainer.state)
+    return {"tokens_per_s": steps * batch * seq / (time.perf_counter() - start), "N": n}
+
+
+def run(impl: str, size: str, steps: int, nanodo_src: str = "") -> dict:
     """Returns one fresh process's measurement of `impl` at `size`."""
     proc = subprocess.run([sys.executable, __file__, "--worker", impl, "--sizes", size,
-                           "--steps", str(steps)], capture_output=True, text=True, cwd=REPO_ROOT)
+                           "--steps", str(steps), "--nanodo-src", nanodo_src],
+                          capture_output=True, text=True, cwd=REPO_ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"{impl} {size} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -116,21 +167,29 @@ def main() -> None:
     parser.add_argument("--sizes", default="gpt-small,gpt-large")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--nanodo-src", default="",
+                        help="a checkout of github.com/google-deepmind/nanodo: also time nanodo")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.nanodo_src and not (pathlib.Path(args.nanodo_src) / "nanodo" / "train.py").is_file():
+        parser.error(f"--nanodo-src {args.nanodo_src}: no nanodo/train.py there")
     if args.worker:
         size = args.sizes
-        result = (project_worker(size, args.steps) if args.worker == "project"
-                  else torch_worker(size, args.steps, compiled=args.worker == "torch-compile"))
+        if args.worker == "project":
+            result = project_worker(size, args.steps)
+        elif args.worker == "nanodo":
+            result = nanodo_worker(size, args.steps, args.nanodo_src)
+        else:
+            result = torch_worker(size, args.steps, compiled=args.worker == "torch-compile")
         print("RESULT " + json.dumps(result), flush=True)
         return
-    impls = ("project", "torch-eager", "torch-compile")
+    impls = ("project", "torch-eager", "torch-compile") + (("nanodo",) if args.nanodo_src else ())
     figures: dict = {}
     for size in args.sizes.split(","):
         rows: dict[str, list[dict]] = {impl: [] for impl in impls}
         for _ in range(args.repeats):
             for impl in impls:  # interleaved, so that the load of the moment hits each alike
-                rows[impl].append(run(impl, size, args.steps))
+                rows[impl].append(run(impl, size, args.steps, args.nanodo_src))
         peak = statistics.median(r["peak"] for r in rows["project"])
         med = {impl: statistics.median(r["tokens_per_s"] for r in rows[impl]) for impl in impls}
         n = {impl: rows[impl][0]["N"] for impl in impls}
@@ -141,7 +200,9 @@ def main() -> None:
             print(f"  {impl:14s} {med[impl]:9,.0f} tokens/s  "
                   f"mfu={6 * n[impl] * med[impl] / peak:.3f}")
         print(f"  ratio project / torch eager {med['project'] / med['torch-eager']:.2f}x, "
-              f"project / torch.compile {med['project'] / med['torch-compile']:.2f}x", flush=True)
+              f"project / torch.compile {med['project'] / med['torch-compile']:.2f}x"
+              + (f", project / nanodo {med['project'] / med['nanodo']:.2f}x" if "nanodo" in med else ""),
+              flush=True)
     print(json.dumps(figures))
 
 
