@@ -37,7 +37,7 @@ EXPECTED_OUTCOME = (
     "transferred D_T grows with D_F with an exponent below 1 and with model size (Hernandez et "
     "al.: alpha ≈ 0.18, beta ≈ 0.38 for text → code). LoRA transfers less than full fine-tuning "
     "at the same D_F.")
-EXPECTED_RUNTIME = {"tiny": "~9 min on 2 busy CPU cores (7 runs, too few for the D_T fit)", "small": "~33 min on 2 loaded CPU cores (93 runs, measured)",
+EXPECTED_RUNTIME = {"tiny": "~9 min on 2 busy CPU cores (7 runs, too few for the D_T fit)", "small": "889 s on 2 CPU cores (183 runs in 9 populations, measured)",
                     "medium": "~20 min on one GPU", "large": "~1 GPU-hour"}
 FIGURES = ("transfer_curves", "transfer_effective_data")
 
@@ -55,7 +55,7 @@ def settings(scale: str) -> dict[str, Any]:
         tiny=dict(widths=(16,), layers=1, pretrain_steps=20, ft_steps=10,
                   data_sizes=(8, 32), seeds=(0,), rank=4, batch=16),
         small=dict(widths=(32, 48, 64), layers=2, pretrain_steps=600, ft_steps=150,
-                   data_sizes=(32, 64, 128, 256, 512), seeds=(0, 1), rank=8, batch=32),
+                   data_sizes=(32, 64, 128, 256, 512), seeds=(0, 1, 2, 3), rank=8, batch=32),
         medium=dict(widths=(64, 128, 192, 256), layers=4, pretrain_steps=4000, ft_steps=500,
                     data_sizes=(64, 128, 256, 512, 1024, 2048), seeds=(0, 1, 2), rank=16,
                     batch=64),
@@ -114,12 +114,15 @@ def sweeps(scale: str, data_dir: str = "", tfds_name: str = "",
                {"finetune.lora_rank": [0, s["rank"]], "optim.lr": [1e-3, 1e-2]})
     ft.labels = (("data.task.num_examples", "DF"), ("finetune.lora_rank", "r"))
     ft.seeds = tuple(s["seeds"])
+    # one population per (size, arm): its data sizes and seeds share a shape and a length
+    ft.resources.population = len(s["data_sizes"]) * len(s["seeds"])
 
     scratch = common.mlp_sweep(scale, "transfer_scratch", _base(scale, FINETUNE))
     scratch.base.train.num_steps = s["ft_steps"]
     scratch.axes = (_shape_axis(s["widths"]), {"data.task.num_examples": list(s["data_sizes"])})
     scratch.labels = (("data.task.num_examples", "DF"),)
     scratch.seeds = tuple(s["seeds"])
+    scratch.resources.population = len(s["data_sizes"]) * len(s["seeds"])
     return {"pretrain": pre, "finetune": ft, "scratch": scratch}
 
 
