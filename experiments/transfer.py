@@ -37,7 +37,7 @@ EXPECTED_OUTCOME = (
     "transferred D_T grows with D_F with an exponent below 1 and with model size (Hernandez et "
     "al.: alpha ≈ 0.18, beta ≈ 0.38 for text → code). LoRA transfers less than full fine-tuning "
     "at the same D_F.")
-EXPECTED_RUNTIME = {"tiny": "~9 min on 2 busy CPU cores (7 runs, too few for the D_T fit)", "small": "889 s on 2 CPU cores (183 runs in 9 populations, measured)",
+EXPECTED_RUNTIME = {"tiny": "~9 min on 2 busy CPU cores (7 runs, too few for the D_T fit)", "small": "902 s on 2 CPU cores (183 runs in 9 populations, measured)",
                     "medium": "~20 min on one GPU", "large": "~1 GPU-hour"}
 FIGURES = ("transfer_curves", "transfer_effective_data")
 
@@ -111,7 +111,7 @@ def sweeps(scale: str, data_dir: str = "", tfds_name: str = "",
     ft.axes = (dict(_shape_axis(s["widths"]),
                     **{"train.init_from": [str(prefix / sources[w]) for w in s["widths"]]}),
                {"data.task.num_examples": list(s["data_sizes"])},
-               {"finetune.lora_rank": [0, s["rank"]], "optim.lr": [1e-3, 1e-2]})
+               {"finetune.lora_rank": [0, s["rank"]], "optim.lr": [3e-3, 1e-2]})
     ft.labels = (("data.task.num_examples", "DF"), ("finetune.lora_rank", "r"))
     ft.seeds = tuple(s["seeds"])
     # one population per (size, arm): its data sizes and seeds share a shape and a length
