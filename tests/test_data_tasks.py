@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 
 from scaling import config as config_lib
 from scaling import data
+from scaling.data import mixture
 from scaling.data import tasks
 from scaling.data import text as text_lib
 from scaling.data.tasks import base
@@ -184,6 +185,53 @@ def test_mixture_mixes_task_rows_at_the_rate_and_keeps_budgets_nested(tmp_path):
         answer_text = tok.decode(b["targets"][r][b["weights"][r] == 1])
         sums = [int(line.split("=")[1]) for line in text.split("\n")[:-1]]
         assert answer_text == "".join(f"{s}\n" for s in sums)
+
+
+def test_mixture_task_rows_pack_whole_examples_greedily_and_ignore_the_process_count(tmp_path):
+    task = tasks.make_task("associative_recall", SMALL_PARAMS["associative_recall"])
+    tok = ByteTokenizer()
+    rows, answer, content = mixture.pack_task_rows(task, tok, np.random.default_rng(3), 6, 40)
+    again = mixture.pack_task_rows(task, tok, np.random.default_rng(3), 6, 40)
+    for a, b in zip((rows, answer, content), again):
+        np.testing.assert_array_equal(a, b)
+    firsts = []
+    for r in range(6):
+        text = tok.decode(rows[r][content[r] == 1])
+        lines = text.split("\n")
+        assert lines[-1] == "" and len(lines) >= 2  # whole examples only, each ends in "\n"
+        for line in lines[:-1]:
+            ctx, query = line.split(" ?")
+            pairs = dict(kv.split(":") for kv in ctx.split(" "))
+            assert pairs[query.split(":")[0]] == query.split(":")[1]  # the answer is the value
+        assert tok.decode(rows[r][answer[r] == 1]) == "".join(
+            line.split(":")[-1] + "\n" for line in lines[:-1])
+        assert (rows[r][content[r] == 0] == tok.pad_id).all()
+        firsts.append(len(lines[0]) + 1)
+    # greedy: the first example of row r + 1 did not fit in what row r left free
+    for r in range(5):
+        assert content[r].sum() + firsts[r + 1] > 41
+    with pytest.raises(ValueError, match="seq_len=8"):
+        mixture.pack_task_rows(task, tok, np.random.default_rng(0), 2, 8)
+
+    text_lib.clear_cache()
+    with tfds.testing.mock_data(num_examples=1000, policy=tfds.testing.MockPolicy.USE_CODE):
+        c = config_lib.default_config()
+        c.data.tfds_name = "tiny_shakespeare"
+        c.data.source = "mixture"
+        c.data.seq_len = 32
+        c.train.batch_size = 8
+        c.data.task.name = "associative_recall"
+        c.data.task.params = SMALL_PARAMS["associative_recall"]
+        c.data.task.mix_rate = 0.4
+        c.data.num_tokens = 10 * 8 * 32
+        whole = data.make_train_iterator(c, process_index=0, process_count=1)
+        halves = [data.make_train_iterator(c, process_index=p, process_count=2) for p in range(2)]
+        for _ in range(10):
+            b = next(whole)
+            parts = [next(h) for h in halves]
+            for k in ("inputs", "targets", "weights"):
+                np.testing.assert_array_equal(b[k], np.concatenate([q[k] for q in parts]))
+    text_lib.clear_cache()
 
 
 def test_finite_task_dataset_repeats_its_examples():

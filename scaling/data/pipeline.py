@@ -13,13 +13,15 @@ Sources (config.data.source):
   * 'tfds': packed text rows (see text.py); weights 1 everywhere.
   * 'mixture': row g is a task row instead of text row g when hash(seed, g) < data.task.mix_rate
     (the text row is skipped, not shifted, so budgets stay nested). A task row packs whole task
-    examples rendered as text by the text tokenizer and is padded (weight 0 on padding).
+    examples rendered as text by the text tokenizer and is padded (weight 0 on padding); the task
+    rows of global batch b are packed in row order from one draw seeded by (seed, b)
+    (mixture.py), so their contents depend on (seed, g, B).
   * 'task': one example per row in the task's own vocabulary, [BOS] + prompt + answer, padded; or
     vectors for model.kind='mlp'. Example u comes from chunk u // 1024 drawn with (seed, chunk), so
     the stream is infinite and deterministic; data.task.num_examples > 0 makes it a fixed training
     set of that many examples, repeated with the epoch order of text rows.
 Evaluation batches (`make_eval_batches`, `make_task_eval`) are global batches of
-train.batch_size rows on every process unless process_index/process_count are passed, in which
+data.eval_batch_size rows (0: train.batch_size) on every process unless process_index/process_count are passed, in which
 case they are sliced like training batches; the last batch is padded with weight-0 rows
 (example_id and subtask -1).
 Task weights: 1 on answer tokens only (data.task.loss_on='answer', default) or on every non-pad
@@ -43,6 +45,7 @@ import ml_collections
 import numpy as np
 
 from scaling.data import augment as aug
+from scaling.data import mixture as mixture_lib
 from scaling.data import prepared as prepared_lib
 from scaling.data import tasks as tasks_lib
 from scaling.data import text as text_lib
@@ -233,7 +236,7 @@ def make_task_eval(config: ml_collections.ConfigDict, workdir: PathLike | None =
     rows_nl = np.full((n, t + 1), pad, dtype=np.int32)
     answer_nl = np.zeros((n, t + 1), dtype=np.float32)
     for i, (pr, an) in enumerate(pieces):
-        _check_fits(len(pr) + len(an), t, task.name)
+        mixture_lib.check_fits(len(pr) + len(an), t, task.name)
         rows_nl[i, :len(pr)] = pr
         rows_nl[i, len(pr):len(pr) + len(an)] = an
         answer_nl[i, len(pr):len(pr) + len(an)] = 1.0
@@ -256,18 +259,20 @@ def num_unique_tokens(config: ml_collections.ConfigDict, workdir: PathLike | Non
 # ------------------------------------------------------------------------------------ helpers
 
 
-def _check_fits(length: int, seq_len: int, name: str) -> None:
-    if length > seq_len + 1:
-        raise ValueError(f"config.data.seq_len={seq_len}: a {name!r} example needs {length} "
-                         f"tokens (> seq_len + 1); raise data.seq_len or shrink the task")
+def eval_batch_size(config: ml_collections.ConfigDict) -> int:
+    """Returns the rows per evaluation batch: data.eval_batch_size, or train.batch_size if 0."""
+    return int(config.data.get("eval_batch_size", 0) or config.train.batch_size)
 
 
 def _batch_rows(inputs: np.ndarray, targets: np.ndarray, weights: np.ndarray,
                 extra: dict[str, np.ndarray], pad_id: int, config: ml_collections.ConfigDict,
                 p: int, n_proc: int) -> list[Batch]:
-    """Returns fixed batches of train.batch_size global rows (last one padded, weight 0), this process's slice."""
-    b = int(config.train.batch_size)
-    bp = _local_batch(config, n_proc)
+    """Returns fixed batches of eval_batch_size global rows (last one padded, weight 0), this process's slice."""
+    b = eval_batch_size(config)
+    if b % n_proc:
+        raise ValueError(f"config.data.eval_batch_size={b} (0: train.batch_size) must be "
+                         f"divisible by the process count {n_proc}")
+    bp = b // n_proc
     n = inputs.shape[0]
     out = []
     for start in range(0, n, b):
@@ -354,32 +359,32 @@ class _TextBatcher:
                                                         salt=text_lib.sub_seed(self.seed, 0x313C)))
         return u < self.mix_rate
 
-    def task_row(self, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Returns (row int32 [T+1], answer mask [T+1], content mask [T+1]) of task row g."""
+    def task_rows(self, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (is_task bool [bp], rows int32 [bp, T+1], answer, content f32 [bp, T+1]).
+
+        The task rows of the whole global batch b are packed from one draw seeded by (seed, b), so
+        every process makes the same rows and keeps its own slice (content independent of P)."""
+        all_g = _global_rows(b, self.batch_size, 0, self.batch_size)
+        is_task_all = self._is_task(all_g)
+        mine = slice(self.p * self.bp, (self.p + 1) * self.bp)
+        is_task = is_task_all[mine]
         t1 = self.seq_len + 1
-        rng = np.random.default_rng([text_lib.sub_seed(self.seed, 0x7A5C), int(g)])
-        row = np.full(t1, self.tok.pad_id, dtype=np.int32)
-        answer = np.zeros(t1, dtype=np.float32)
-        used = 0
-        for draw in range(sys.maxsize):
-            ex = self.task.sample(rng, 8)
-            if _needs_example_augment(self.config):
-                keys = aug.row_keys(text_lib.sub_seed(self.seed, int(g) & 0xFFFFFFFF),
-                                    np.arange(8) + 8 * draw, 0xA06)
-                ex = _augment_examples(self.config, self.task, ex, keys)
-            for prompt, ans in self.task.texts(ex):
-                pr, an = self.tok.encode(prompt), self.tok.encode(ans)
-                n = len(pr) + len(an)
-                if used == 0:
-                    _check_fits(n, self.seq_len, self.task.name)
-                if used + n > t1:
-                    content = (np.arange(t1) < used).astype(np.float32)
-                    return row, answer, content
-                row[used:used + len(pr)] = pr
-                row[used + len(pr):used + n] = an
-                answer[used + len(pr):used + n] = 1.0
-                used += n
-        raise AssertionError("unreachable")
+        if not is_task.any():
+            empty = np.zeros((0, t1), np.float32)
+            return is_task, empty.astype(np.int32), empty, empty
+        augment = None
+        if _needs_example_augment(self.config):
+            seed_b = text_lib.sub_seed(self.seed, int(b) & 0xFFFFFFFF)
+
+            def augment(ex: task_base.Examples, index: np.ndarray) -> task_base.Examples:
+                return _augment_examples(self.config, self.task, ex,
+                                         aug.row_keys(seed_b, index, 0xA06))
+
+        rng = np.random.default_rng([text_lib.sub_seed(self.seed, 0x7A5D), int(b)])
+        rows, answer, content = mixture_lib.pack_task_rows(
+            self.task, self.tok, rng, int(is_task_all.sum()), self.seq_len, augment)
+        k = (np.cumsum(is_task_all) - 1)[mine][is_task]  # this process's rows among the batch's
+        return is_task, rows[k], answer[k], content[k]
 
     def __call__(self, b: int) -> Batch:
         rows_g = _global_rows(b, self.batch_size, self.p, self.bp)
@@ -391,11 +396,9 @@ class _TextBatcher:
         else:
             rows = self.packed.rows(unique)
         weights = np.ones((self.bp, self.seq_len), dtype=np.float32)
-        is_task = self._is_task(rows_g)
-        for i in np.flatnonzero(is_task):
-            row, answer, content = self.task_row(int(rows_g[i]))
-            rows[i] = row
-            weights[i] = answer[1:] if self.loss_on == "answer" else content[1:]
+        is_task, task_rows, answer, content = self.task_rows(b)
+        rows[is_task] = task_rows
+        weights[is_task] = (answer if self.loss_on == "answer" else content)[:, 1:]
         inputs, targets = rows[:, :-1], rows[:, 1:]
         if self.aug.token_substitution > 0 or self.aug.span_mask > 0:
             eligible = np.repeat(~is_task[:, None], self.seq_len, axis=1)
@@ -469,7 +472,7 @@ class _TaskBatcher:
         content = np.zeros((self.bp, t1), dtype=np.float32)
         for i, (pr, an) in enumerate(self.task.tokens(ex)):
             n = 1 + len(pr) + len(an)
-            _check_fits(n, self.seq_len, self.task.name)
+            mixture_lib.check_fits(n, self.seq_len, self.task.name)
             rows[i, 0] = task_base.BOS_ID
             rows[i, 1:1 + len(pr)] = pr
             rows[i, 1 + len(pr):n] = an

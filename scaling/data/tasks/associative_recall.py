@@ -106,11 +106,12 @@ class AssociativeRecall(base.Task):
         return list(zip(prompt_nl, answer_n1))
 
     def texts(self, ex: base.Examples) -> list[tuple[str, str]]:
-        out = []
-        for keys, values, qk, y in zip(ex["keys"], ex["values"], self.query_keys(ex),
-                                       self.answers(ex)):
-            ctx = " ".join(f"{self._key_codes[int(k)]}:{int(v)}" for k, v in zip(keys, values))
-            out.append((f"{ctx} ?{self._key_codes[int(qk)]}:", f"{int(y)}\n"))
+        codes = self._key_codes
+        out = []  # .tolist(): Python ints format several times faster than numpy scalars
+        for keys, values, qk, y in zip(ex["keys"].tolist(), ex["values"].tolist(),
+                                       self.query_keys(ex).tolist(), self.answers(ex).tolist()):
+            ctx = " ".join(f"{codes[k]}:{v}" for k, v in zip(keys, values))
+            out.append((f"{ctx} ?{codes[qk]}:", f"{y}\n"))
         return out
 
     @property
