@@ -90,6 +90,9 @@ def lm_base(scale: str, data_dir: str = "", tfds_name: str = "") -> ml_collectio
     c.model.max_seq_len = seq
     c.data.eval_tokens = eval_tokens
     c.train.batch_size = batch
+    # CPU scales: the whole validation set (and the task's held-out set) in a few device calls;
+    # per-call overhead, not FLOPs, is what evaluating a 3k-50k-parameter model costs
+    c.data.eval_batch_size = pick(scale, tiny=32, small=128, medium=0, large=0)
     c.train.log_every = 5 if scale == "tiny" else 10
     c.train.progress = False
     c.train.eval_at_checkpoints = True

@@ -146,6 +146,9 @@ def default_config() -> ml_collections.ConfigDict:
     d.shuffle_window_tokens = 4_194_304
     d.prefetch = 2
     d.eval_tokens = 65_536  # validation tokens per evaluation
+    # rows per evaluation batch (validation and task); 0: train.batch_size. Small models evaluate
+    # faster in fewer, larger batches (each batch is one device call)
+    d.eval_batch_size = 0
     d.task = ml_collections.ConfigDict()
     d.task.name = ""  # sparse_parity | modular_arithmetic | addition | associative_recall
     d.task.mix_rate = 0.0  # fraction of sequences replaced by task examples (source=mixture)

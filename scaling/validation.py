@@ -81,6 +81,7 @@ DOMAINS: dict[str, Domain] = {
     "data.shuffle_window_tokens": NON_NEGATIVE_INT,
     "data.epochs": POSITIVE,
     "data.prefetch": NON_NEGATIVE_INT,
+    "data.eval_batch_size": NON_NEGATIVE_INT,
     "data.task.mix_rate": UNIT,
     "data.task.num_examples": NON_NEGATIVE_INT,
     "data.augment.token_substitution": UNIT_OPEN,

@@ -87,6 +87,18 @@ def test_mock_lm1b_eval_batches_are_fixed_and_padded():
     assert len(ev1) == 3  # 10 rows in batches of 4: the last holds 2 real rows
     assert ev1[-1]["weights"][:2].all() and not ev1[-1]["weights"][2:].any()
     assert sum(b["weights"].sum() for b in ev1) == 10 * T
+    # data.eval_batch_size regroups the same rows: 10 rows in batches of 6
+    c.data.eval_batch_size = 6
+    with tfds.testing.mock_data(num_examples=30, policy=tfds.testing.MockPolicy.USE_CODE):
+        text_lib.clear_cache()
+        ev6 = data.make_eval_batches(c)
+        with pytest.raises(ValueError, match="data.eval_batch_size=6"):
+            data.make_eval_batches(c, process_index=0, process_count=4)
+    assert [b["inputs"].shape[0] for b in ev6] == [6, 6]
+    for key in ("inputs", "targets", "weights"):
+        np.testing.assert_array_equal(np.concatenate([b[key] for b in ev6])[:10],
+                                      np.concatenate([b[key] for b in ev1])[:10])
+    assert not ev6[-1]["weights"][4:].any()
 
 
 def test_stdlib_corpus_through_the_same_data_source_path(data_dir):
