@@ -72,14 +72,11 @@ def prediction_band(fit: FitResult, X: np.ndarray, level: float = 0.95) -> tuple
     """Returns (low, high) pointwise bootstrap bands of the fit's prediction at X (units of y), or None."""
     if fit.boot is None or len(fit.boot) == 0:
         return None
-    preds = []
-    for row in fit.boot:
-        if np.all(np.isfinite(row)):
-            with np.errstate(all="ignore"):
-                preds.append(fit.law.predict(row, X))
-    if not preds:
+    rows = fit.boot[np.all(np.isfinite(fit.boot), axis=1)]
+    if len(rows) == 0:
         return None
-    P = np.array(preds)
+    with np.errstate(all="ignore"):
+        P = fit.law.predict_many(rows, X)
     lo, hi = 50 * (1 - level), 50 * (1 + level)
     return np.nanpercentile(P, lo, axis=0), np.nanpercentile(P, hi, axis=0)
 

@@ -53,7 +53,7 @@ def prediction_interval(fit: FitResult, X: Any, level: float = 0.9, *, draws: in
     resid = law.transform(fit.y) - law.transform(fit.predict(fit.X))  # data − fit, target space
     resid = (resid - resid.mean()) * math.sqrt(n / max(n - n_par, 1))
     with np.errstate(all="ignore"):
-        t_BM = np.stack([law.transform(law.predict(row, X)) for row in boot])  # (B, m)
+        t_BM = law.transform(law.predict_many(boot, X))  # (B, m)
     rng = np.random.default_rng(seed)
     per = max(1, math.ceil(draws / len(boot)))
     noise = rng.choice(resid, size=(len(boot), per))  # (B, per)
