@@ -149,17 +149,23 @@ def test_text_rendering_answer_spans_in_byte_vocab(name):
         assert tok.decode(np.append(b["inputs"][i % 64][0], row)).startswith(prompt + answer)
 
 
+def mixture_config(task: str, mix_rate: float, batches: int):
+    """Returns a mixture config on mock tiny_shakespeare: 8 rows of 32 tokens per batch."""
+    c = config_lib.default_config()
+    c.data.tfds_name = "tiny_shakespeare"
+    c.data.source = "mixture"
+    c.data.seq_len = 32
+    c.train.batch_size = 8
+    c.data.task.name = task
+    c.data.task.mix_rate = mix_rate
+    c.data.num_tokens = batches * 8 * 32
+    return c
+
+
 def test_mixture_mixes_task_rows_at_the_rate_and_keeps_budgets_nested(tmp_path):
     text_lib.clear_cache()
     with tfds.testing.mock_data(num_examples=1000, policy=tfds.testing.MockPolicy.USE_CODE):
-        c = config_lib.default_config()
-        c.data.tfds_name = "tiny_shakespeare"
-        c.data.source = "mixture"
-        c.data.seq_len = 32
-        c.train.batch_size = 8
-        c.data.task.name = "addition"
-        c.data.task.mix_rate = 0.25
-        c.data.num_tokens = 20 * 8 * 32
+        c = mixture_config("addition", 0.25, batches=20)
         it = data.make_train_iterator(c, process_index=0, process_count=1)
         batches = [next(it) for _ in range(20)]
         c2 = c.copy_and_resolve_references()
@@ -215,15 +221,8 @@ def test_mixture_task_rows_pack_whole_examples_greedily_and_ignore_the_process_c
 
     text_lib.clear_cache()
     with tfds.testing.mock_data(num_examples=1000, policy=tfds.testing.MockPolicy.USE_CODE):
-        c = config_lib.default_config()
-        c.data.tfds_name = "tiny_shakespeare"
-        c.data.source = "mixture"
-        c.data.seq_len = 32
-        c.train.batch_size = 8
-        c.data.task.name = "associative_recall"
+        c = mixture_config("associative_recall", 0.4, batches=10)
         c.data.task.params = SMALL_PARAMS["associative_recall"]
-        c.data.task.mix_rate = 0.4
-        c.data.num_tokens = 10 * 8 * 32
         whole = data.make_train_iterator(c, process_index=0, process_count=1)
         halves = [data.make_train_iterator(c, process_index=p, process_count=2) for p in range(2)]
         for _ in range(10):
