@@ -112,15 +112,21 @@ def train_run(config: Any, root: pathlib.Path, name: str) -> dict[str, float]:
 
 
 def quickstart_flops_per_s(root: pathlib.Path) -> dict[str, float]:
-    """Returns Σ training FLOPs, the train phases' wall seconds and their ratio (FLOP/s)."""
+    """Returns Σ training FLOPs of every run (tuning and IsoFLOP), the train phases' wall seconds
+    and their ratio (FLOP/s)."""
     state = json.loads((root / "experiment.json").read_text())
     runs = state.get("invocations", [])
     train_s = sum(float(r.get("timings", {}).get("train_s", 0.0)) for r in runs)
-    flops = 0.0
-    for run_json in sorted((root / "isoflop").glob("*/run.json")):
+    flops, runs_read = 0.0, 0
+    for run_json in sorted(root.glob("*/runs/*/run.json")):  # every sweep: tuning and IsoFLOP
         run = json.loads(run_json.read_text())
         flops += run["flops_per_token"] * run["tokens_per_step"] * run["num_steps"]
-    return {"flops": flops, "train_s": train_s, "flops_per_s": flops / max(train_s, 1e-9)}
+        runs_read += 1
+    if runs_read == 0 or train_s <= 0:
+        raise SystemExit(f"--quickstart {root}: no run.json under ROOT/*/runs/ or no train time "
+                         f"in experiment.json; is it a finished quickstart root?")
+    return {"flops": flops, "runs": runs_read, "train_s": train_s,
+            "flops_per_s": flops / train_s}
 
 
 def mark(ratio: float, target: float) -> str:
