@@ -121,6 +121,7 @@ class Population:
     abstract_state: Any  # one member's unboxed abstract TrainState
     shardings: Any  # one member's NamedShardings
     stacked_shardings: Any  # the same with a leading, unsharded member axis
+    param_init: Any  # rng -> (params, state rng): one compiled program for every member
 
     @property
     def size(self) -> int:
@@ -146,12 +147,15 @@ def build(configs: Sequence[ml_collections.ConfigDict], devices: list | None = N
     txs = tuple(optim.make_optimizer(c, boxed, decay_in_state=in_state)[0] for c in configs)
     abstract_state, shardings = state_lib.state_shardings(model, txs[0], first, mesh)
     stacked = jax.tree.map(stacked_sharding, shardings)
-    return Population(tuple(configs), mesh, rules, model, txs, abstract_state, shardings, stacked)
+    param_init = state_lib.make_param_init(model, first, mesh, shardings)
+    return Population(tuple(configs), mesh, rules, model, txs, abstract_state, shardings, stacked,
+                      param_init)
 
 
 def init_member(pop: Population, i: int) -> state_lib.TrainState:
     """Returns member i's freshly initialized TrainState (seeded by its own config.seed)."""
-    return state_lib.init_state(pop.model, pop.txs[i], pop.configs[i], pop.mesh, pop.shardings)
+    return state_lib.init_state(pop.model, pop.txs[i], pop.configs[i], pop.mesh, pop.shardings,
+                                pop.param_init)
 
 
 def stack_states(pop: Population, states: Sequence[Any]) -> Any:
