@@ -147,7 +147,10 @@ def best_losses(df: pd.DataFrame, arm: str) -> pd.DataFrame:
         out["arm"] = np.where(rank > 0, "lora", "full")
     else:
         out["arm"] = arm
-    return out.reset_index(drop=True)
+    # rows in the order of what they are, not of their run ids (hashes of configs that hold the
+    # root's path through init_from): the bootstrap resamples rows by position, so the same runs
+    # under another root must give the same CIs
+    return out.sort_values(["arm", "N", "D_F", "seed", "step"], kind="stable").reset_index(drop=True)
 
 
 def gap_table(runs: pd.DataFrame) -> list[dict[str, Any]]:

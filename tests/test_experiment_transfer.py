@@ -86,6 +86,10 @@ def test_best_losses_take_each_runs_best_checkpoint():
     best = study.best_losses(pd.DataFrame(rows), "finetune").set_index("arm")
     assert best.loc["full", "loss"] == 1.2 and best.loc["full", "step"] == 64  # overfits after 64
     assert best.loc["lora", "loss"] == 1.5 and best.loc["lora", "step"] == 150
+    # the row order (which the bootstrap resamples by position) does not follow the run ids
+    renamed = pd.DataFrame(rows).replace({"run_id": {"a": "z", "b": "c"}})
+    pd.testing.assert_frame_equal(study.best_losses(renamed, "finetune"),
+                                  study.best_losses(pd.DataFrame(rows), "finetune"))
 
 
 @pytest.mark.slow
