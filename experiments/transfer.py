@@ -37,7 +37,7 @@ EXPECTED_OUTCOME = (
     "transferred D_T grows with D_F with an exponent below 1 and with model size (Hernandez et "
     "al.: alpha ≈ 0.18, beta ≈ 0.38 for text → code). LoRA transfers less than full fine-tuning "
     "at the same D_F.")
-EXPECTED_RUNTIME = {"tiny": "~9 min on 2 busy CPU cores (7 runs, too few for the D_T fit)", "small": "902 s on 2 CPU cores (183 runs in 9 populations, measured)",
+EXPECTED_RUNTIME = {"tiny": "~9 min on 2 busy CPU cores (7 runs, too few for the D_T fit)", "small": "893 s on 2 CPU cores (183 runs in 9 populations, measured)",
                     "medium": "~20 min on one GPU", "large": "~1 GPU-hour"}
 FIGURES = ("transfer_curves", "transfer_effective_data")
 
