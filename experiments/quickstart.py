@@ -3,9 +3,10 @@
 Two stages. Tuning: every size is trained at the smallest budget over a grid of peak LRs (ratio 2
 on the CPU scales) around a rule's prediction, each size's grid as one population; an optimum at a
 grid edge extends the grid; tuned.json holds each size's refined optimum LR* and the fitted LR*(N).
-IsoFLOP: transformers of 5 sizes (non-embedding N from 3.4k to 50k on the `small` scale) are each
-trained at 3 compute budgets (steps = budget / FLOPs per step) with 2 seeds (a population per size
-and budget), each at its tuned LR*, on the Python-stdlib corpus with in-context associative recall
+IsoFLOP: transformers of 6 sizes (non-embedding N from 3.4k to 101k on the `small` scale) are
+trained at 3 compute budgets (steps = budget / FLOPs per step), each budget the 4 sizes whose
+tokens per parameter lie in a window around the optimum (`sweep.isoflop_window`), with 2 seeds (a
+population per size and budget), each at its tuned LR*, on the Python-stdlib corpus with in-context associative recall
 mixed into the stream (data.source='mixture'); validation loss and recall exact match are scored at
 every checkpoint. The analysis fits L(N, D) = E + A/N^α + B/D^β (Hoffmann et al. approach 3, Huber
 on ln L, bootstrap CIs clustered by run), derives the compute-optimal frontier N_opt(C), D_opt(C)
@@ -29,7 +30,8 @@ from experiments import common
 from experiments import targets as targets_lib
 
 NAME = "quickstart"
-DESCRIPTION = ("LR tuning per size, then an IsoFLOP grid (3 budgets x 5 sizes x 2 seeds) of byte-level "
+DESCRIPTION = ("LR tuning per size, then an IsoFLOP grid (3 budgets x 4 sizes in a sliding window x 2 "
+               "seeds) of byte-level "
                "LMs on the stdlib corpus with associative recall mixed in: Chinchilla fit, "
                "compute-optimal frontier, emergence")
 PAPER = ("Hoffmann et al. (2022), \"Training Compute-Optimal Large Language Models\" (approaches "
@@ -55,16 +57,18 @@ def settings(scale: str) -> dict[str, Any]:
     the tuning stage (its budget in FLOPs, LR grid points, ratio of neighbouring LRs) of a scale."""
     return common.pick(
         scale,
-        tiny=dict(sizes=(3.4e3, 6.7e3), flops=(2e8, 5e8), mix=0.3, seeds=(0, 1),
+        tiny=dict(sizes=(3.4e3, 6.7e3), flops=(2e8, 5e8), mix=0.3, seeds=(0, 1), window=(),
                   tune_flops=2e8, lr_points=3, lr_factor=2.0, max_extend=0),
-        # sizes one step below the last grid's (6.7k-101k): there the 1e11 profiles were lowest
-        # at the smallest size and the IsoFLOP minima sat at 6.7k, 12.6k and 25k, so 101k only
-        # cost compute (every run of a budget costs the same FLOPs)
-        small=dict(sizes=(3.4e3, 6.7e3, 12.5e3, 25e3, 50e3), flops=(1e11, 3e11, 1e12), mix=0.3,
-                   seeds=(0, 1), tune_flops=1e11, lr_points=3, lr_factor=2.0, max_extend=2),
-        medium=dict(sizes=(0.25e6, 0.5e6, 1e6, 2e6), flops=(1e13, 3e13, 1e14), mix=0.2,
+        # 6 sizes, each budget training the 4 whose tokens per parameter lie in [10, 500] (the
+        # measured optima sat at 50-150): 3.4k-25k at 1e11, 6.7k-50k at 3e11, 12.6k-101k at
+        # 1e12. The full 5 x 3 grid put the 1e12 minimum at its largest size and spent its
+        # longest runs (3.4k and 6.7k at 1e12, 10-15k steps) far from any optimum.
+        small=dict(sizes=(3.4e3, 6.7e3, 12.5e3, 25e3, 50e3, 100e3), flops=(1e11, 3e11, 1e12),
+                   mix=0.3, seeds=(0, 1), window=(10.0, 500.0), tune_flops=1e11, lr_points=3,
+                   lr_factor=2.0, max_extend=2),
+        medium=dict(sizes=(0.25e6, 0.5e6, 1e6, 2e6), flops=(1e13, 3e13, 1e14), mix=0.2, window=(),
                     seeds=(0, 1), tune_flops=1e13, lr_points=5, lr_factor=2.0 ** 0.5, max_extend=2),
-        large=dict(sizes=(10e6, 20e6, 40e6, 80e6, 160e6), flops=(1e17, 3e17, 1e18), mix=0.1,
+        large=dict(sizes=(10e6, 20e6, 40e6, 80e6, 160e6), flops=(1e17, 3e17, 1e18), mix=0.1, window=(),
                    seeds=(0,), tune_flops=1e17, lr_points=5, lr_factor=2.0 ** 0.5, max_extend=2),
     )
 
@@ -102,6 +106,7 @@ def sweeps(scale: str, data_dir: str = "", tfds_name: str = "",
     tune = sw.copy_and_resolve_references()
     tune.name = "quickstart_tune"
     tune.flops = (float(s["tune_flops"]),)
+    tune.isoflop_window = ()  # every size is tuned at the one budget
     tune.seeds = (0,)
     tune.tune.enabled = True
     tune.tune.lr_points = int(s["lr_points"])
@@ -109,6 +114,7 @@ def sweeps(scale: str, data_dir: str = "", tfds_name: str = "",
     tune.tune.max_extend = int(s["max_extend"])
     tune.tune.bootstrap = common.BOOTSTRAP[scale]
     sw.seeds = tuple(s["seeds"])
+    sw.isoflop_window = tuple(s["window"])
     if root is not None:
         sw.lr.rule = "tuned"
         sw.lr.tuned_file = str(pathlib.Path(root).absolute() / "tune" / tune.tune.out)

@@ -72,7 +72,9 @@ def test_killed_sweep_restarts_without_retraining(tmp_path, stdlib_tiny_data_dir
     root = tmp_path / "root"
     cmd = [sys.executable, "-m", "scaling.cli", "sweep", "--config", str(cfg), "--root",
            str(root), "--workers", "1", "--compile_cache_dir", compile_cache, "--noprogress"]
-    first, second = spec.expand(spec.load_sweep(str(cfg)))
+    runs = spec.expand(spec.load_sweep(str(cfg)))
+    first, second = runner.start_order(runs)  # the larger model first: it has more FLOPs
+    assert first.c > second.c
     second_dir = root / second.dir
     with open(tmp_path / "runner1.log", "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=_env(), stdout=out,
@@ -95,7 +97,7 @@ def test_killed_sweep_restarts_without_retraining(tmp_path, stdlib_tiny_data_dir
     killed = manifest_lib.run_status(second_dir)
     assert killed["status"] == "interrupted" and 10 <= killed["step"] < steps
     mid = manifest_lib.read_manifest(root)  # still valid JSON with both runs
-    assert [e["id"] for e in mid["runs"]] == [first.id, second.id]
+    assert [e["id"] for e in mid["runs"]] == [r.id for r in runs]
     before = _snapshot(root / first.dir)
 
     restart = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True,
@@ -104,9 +106,10 @@ def test_killed_sweep_restarts_without_retraining(tmp_path, stdlib_tiny_data_dir
 
     assert _snapshot(root / first.dir) == before  # not retrained: every file byte- and mtime-equal
     final = manifest_lib.read_manifest(root)
-    assert [e["id"] for e in final["runs"]] == [first.id, second.id]  # none duplicated or lost
+    assert [e["id"] for e in final["runs"]] == [r.id for r in runs]  # none duplicated or lost
     assert [e["status"] for e in final["runs"]] == ["completed", "completed"]
-    assert [e["attempts"] for e in final["runs"]] == [1, 2]
+    attempts = {e["id"]: e["attempts"] for e in final["runs"]}
+    assert (attempts[first.id], attempts[second.id]) == (1, 2)
     done = manifest_lib.run_status(second_dir)
     assert done["status"] == "completed" and done["step"] == steps
     log = (second_dir / "train.log").read_text()
@@ -182,6 +185,23 @@ def test_runner_trains_runs_of_one_shape_as_a_population(tmp_path, stdlib_tiny_d
     solo_rows = [json.loads(x) for x in (solo_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [r["step"] for r in solo_rows]
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in solo_rows], abs=1e-4)
+
+
+def test_runs_start_longest_first_and_populations_keep_that_order():
+    sweep = spec.load_sweep(str(REPO_ROOT / "configs" / "sweeps" / "isoflop_tiny.py"))
+    sweep.seeds = (0, 1)
+    runs = spec.expand(sweep)  # the cheapest budget first
+    assert runs[0].budget == min(sweep.flops)
+    order = runner.start_order(runs)
+    assert sorted(order, key=lambda r: r.id) == sorted(runs, key=lambda r: r.id)
+    assert [r.budget for r in order] == sorted((r.budget for r in runs), reverse=True)
+    assert order[0].budget == max(sweep.flops)
+    # among runs of one budget the sweep's own order is kept (stable)
+    top = [r.id for r in runs if r.budget == order[0].budget]
+    assert [r.id for r in order if r.budget == order[0].budget] == top
+    queue = [(r, 1) for r in order]
+    first = runner.take_population(queue, 16, REPO_ROOT / "no-such-root")
+    assert {r.budget for r, _ in first} == {max(sweep.flops)} and len(first) == 2  # two seeds
 
 
 def test_population_limit_and_grouping(tmp_path):

@@ -57,6 +57,46 @@ def test_isoflop_dry_run_every_run_within_one_step_of_its_budget():
         assert [r.d for r in at] == sorted((r.d for r in at), reverse=True)
 
 
+
+def test_isoflop_window_keeps_the_sizes_near_each_budgets_ratio_and_slides_with_c():
+    sweep = spec.load_sweep(str(SWEEP_CONFIGS / "isoflop_tiny.py"))
+    full = spec.expand(sweep)
+    ratios = sorted(r.d / r.n for r in full)
+    lo, hi = ratios[len(ratios) // 4], ratios[3 * len(ratios) // 4]  # the middle half
+    sweep.isoflop_window = (lo, hi)
+    skipped: list[str] = []
+    runs = spec.expand(sweep, skipped)
+    kept = {(r.budget, r.n) for r in runs}
+    # exactly the (budget, N) pairs whose D/N is inside the window, computed from the full grid
+    assert kept == {(r.budget, r.n) for r in full if lo <= r.d / r.n <= hi}
+    assert 0 < len(runs) < len(full)
+    assert len(skipped) == len({(r.budget, r.n) for r in full}) - len(kept)
+    assert all("outside isoflop_window" in line for line in skipped)
+    # larger budgets keep larger models: the window slides up in N with C
+    budgets = sorted({r.budget for r in runs})
+    smallest = [min(r.n for r in runs if r.budget == b) for b in budgets]
+    assert smallest == sorted(smallest) and smallest[0] < smallest[-1]
+
+
+@pytest.mark.parametrize("window,message", [
+    ((20.0,), r"sweep.isoflop_window=\(20.0,\): must be \(lowest, highest\)"),
+    ((50.0, 10.0), r"sweep.isoflop_window=\(50.0, 10.0\): must be"),
+    ((0.0, 10.0), r"must be"),
+    ((1e9, 2e9), r"budget C=\S+ fits no size \(.*D/N=.*isoflop_window=\(1000000000.0, "),
+])
+def test_isoflop_window_bad_values_are_named(window, message):
+    sweep = spec.load_sweep(str(SWEEP_CONFIGS / "isoflop_tiny.py"))
+    sweep.isoflop_window = window
+    with pytest.raises(SweepError, match=message):
+        spec.expand(sweep)
+
+
+def test_isoflop_window_needs_flop_budgets():
+    s = testing.tiny_sweep()
+    s.isoflop_window = (1.0, 100.0)
+    with pytest.raises(SweepError, match=r"sweep.isoflop_window: needs IsoFLOP budgets"):
+        spec.expand(s)
+
 def test_dry_run_cli_prints_the_run_table(capsys):
     from scaling.cli import sweep as sweep_cli
 
@@ -199,7 +239,7 @@ INVALID = [
     ("zip lengths", _bad(axes=({"optim.lr": (1e-3, 2e-3), "optim.b2": (0.9,)},)),
      r"zipped fields have different lengths"),
     ("flop budget too small", _bad(tokens=None, flops=(1e3, 1e12), min_steps=4),
-     r"budget C=1e3 is too small for the smallest model \(N=3.38k needs >= "),
+     r"budget C=1e3 fits no size \(N=3.38k needs >= "),
     ("token budget too small", _bad(tokens=(64,)),
      r"token budget D=64 is too small for the model with N=3.38k"),
     ("duplicate runs", _bad(axes=({"optim.weight_decay": (0.1, 0.1)},)), r"duplicate runs"),

@@ -7,7 +7,9 @@
 2. `prepare` writes sweep.json, one run directory per run (config.json, run.json with the run's
    axes, status.json 'pending') and merges the runs into root/manifest.json by id.
 3. The scheduler starts every run that is not completed (and not diverged, unless
-   `retry_failed`) on the backend and records each transition in the manifest (rewritten
+   `retry_failed`) on the backend, the most compute (FLOPs) first: with more runs than workers
+   the longest-first order ends a sweep with short runs, not with one long run holding the last
+   worker while the others idle (an IsoFLOP grid's runs of a budget cost the same FLOPs) and records each transition in the manifest (rewritten
    atomically). A run that fails is retried up to `max_retries` times (a non-finite loss or an
    invalid config.json is not retried: it would fail again); it is then marked failed with its log (run_dir/train.log)
    kept, and the other runs go on. A partial run resumes from its latest checkpoint (the training
@@ -519,7 +521,7 @@ def train_runs(sweep: ml_collections.ConfigDict, runs: list[Run], root: str | os
         manifest = prepare(root, sweep, runs)
         entries = {e["id"]: e for e in manifest["runs"]}
         queue: list[tuple[Run, int]] = []
-        for run in runs:
+        for run in start_order(runs):
             status = manifest_lib.run_status(root / run.dir)
             if status["status"] == "completed":
                 continue
@@ -579,6 +581,13 @@ def train_runs(sweep: ml_collections.ConfigDict, runs: list[Run], root: str | os
         if final_status == "completed" and counts["completed"] < len(runs):
             final_status = "failed"
     return {"status": final_status, "counts": counts, "runs": [entries[r.id] for r in runs]}
+
+
+def start_order(runs: list[Run]) -> list[Run]:
+    """Returns the runs in the order the scheduler starts them: the most training FLOPs (an
+    IsoFLOP run: its budget) first, the sweep's own order among equals (longest-processing-time
+    first keeps the sweep's last runs short)."""
+    return sorted(runs, key=lambda run: -(run.c if run.budget is None else run.budget))
 
 
 def population_limit(sweep: ml_collections.ConfigDict) -> int:

@@ -26,8 +26,11 @@ such as `N3.2M-D50M-wd0.1-s0` and a directory `runs/<name>` under the sweep root
 IsoFLOP budgets: for budget C and a model with F FLOPs per token (`accounting.flops_per_token`,
 training, at `data.seq_len`) and T tokens per step, the run trains `steps = round(C / (F*T))`
 steps, so its compute `steps*F*T` is within half a step's FLOPs of C. Sizes that would train fewer
-than `min_steps` steps at a budget are left out of that budget; a budget that no size fits is an
-error. Every problem (unknown field, empty axis, budget too small, duplicate runs, invalid run
+than `min_steps` steps at a budget are left out of that budget, and so are sizes whose tokens per
+parameter D/N at a budget fall outside `isoflop_window` (when set): each budget then trains the
+sizes near its compute-optimal ratio, a window that slides up in N with C (Hoffmann et al.'s
+IsoFLOP grids do the same), instead of every size at every budget. A budget that no size fits is
+an error. Every problem (unknown field, empty axis, budget too small, duplicate runs, invalid run
 config) raises `SweepError` naming it before any run starts.
 """
 
@@ -144,6 +147,9 @@ def default_sweep() -> ml_collections.ConfigDict:
     s.tokens_per_param = config_dict.placeholder(tuple)  # D = ratio * N
     s.flops = config_dict.placeholder(tuple)  # IsoFLOP compute budgets C (training FLOPs)
     s.min_steps = 4  # fewest optimizer steps a run may have
+    # IsoFLOP budgets: (lowest, highest) tokens per parameter D/N a (size, budget) run may have;
+    # sizes outside it are left out of that budget (empty: every size at every budget)
+    s.isoflop_window = ()
     # Text runs whose budget D exceeds this many unique tokens train on that many unique tokens
     # for D / max_unique_tokens epochs (each epoch reshuffled) instead of failing: 0 = no cap (a
     # run that needs more text than the split holds is an error), -1 = the base split's size.
@@ -535,6 +541,15 @@ def _validate_top(sweep: ml_collections.ConfigDict) -> None:
         raise SweepError(f"sweep.seeds: has duplicate values {list(sweep.seeds)}")
     if sweep.min_steps < 1:
         raise SweepError(f"sweep.min_steps={sweep.min_steps}: must be >= 1")
+    window = tuple(sweep.isoflop_window or ())
+    if window:
+        if len(window) != 2 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in window) or not 0 < window[0] < window[1]:
+            raise SweepError(f"sweep.isoflop_window={window!r}: must be (lowest, highest) tokens "
+                             "per parameter with 0 < lowest < highest, or () for no window")
+        if not sweep.flops:
+            raise SweepError("sweep.isoflop_window: needs IsoFLOP budgets (sweep.flops)")
     if not isinstance(sweep.max_unique_tokens, int) or sweep.max_unique_tokens < -1:
         raise SweepError(f"sweep.max_unique_tokens={sweep.max_unique_tokens!r}: must be an "
                          "integer >= -1 (0: no cap, -1: the base split's size)")
@@ -686,6 +701,17 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None,
                 raise SweepError(f"sweep: {what} is too small for the model with "
                                  f"N={format_count(n)}: {steps} steps of {tps} tokens < "
                                  f"sweep.min_steps={sweep.min_steps}")
+            if bkind == "flops" and sweep.isoflop_window:
+                lo, hi = (float(v) for v in sweep.isoflop_window)
+                ratio = steps * tps / n
+                if not lo <= ratio <= hi:
+                    too_small.setdefault(budget, []).append(
+                        f"N={format_count(n)} has D/N={ratio:.3g}")
+                    line = (f"C={format_flops(bvalue)}: left out N={format_count(n)} "
+                            f"(D/N={ratio:.3g} outside isoflop_window=[{lo:g}, {hi:g}])")
+                    if skipped is not None and line not in skipped:  # once, not once per seed
+                        skipped.append(line)
+                    continue
             if bkind:
                 if kind == "mlp":
                     run_cfg.train.num_steps = int(steps)
@@ -720,9 +746,11 @@ def expand(sweep: ml_collections.ConfigDict, skipped: list[str] | None = None,
 
     for budget, count in per_budget.items():
         if count == 0:
-            raise SweepError(f"sweep.flops: budget C={format_flops(budget)} is too small for the "
-                             f"smallest model ({'; '.join(too_small.get(budget, []))} for "
-                             f"sweep.min_steps={sweep.min_steps} steps)")
+            raise SweepError(f"sweep.flops: budget C={format_flops(budget)} fits no size "
+                             f"({'; '.join(too_small.get(budget, []))} for "
+                             f"sweep.min_steps={sweep.min_steps} steps"
+                             + (f" and sweep.isoflop_window={tuple(sweep.isoflop_window)}"
+                                if sweep.isoflop_window else "") + ")")
     if not runs:
         raise SweepError("sweep: expands to no runs")
     if budget_kind:  # budgets outermost: the cheapest budget's runs first
