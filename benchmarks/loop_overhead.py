@@ -113,20 +113,14 @@ def train_run(config: Any, root: pathlib.Path, name: str) -> dict[str, float]:
 
 def quickstart_flops_per_s(root: pathlib.Path) -> dict[str, float]:
     """Returns Σ training FLOPs of every run (tuning and IsoFLOP), the train phases' wall seconds
-    and their ratio (FLOP/s)."""
-    state = json.loads((root / "experiment.json").read_text())
-    runs = state.get("invocations", [])
-    train_s = sum(float(r.get("timings", {}).get("train_s", 0.0)) for r in runs)
-    flops, runs_read = 0.0, 0
-    for run_json in sorted(root.glob("*/runs/*/run.json")):  # every sweep: tuning and IsoFLOP
-        run = json.loads(run_json.read_text())
-        flops += run["flops_per_token"] * run["tokens_per_step"] * run["num_steps"]
-        runs_read += 1
-    if runs_read == 0 or train_s <= 0:
-        raise SystemExit(f"--quickstart {root}: no run.json under ROOT/*/runs/ or no train time "
-                         f"in experiment.json; is it a finished quickstart root?")
-    return {"flops": flops, "runs": runs_read, "train_s": train_s,
-            "flops_per_s": flops / train_s}
+    and their ratio (FLOP/s), as the quickstart's report prints them."""
+    from analysis.errors import InsufficientData
+    from experiments import common
+
+    try:
+        return common.realised_throughput(root)
+    except InsufficientData as err:
+        raise SystemExit(f"--quickstart {root}: {err}; is it a finished quickstart root?") from None
 
 
 def mark(ratio: float, target: float) -> str:

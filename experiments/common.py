@@ -318,6 +318,7 @@ def run_experiment(module: Any, root: str | os.PathLike, scale: str = DEFAULT_SC
             if result["status"] != "completed":
                 status = "failed"
         timings["train_s"] = time.time() - t
+        record("running")  # the training wall time, for the analysis (`realised_throughput`)
         t = time.time()
         for name in sweeps:
             evaluate_missing(root / name, progress=progress)
@@ -357,6 +358,26 @@ def missing_figures(module: Any, summary: Mapping[str, Any]) -> list[str]:
     """Returns the stems of module.FIGURES that the analysis did not draw (see `figure`)."""
     drawn = summary.get("figures") or {}
     return [stem for stem in module.FIGURES if not drawn.get(stem)]
+
+
+def realised_throughput(root: pathlib.Path) -> dict[str, Any]:
+    """Returns Σ model training FLOPs of every run of every sweep in `root` (each run's
+    flops_per_token × tokens_per_step × num_steps), the training wall seconds summed over the
+    experiment's invocations, and their ratio in FLOP/s; raises InsufficientData without either."""
+    from analysis.errors import InsufficientData
+
+    state = read_state(root)
+    train_s = sum(float(r.get("timings", {}).get("train_s", 0.0))
+                  for r in state.get("invocations", []))
+    flops, runs = 0.0, 0
+    for run_json in sorted(root.glob("*/runs/*/run.json")):
+        run = json.loads(run_json.read_text())
+        flops += float(run["flops_per_token"]) * float(run["tokens_per_step"]) * int(run["num_steps"])
+        runs += 1
+    if runs == 0 or train_s <= 0:
+        raise InsufficientData(f"{root}: {runs} run.json files under ROOT/*/runs/ and {train_s:.0f} s "
+                               f"of training recorded in {STATE_FILE}")
+    return {"flops": flops, "runs": runs, "train_s": train_s, "flops_per_s": flops / train_s}
 
 
 def default_workers(scale: str, backend: str) -> int:

@@ -1,7 +1,7 @@
 """The README's main job: a tuned IsoFLOP grid of byte-level LMs on the offline stdlib corpus.
 
-Two stages. Tuning: every size is trained at the smallest budget over a grid of peak LRs (ratio 2
-on the CPU scales) around a rule's prediction, each size's grid as one population; an optimum at a
+Two stages. Tuning: every size is trained at one budget (`tune_flops`, at or below the grid's
+smallest) over a grid of peak LRs (ratio 2 on the CPU scales) around a rule's prediction, each size's grid as one population; an optimum at a
 grid edge extends the grid; tuned.json holds each size's refined optimum LR* and the fitted LR*(N).
 IsoFLOP: transformers of 6 sizes (non-embedding N from 3.4k to 101k on the `small` scale) are
 trained at 3 compute budgets (steps = budget / FLOPs per step), each budget the 4 sizes whose
@@ -44,7 +44,7 @@ EXPECTED_OUTCOME = (
     "parameter at their scale; at a few hundred thousand parameters and a byte vocabulary the "
     "optimum need not sit at 20. Recall exact match starts at 0 (before the answer format is "
     "learned), sits near chance (0.1) and rises with compute once in-context lookup is learned.")
-EXPECTED_RUNTIME = {"tiny": "~1 min", "small": "24.4 min on 2 CPU cores (19 tuning + 30 IsoFLOP runs)",
+EXPECTED_RUNTIME = {"tiny": "~1 min", "small": "9.5 min on 2 CPU cores (23 tuning + 24 IsoFLOP runs)",
                     "medium": "not yet measured on one GPU (20 tuning + 24 IsoFLOP runs)",
                     "large": "GPU/TPU cluster (hours)"}
 FIGURES = ("qs_lr_tuning", "qs_loss_vs_compute", "qs_isoflop", "qs_compute_optimal", "qs_emergence")
@@ -63,8 +63,8 @@ def settings(scale: str) -> dict[str, Any]:
         # measured optima sat at 50-150): 3.4k-25k at 1e11, 6.7k-50k at 3e11, 12.6k-101k at
         # 1e12. The full 5 x 3 grid put the 1e12 minimum at its largest size and spent its
         # longest runs (3.4k and 6.7k at 1e12, 10-15k steps) far from any optimum.
-        small=dict(sizes=(3.4e3, 6.7e3, 12.5e3, 25e3, 50e3, 100e3), flops=(1e11, 3e11, 1e12),
-                   mix=0.3, seeds=(0, 1), window=(10.0, 500.0), tune_flops=1e11, lr_points=3,
+        small=dict(sizes=(3.4e3, 6.7e3, 12.5e3, 25e3, 50e3, 100e3), flops=(1.5e11, 4e11, 1e12),
+                   mix=0.3, seeds=(0, 1), window=(10.0, 800.0), tune_flops=1e11, lr_points=3,
                    lr_factor=2.0, max_extend=2),
         medium=dict(sizes=(0.25e6, 0.5e6, 1e6, 2e6), flops=(1e13, 3e13, 1e14), mix=0.2, window=(),
                     seeds=(0, 1), tune_flops=1e13, lr_points=5, lr_factor=2.0 ** 0.5, max_extend=2),
@@ -77,7 +77,7 @@ def sweeps(scale: str, data_dir: str = "", tfds_name: str = "",
            root: str | pathlib.Path | None = None) -> dict[str, ml_collections.ConfigDict]:
     """Returns {'tune': the LR tuning stage, 'isoflop': the sizes x budgets x seeds sweep}.
 
-    The tuning stage trains every size at the smallest budget over a grid of peak LRs around the
+    The tuning stage trains every size at one budget (`tune_flops`) over a grid of peak LRs around the
     rule's prediction (extended where the optimum sits at an edge); its runs of one size share a
     shape and a length, so the runner trains them as one population. It writes ROOT/tune/tuned.json
     (per-size optimum and the fitted LR*(N)), which the IsoFLOP sweep reads (`lr.rule = "tuned"`).
@@ -302,7 +302,7 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
 
     sections = ["## Measured", "", f"Convention (as in `report.md`): {conv}.", ""]
     if tuning is not None:
-        sections += [_tuning_text(tuning), ""]
+        sections += [_tuning_text(tuning, float(settings(scale)["tune_flops"])), ""]
     if summary["runs"]:
         ordered = sorted(summary["runs"], key=lambda r: (r["budget"] if r["budget"] is not None else math.inf,
                                                          r["N"], r["run"]))
@@ -330,6 +330,13 @@ def analyze(root: pathlib.Path, out_dir: pathlib.Path, scale: str, bootstrap: in
     if best:
         sections += ["Lowest loss per budget (IsoFLOP minimum on the grid; loss: mean over seeds):", "",
                      common.table(best), ""]
+    try:  # Σ model FLOPs of every run over the training wall time of this root's invocations
+        tp = summary["throughput"] = common.realised_throughput(root)
+        sections += [f"Training throughput: {tp['flops']:.3g} model FLOPs over {tp['runs']} runs "
+                     f"(tuning and IsoFLOP) in {tp['train_s']:.0f} s of training wall time: "
+                     f"{tp['flops_per_s'] / 1e9:.1f} GFLOP/s realised.", ""]
+    except InsufficientData as err:
+        notes.append(f"training throughput: not measured ({err})")
     if "emergence" in summary:
         em_s = summary["emergence"]
         sections += [f"Recall emergence vs compute: {em_s['verdict']}; sigmoid midpoint "
@@ -390,15 +397,16 @@ def _tuning(tune_root: pathlib.Path, out_dir: pathlib.Path, figures: dict[str, s
             "runs": n_runs, "diverged": n_diverged, "file": str(path.relative_to(tune_root.parent))}
 
 
-def _tuning_text(tuning: Mapping[str, Any]) -> str:
-    """Returns the Markdown of the tuning stage: per-size optima, the LR*(N) fit and its flags."""
+def _tuning_text(tuning: Mapping[str, Any], budget: float) -> str:
+    """Returns the Markdown of the tuning stage (trained at `budget` FLOPs): per-size optima, the
+    LR*(N) fit and its flags."""
     rows = [{"N": r["N"], "grid LR": r["lr"],
              "LR* (refined)": "diverged" if r.get("lr_opt") is None else r["lr_opt"],
              "loss": r.get("loss"), "seeds": r.get("n_seeds"), "edge": r.get("edge") or ""}
             for r in tuning["sizes"]]
     lines = [f"Tuning stage ({tuning['runs']} runs, {tuning['diverged']} diverged; "
-             f"`{tuning['file']}`): final validation loss over a grid of peak LRs per size at the "
-             "smallest budget; each IsoFLOP run trains at its size's refined optimum LR*.", "",
+             f"`{tuning['file']}`): final validation loss over a grid of peak LRs per size at "
+             f"C = {budget:.3g} FLOPs; each IsoFLOP run trains at its size's refined optimum LR*.", "",
              common.table(rows)]
     fit = tuning.get("fit")
     if fit:

@@ -130,6 +130,18 @@ def _check_quickstart_tuning(root: pathlib.Path, summary: dict) -> None:
         logs = [p.read_text() for d in common.run_dirs(root / stage) for p in d.glob("*.log")]
         assert any("trained in a population of" in text for text in logs), stage
     assert "Tuning stage" in (root / common.REPORT_DIR / "experiment.md").read_text()
+    # the realised throughput: Σ FLOPs of every run's run.json over the recorded training time
+    tp = summary["throughput"]
+    runs = [json.loads((d / "run.json").read_text()) for stage in ("tune", "isoflop")
+            for d in common.run_dirs(root / stage)]
+    assert tp["runs"] == len(runs)
+    assert tp["flops"] == pytest.approx(sum(r["flops_per_token"] * r["tokens_per_step"]
+                                            * r["num_steps"] for r in runs), rel=1e-12)
+    state = json.loads((root / common.STATE_FILE).read_text())
+    assert tp["train_s"] == pytest.approx(state["invocations"][-1]["timings"]["train_s"])
+    assert tp["flops_per_s"] == pytest.approx(tp["flops"] / tp["train_s"])
+    assert f"{tp['flops_per_s'] / 1e9:.1f} GFLOP/s" in (
+        root / common.REPORT_DIR / "experiment.md").read_text()
 
 
 def _check_quickstart_agrees_with_generic_report(root: pathlib.Path, summary: dict) -> None:
