@@ -76,6 +76,26 @@ def test_every_scale_expands(name):
                 assert all(r.config.train.eval_at_checkpoints for r in runs)
 
 
+def test_quickstart_small_dry_run_trains_four_sizes_per_budget_in_its_window(capsys):
+    assert cli.main(["scaling experiment", "quickstart", "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    qs = experiments.get("quickstart")
+    isoflop = spec.expand(qs.sweeps("small")["isoflop"])
+    lo, hi = qs.settings("small")["window"]
+    assert f"== isoflop: {len(isoflop)} runs" in out
+    per_budget: dict[float, set] = {}
+    for r in isoflop:
+        per_budget.setdefault(r.budget, set()).add(r.n)
+        assert lo <= r.d / r.n <= hi
+    assert all(len(ns) == 4 for ns in per_budget.values()) and len(per_budget) == 3
+    budgets = sorted(per_budget)
+    assert [min(per_budget[b]) for b in budgets] == sorted(min(per_budget[b]) for b in budgets)
+    # every size left out of a budget is named, once
+    skipped = [line for line in out.splitlines() if line.startswith("skipped: ")]
+    assert len(skipped) == len(set(skipped)) == 3 * 6 - 12
+    assert all(f"outside isoflop_window=[{lo:g}, {hi:g}]" in line for line in skipped)
+
+
 def test_large_lm_scale_asks_for_a_corpus():
     with pytest.raises(common.ExperimentError, match="tfds_name"):
         experiments.get("quickstart").sweeps("large")

@@ -110,9 +110,12 @@ def main(argv: list[str]) -> int:
 
                 for name, sweep in module.sweeps(fv.scale, data_dir=fv.tfds_data_dir,
                                                  tfds_name=fv.tfds_name).items():
-                    runs = spec.expand(sweep)
+                    skipped: list[str] = []
+                    runs = spec.expand(sweep, skipped)
                     print(f"== {name}: {len(runs)} runs, {sum(r.c for r in runs):.3e} FLOPs")
                     print(runner.plan_table(runs))
+                    for line in skipped:  # sizes left out of a budget (min_steps, isoflop_window)
+                        print(f"skipped: {line}")
                 return 0
             from scaling.cli.sweep import check_root
 
