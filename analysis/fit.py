@@ -914,12 +914,15 @@ def fit_law(law: Law | str, X: Any, y: Any, *, delta: float | None = None,
         braw = bres.x.reshape(bootstrap, m, -1)[rows, pick]
         degenerate = distinct_per_resample(W, X) < n_par + 1
         failed = ~np.isfinite(bf[rows, pick]) | ~bres.converged.reshape(bootstrap, m)[rows, pick] | degenerate
-        if (~failed).any() and len(np.unique(W[~failed], axis=0)) < 2:
-            # every surviving resample weighs the points alike, e.g. n = parameters + 1 points,
-            # where only a resample holding each point once is not degenerate: their refits all
-            # reproduce the point estimate, a zero-width interval that says nothing. No CI.
-            degenerate |= ~failed
-            failed |= degenerate
+        # Every informative resample weighing the points alike, e.g. n = parameters + 1 points,
+        # where only a resample holding each point once is not degenerate: their refits all
+        # reproduce the point estimate, a zero-width interval that says nothing. No CI. Judged
+        # first on the resamples themselves (whether or not the optimizer reported convergence at
+        # a start that already is the optimum), then on the refits that survived.
+        for informative in (~degenerate, ~failed):
+            if informative.any() and len(np.unique(W[informative], axis=0)) < 2:
+                degenerate |= informative
+                failed |= degenerate
         boot = law.to_natural(braw)
         boot[failed] = np.nan
         out.boot = boot
