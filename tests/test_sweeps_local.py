@@ -187,6 +187,21 @@ def test_runner_trains_runs_of_one_shape_as_a_population(tmp_path, stdlib_tiny_d
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in solo_rows], abs=1e-4)
 
 
+def test_worker_module_runs_without_a_double_import_warning():
+    # the runner launches `python -m scaling.sweeps.worker`; its log must not open with runpy's
+    # "found in sys.modules ... unpredictable behaviour" warning
+    proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m",
+                           "scaling.sweeps.worker", "--help"], cwd=REPO_ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "RuntimeWarning" not in proc.stderr and "usage: python -m scaling.sweeps.worker" in proc.stdout
+    from scaling import sweeps
+
+    assert sweeps.run_sweep is runner.run_sweep and sweeps.expand is spec.expand
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        getattr(sweeps, "nope")
+
+
 def test_runs_start_longest_first_and_populations_keep_that_order():
     sweep = spec.load_sweep(str(REPO_ROOT / "configs" / "sweeps" / "isoflop_tiny.py"))
     sweep.seeds = (0, 1)

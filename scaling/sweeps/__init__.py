@@ -8,7 +8,23 @@
     cache     the shared JAX persistent compilation cache
 """
 
-from scaling.sweeps.runner import run_sweep
-from scaling.sweeps.spec import Run, SweepError, default_sweep, expand, load_sweep
+from __future__ import annotations
 
-__all__ = ["Run", "SweepError", "default_sweep", "expand", "load_sweep", "run_sweep"]
+import importlib
+from typing import Any
+
+# The public names resolve on first use (PEP 562), not at package import: `python -m
+# scaling.sweeps.worker` imports this package first, and an eager import of the runner (which
+# imports the worker module) made runpy run the worker module a second time, with a
+# RuntimeWarning at the top of every run's train.log.
+_EXPORTS = {"Run": "spec", "SweepError": "spec", "default_sweep": "spec", "expand": "spec",
+            "load_sweep": "spec", "run_sweep": "runner"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Returns the public name `name` from its module (imported on first use)."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
