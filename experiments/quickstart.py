@@ -1,13 +1,13 @@
 """The README's main job: a tuned IsoFLOP grid of byte-level LMs on the offline stdlib corpus.
 
 Two stages. Tuning: every size is trained at one budget (`tune_flops`, at or below the grid's
-smallest) over a grid of peak LRs (ratio 2 on the CPU scales) around a rule's prediction, each size's grid as one population; an optimum at a
-grid edge extends the grid; tuned.json holds each size's refined optimum LR* and the fitted LR*(N).
-IsoFLOP: transformers of 6 sizes (non-embedding N from 3.4k to 101k on the `small` scale) are
-trained at 3 compute budgets (steps = budget / FLOPs per step), each budget the 4 sizes whose
-tokens per parameter lie in a window around the optimum (`sweep.isoflop_window`), with 2 seeds (a
-population per size and budget), each at its tuned LR*, on the Python-stdlib corpus with in-context associative recall
-mixed into the stream (data.source='mixture'); validation loss and recall exact match are scored at
+smallest) over a grid of peak LRs (ratio 2 on the CPU scales) around a rule's prediction, each
+size's grid as one population; an optimum at a grid edge extends the grid; tuned.json holds each
+size's refined optimum LR* and the fitted LR*(N). IsoFLOP: transformers of 6 sizes (non-embedding
+N from 3.4k to 101k on the `small` scale) are trained at 3 compute budgets (steps = budget / FLOPs
+per step), each budget the 4 sizes whose tokens per parameter lie in a window around the optimum
+(`sweep.isoflop_window`), with 2 seeds (a population per size and budget), each at its tuned LR*,
+on the Python-stdlib corpus with in-context associative recall mixed into the stream (data.source='mixture'); validation loss and recall exact match are scored at
 every checkpoint. The analysis fits L(N, D) = E + A/N^α + B/D^β (Hoffmann et al. approach 3, Huber
 on ln L, bootstrap CIs clustered by run), derives the compute-optimal frontier N_opt(C), D_opt(C)
 and tokens per parameter with CIs, draws the LR tuning curves, loss vs compute and the IsoFLOP
@@ -30,9 +30,8 @@ from experiments import common
 from experiments import targets as targets_lib
 
 NAME = "quickstart"
-DESCRIPTION = ("LR tuning per size, then an IsoFLOP grid (3 budgets x 4 sizes in a sliding window x 2 "
-               "seeds) of byte-level "
-               "LMs on the stdlib corpus with associative recall mixed in: Chinchilla fit, "
+DESCRIPTION = ("LR tuning per size, then an IsoFLOP grid (3 budgets x 4 sizes in a sliding window "
+               "x 2 seeds) of byte-level LMs on the stdlib corpus with associative recall mixed in: Chinchilla fit, "
                "compute-optimal frontier, emergence")
 PAPER = ("Hoffmann et al. (2022), \"Training Compute-Optimal Large Language Models\" (approaches "
          "2 and 3); emergence as in Wei et al. (2022) and Schaeffer et al. (2023)")
@@ -79,8 +78,8 @@ def sweeps(scale: str, data_dir: str = "", tfds_name: str = "",
            root: str | pathlib.Path | None = None) -> dict[str, ml_collections.ConfigDict]:
     """Returns {'tune': the LR tuning stage, 'isoflop': the sizes x budgets x seeds sweep}.
 
-    The tuning stage trains every size at one budget (`tune_flops`) over a grid of peak LRs around the
-    rule's prediction (extended where the optimum sits at an edge); its runs of one size share a
+    The tuning stage trains every size at one budget (`tune_flops`) over a grid of peak LRs around
+    the rule's prediction (extended where the optimum sits at an edge); its runs of one size share a
     shape and a length, so the runner trains them as one population. It writes ROOT/tune/tuned.json
     (per-size optimum and the fitted LR*(N)), which the IsoFLOP sweep reads (`lr.rule = "tuned"`).
     Without `root` (a dry run, which trains nothing) the IsoFLOP sweep shows the rule's predicted

@@ -7,10 +7,10 @@
 2. `prepare` writes sweep.json, one run directory per run (config.json, run.json with the run's
    axes, status.json 'pending') and merges the runs into root/manifest.json by id.
 3. The scheduler starts every run that is not completed (and not diverged, unless
-   `retry_failed`) on the backend, the most compute (FLOPs) first: with more runs than workers
-   the longest-first order ends a sweep with short runs, not with one long run holding the last
-   worker while the others idle (an IsoFLOP grid's runs of a budget cost the same FLOPs) and records each transition in the manifest (rewritten
-   atomically). A run that fails is retried up to `max_retries` times (a non-finite loss or an
+   `retry_failed`) on the backend and records each transition in the manifest (rewritten
+   atomically). Runs start with the most compute (FLOPs) first (`start_order`): with more runs
+   than workers, a sweep then ends on short runs, not on one long run holding the last worker
+   while the others idle. A run that fails is retried up to `max_retries` times (a non-finite loss or an
    invalid config.json is not retried: it would fail again); it is then marked failed with its log (run_dir/train.log)
    kept, and the other runs go on. A partial run resumes from its latest checkpoint (the training
    loop does that). SIGINT/SIGTERM to the runner stop the workers with SIGTERM, which makes each
