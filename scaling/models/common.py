@@ -1,4 +1,5 @@
-"""Small helpers shared by the model families: dtypes, logically partitioned params, constraints."""
+"""Small helpers shared by the model families: dtypes, logically partitioned params, constraints,
+and the token-by-weight matmul."""
 
 from __future__ import annotations
 
@@ -33,3 +34,24 @@ def param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
 def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
     """Returns `x` with a logical sharding constraint (a no-op without logical-axis rules)."""
     return nn.with_logical_constraint(x, names)
+
+
+def token_einsum(equation: str, x_BT: jax.Array, w: jax.Array) -> jax.Array:
+    """Returns `jnp.einsum(equation, x_BT, w)` for activations [B, T, ...] and a weight, with B and
+    T computed as one token axis; `equation` spells the activation's first two axes `BT`.
+
+    Same result, different program: with B and T as two contracted axes, the weight gradient's
+    matmul got its [B, T, out] cotangent transposed to [out, B·T] by XLA:CPU, a copy fused with
+    the activation's backward (the GELU MLP's up-projection: ~50 ms of a ~940 ms gpt-small step,
+    per layer), where a single token axis lets the matmul read both operands as they are (the
+    MLP's forward + backward 2.1x faster measured alone). The weight goes to `jnp.einsum`
+    untouched, so qwix's LoRA and quantization providers still see it.
+    """
+    lhs, rest = equation.split(",", 1)
+    rhs, out = rest.split("->")
+    if not (lhs.startswith("BT") and out.startswith("BT")) or "B" in rhs or "T" in rhs:
+        raise ValueError(f"token_einsum({equation!r}): the activation and output must start with "
+                         "'BT', and the weight must not use B or T")
+    b, t = x_BT.shape[:2]
+    y_N = jnp.einsum(f"N{lhs[2:]},{rhs}->N{out[2:]}", x_BT.reshape(b * t, *x_BT.shape[2:]), w)
+    return y_N.reshape(b, t, *y_N.shape[1:])

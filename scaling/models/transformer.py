@@ -33,7 +33,7 @@ import ml_collections
 
 from scaling import config as config_lib
 from scaling.models import mup
-from scaling.models.common import constrain, dtype_of, param
+from scaling.models.common import constrain, dtype_of, param, token_einsum
 
 REMAT_POLICIES: dict[str, Any] = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -99,9 +99,9 @@ class Attention(nn.Module):
         wv_DGK = param(self, "v", init, (d, g, k), ("embed", "kv_heads", "head_dim"), pdtype, dtype)
         wo_HKD = param(self, "o", init, (h, k, d), ("heads", "head_dim", "embed"), pdtype, dtype)
 
-        q_BTHK = jnp.einsum("BTD,DHK->BTHK", x_BTD, wq_DHK)
-        k_BTGK = jnp.einsum("BTD,DGK->BTGK", x_BTD, wk_DGK)
-        v_BTGK = jnp.einsum("BTD,DGK->BTGK", x_BTD, wv_DGK)
+        q_BTHK = token_einsum("BTD,DHK->BTHK", x_BTD, wq_DHK)
+        k_BTGK = token_einsum("BTD,DGK->BTGK", x_BTD, wk_DGK)
+        v_BTGK = token_einsum("BTD,DGK->BTGK", x_BTD, wv_DGK)
         if cfg.positions == "rope":
             q_BTHK = rope(q_BTHK, cfg.rope_theta)
             k_BTGK = rope(k_BTGK, cfg.rope_theta)
@@ -137,7 +137,7 @@ class Attention(nn.Module):
             raise ValueError(f"config.model.attention_impl={cfg.attention_impl!r}: must be "
                              "'einsum', 'xla' or 'cudnn'")
         o_BTHK = constrain(o_BTHK, ("act_batch", "act_length", "act_heads", "act_head_dim"))
-        return jnp.einsum("BTHK,HKD->BTD", o_BTHK, wo_HKD)
+        return token_einsum("BTHK,HKD->BTD", o_BTHK, wo_HKD)
 
 
 class FeedForward(nn.Module):
@@ -155,14 +155,14 @@ class FeedForward(nn.Module):
         if cfg.mlp == "swiglu":
             wg_DF = param(self, "wi_gate", init, (d, f), ("embed", "mlp"), pdtype, dtype)
             wu_DF = param(self, "wi_up", init, (d, f), ("embed", "mlp"), pdtype, dtype)
-            h_BTF = (jax.nn.silu(jnp.einsum("BTD,DF->BTF", x_BTD, wg_DF))
-                     * jnp.einsum("BTD,DF->BTF", x_BTD, wu_DF))
+            h_BTF = (jax.nn.silu(token_einsum("BTD,DF->BTF", x_BTD, wg_DF))
+                     * token_einsum("BTD,DF->BTF", x_BTD, wu_DF))
         else:
             wi_DF = param(self, "wi", init, (d, f), ("embed", "mlp"), pdtype, dtype)
-            h_BTF = jax.nn.gelu(jnp.einsum("BTD,DF->BTF", x_BTD, wi_DF))
+            h_BTF = jax.nn.gelu(token_einsum("BTD,DF->BTF", x_BTD, wi_DF))
         h_BTF = constrain(h_BTF, ("act_batch", "act_length", "act_mlp"))
         wo_FD = param(self, "wo", init, (f, d), ("mlp", "embed"), pdtype, dtype)
-        return jnp.einsum("BTF,FD->BTD", h_BTF, wo_FD)
+        return token_einsum("BTF,FD->BTD", h_BTF, wo_FD)
 
 
 class Block(nn.Module):
@@ -232,9 +232,9 @@ class Transformer(nn.Module):
 
         x_BTD = Norm(cfg, name="final_norm")(x_BTD)
         if cfg.tie_embeddings:
-            logits_BTV = jnp.einsum("BTD,VD->BTV", x_BTD, emb_VD)
+            logits_BTV = token_einsum("BTD,VD->BTV", x_BTD, emb_VD)
         else:
             un_DV = param(self, "unembed", embed_init, (d, v), ("embed", "vocab"), pdtype, dtype)
-            logits_BTV = jnp.einsum("BTD,DV->BTV", x_BTD, un_DV)
+            logits_BTV = token_einsum("BTD,DV->BTV", x_BTD, un_DV)
         logits_BTV = logits_BTV.astype(jnp.float32) * mup.output_multiplier(cfg)
         return constrain(logits_BTV, ("act_batch", "act_length", "act_vocab"))
