@@ -1,7 +1,7 @@
 """This project's train step against PyTorch's and nanodo's on the same GPT-2-style configs, on CPU.
 
 Usage: python benchmarks/peers_cpu.py [--sizes gpt-small,gpt-large] [--steps 3] [--repeats 3]
-                                      [--nanodo-src DIR] [--allocator-arms]
+                                      [--nanodo-src DIR]
 
 The PyTorch side is a plain GPT-2-style model written here for the comparison (learned positions,
 pre-LayerNorm, causal softmax attention, GELU MLP of 4·d, tied byte embeddings of 256, float32,
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
 import subprocess
@@ -97,12 +96,8 @@ def torch_worker(size: str, steps: int, compiled: bool) -> dict:
 
 
 def project_worker(size: str, steps: int) -> dict:
-    """Returns tokens/s, N and the measured 2048³ matmul peak of this project's train step, with
-    the host allocator policy the project's entry points set (`scaling.host_memory`)."""
+    """Returns tokens/s, N and the measured 2048³ matmul peak of this project's train step."""
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    from scaling import host_memory
-
-    host_memory.retain_freed_memory()
     import train_throughput as tt
 
     from scaling import perf
@@ -112,9 +107,8 @@ def project_worker(size: str, steps: int) -> dict:
     return {"tokens_per_s": r["tokens_per_s"], "N": r["N"], "peak": peak}
 
 
-def nanodo_worker(size: str, steps: int, src: str, retain_memory: bool = False) -> dict:
-    """Returns tokens/s and N of nanodo's own train step (`Trainer.do_step`) at `size`; with
-    `retain_memory`, under this project's host allocator policy (`scaling.host_memory`)."""
+def nanodo_worker(size: str, steps: int, src: str) -> dict:
+    """Returns tokens/s and N of nanodo's own train step (`Trainer.do_step`) at `size`."""
     sys.path.insert(0, src)
     import jax
     import jax.numpy as jnp
@@ -125,11 +119,6 @@ def nanodo_worker(size: str, steps: int, src: str, retain_memory: bool = False) 
     from nanodo import model_factory, optimizer, train
     from nanodo.configs import default
 
-    if retain_memory:
-        sys.path.insert(0, str(REPO_ROOT))
-        from scaling import host_memory
-
-        host_memory.retain_freed_memory()
     n_layers, d, heads, seq, batch = SIZES[size]
     c = default.get_config()
     c.model.update(D=d, H=heads, L=seq, N=n_layers, F=4 * d, dtype="float32", fsdp_enabled=False)
@@ -162,12 +151,9 @@ def nanodo_worker(size: str, steps: int, src: str, retain_memory: bool = False) 
 
 def run(impl: str, size: str, steps: int, nanodo_src: str = "") -> dict:
     """Returns one fresh process's measurement of `impl` at `size`."""
-    env = dict(os.environ)
-    if impl == "project+system-malloc":
-        env["SCALING_HOST_MALLOC"] = "system"
     proc = subprocess.run([sys.executable, __file__, "--worker", impl, "--sizes", size,
                            "--steps", str(steps), "--nanodo-src", nanodo_src],
-                          capture_output=True, text=True, cwd=REPO_ROOT, env=env)
+                          capture_output=True, text=True, cwd=REPO_ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"{impl} {size} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -183,28 +169,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--nanodo-src", default="",
                         help="a checkout of github.com/google-deepmind/nanodo: also time nanodo")
-    parser.add_argument("--allocator-arms", action="store_true",
-                        help="also time the project with glibc's default malloc and nanodo with "
-                             "the project's host allocator policy (scaling.host_memory)")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.nanodo_src and not (pathlib.Path(args.nanodo_src) / "nanodo" / "train.py").is_file():
         parser.error(f"--nanodo-src {args.nanodo_src}: no nanodo/train.py there")
     if args.worker:
         size = args.sizes
-        if args.worker.startswith("project"):
+        if args.worker == "project":
             result = project_worker(size, args.steps)
-        elif args.worker.startswith("nanodo"):
-            result = nanodo_worker(size, args.steps, args.nanodo_src,
-                                   retain_memory=args.worker == "nanodo+retain-malloc")
+        elif args.worker == "nanodo":
+            result = nanodo_worker(size, args.steps, args.nanodo_src)
         else:
             result = torch_worker(size, args.steps, compiled=args.worker == "torch-compile")
         print("RESULT " + json.dumps(result), flush=True)
         return
     impls = ("project", "torch-eager", "torch-compile") + (("nanodo",) if args.nanodo_src else ())
-    if args.allocator_arms:
-        impls += ("project+system-malloc",) + (
-            ("nanodo+retain-malloc",) if args.nanodo_src else ())
     figures: dict = {}
     for size in args.sizes.split(","):
         rows: dict[str, list[dict]] = {impl: [] for impl in impls}
@@ -224,12 +203,6 @@ def main() -> None:
               f"project / torch.compile {med['project'] / med['torch-compile']:.2f}x"
               + (f", project / nanodo {med['project'] / med['nanodo']:.2f}x" if "nanodo" in med else ""),
               flush=True)
-        if args.allocator_arms:
-            print(f"  allocator: project / project+system-malloc "
-                  f"{med['project'] / med['project+system-malloc']:.2f}x"
-                  + (f", project / nanodo+retain-malloc "
-                     f"{med['project'] / med['nanodo+retain-malloc']:.2f}x" if "nanodo" in med else ""),
-                  flush=True)
     print(json.dumps(figures))
 
 

@@ -29,7 +29,6 @@ import jax
 import numpy as np
 
 from scaling import config as config_lib
-from scaling import host_memory
 from scaling import perf
 from scaling.models import accounting
 from scaling.train import setup as setup_lib
@@ -121,13 +120,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="config override, e.g. model.remat=dots (repeatable)")
     args = parser.parse_args()
-    allocator = host_memory.retain_freed_memory()  # as the project's entry points do
     device = jax.local_devices()[0]
     n = CPU_PEAK_MATMUL if device.platform == "cpu" else perf.matmul_size(device)
     peaks = {"measured": perf.total_peak_flops(perf.measure_matmul_peak(n, args.dtype))}
     print(f"devices: {jax.device_count()} x {device.device_kind}; attention {args.attention}; "
-          f"peak {peaks['measured']:.3g} FLOP/s (measured {args.dtype} {n}³ matmul); "
-          f"host allocator: {allocator}")
+          f"peak {peaks['measured']:.3g} FLOP/s (measured {args.dtype} {n}³ matmul)")
     if device.platform != "cpu" and device.device_kind in perf.KNOWN_PEAKS:
         peaks["published"] = perf.total_peak_flops(perf.KNOWN_PEAKS[device.device_kind])
         print(f"published dense bf16 peak {peaks['published']:.3g} FLOP/s")

@@ -18,11 +18,6 @@ def xla_flags(devices: int) -> str:
 os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# As the project's entry points do: freed XLA buffers stay in the heap (see scaling.host_memory).
-from scaling import host_memory  # noqa: E402
-
-host_memory.retain_freed_memory()
-
 # Many tests compile the same small programs (the tiny model's init, train and eval steps). One
 # persistent compilation cache for the whole pytest run -- created by the process that loads this file
 # first (the xdist controller), inherited through the environment by the workers and by the

@@ -44,9 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"scaling: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    from scaling import host_memory
-
-    host_memory.retain_freed_memory()  # before JAX's threads allocate (see scaling.host_memory)
     module = importlib.import_module(f"scaling.cli.{COMMANDS[command][0]}")
     return int(module.main([f"scaling {command}"] + argv[2:]) or 0)
 

@@ -85,9 +85,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv[1:])
     except SystemExit as exit_:
         return EXIT_USAGE if exit_.code else 0
-    from scaling import host_memory
-
-    host_memory.retain_freed_memory()  # before JAX's threads allocate (see scaling.host_memory)
     run_dirs = [pathlib.Path(d) for d in args.run_dirs]
     for run_dir in run_dirs:
         if not (run_dir / "config.json").exists():

@@ -39,7 +39,6 @@ import ml_collections
 from scaling import checkpoint as ckpt_lib
 from scaling import config as config_lib
 from scaling import data as data_lib
-from scaling import host_memory
 from scaling import metrics_writer
 from scaling import perf
 from scaling.models import accounting
@@ -94,7 +93,6 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path,
     run.update(run_description(config))
     if config.model.kind == "transformer":  # the backend's choice when model.scan_unroll is auto
         run["scan_unroll"] = config_lib.scan_unroll(config.model, jax.default_backend())
-    run["host_allocator"] = host_memory.description()
     if jax.process_index() == 0:
         (workdir / "config.json.tmp").write_text(config_lib.to_json(config))
         os.replace(workdir / "config.json.tmp", workdir / "config.json")
