@@ -339,3 +339,31 @@ def test_scan_unroll_changes_program_not_numbers(base: Base) -> None:
 
     assert "while" in hlo(looped_cfg)
     assert "while" not in hlo(unrolled_cfg)
+
+
+@pytest.mark.parametrize("equation, w_shape", [("BTD,DHK->BTHK", (8, 2, 4)),
+                                               ("BTHK,HKD->BTD", (2, 4, 8)),
+                                               ("BTD,VD->BTV", (11, 8))])
+def test_token_einsum_matches_einsum_and_its_gradients(equation: str, w_shape: tuple) -> None:
+    from scaling.models.common import token_einsum
+
+    lhs = equation.split(",")[0]
+    sizes = dict(zip("BTDHKV", (3, 5, 8, 2, 4, 11)))
+    kx, kw = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(kx, tuple(sizes[c] for c in lhs))
+    w = jax.random.normal(kw, w_shape)
+    want = jnp.einsum(equation, x, w)
+    got = token_einsum(equation, x, w)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    g_want = jax.grad(lambda x, w: jnp.sum(jnp.einsum(equation, x, w) ** 2), (0, 1))(x, w)
+    g_got = jax.grad(lambda x, w: jnp.sum(token_einsum(equation, x, w) ** 2), (0, 1))(x, w)
+    for a, b in zip(g_got, g_want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_token_einsum_names_an_equation_it_cannot_flatten() -> None:
+    from scaling.models.common import token_einsum
+
+    with pytest.raises(ValueError, match="must start with 'BT'"):
+        token_einsum("BHTS,BSHK->BTHK", jnp.zeros((1, 2, 3, 3)), jnp.zeros((1, 3, 2, 4)))
