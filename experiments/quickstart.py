@@ -43,7 +43,7 @@ EXPECTED_OUTCOME = (
     "parameter at their scale; at a few hundred thousand parameters and a byte vocabulary the "
     "optimum need not sit at 20. Recall exact match starts at 0 (before the answer format is "
     "learned), sits near chance (0.1) and rises with compute once in-context lookup is learned.")
-EXPECTED_RUNTIME = {"tiny": "~1 min", "small": "11 min on 2 CPU cores (23 tuning + 24 IsoFLOP runs)",
+EXPECTED_RUNTIME = {"tiny": "~1 min", "small": "10.9 min on 2 CPU cores (30 tuning + 24 IsoFLOP runs)",
                     "medium": "not yet measured on one GPU (20 tuning + 24 IsoFLOP runs)",
                     "large": "GPU/TPU cluster (hours)"}
 FIGURES = ("qs_lr_tuning", "qs_loss_vs_compute", "qs_isoflop", "qs_compute_optimal", "qs_emergence")
@@ -63,9 +63,12 @@ def settings(scale: str) -> dict[str, Any]:
         # 1e12. The full 5 x 3 grid put the 1e12 minimum at its largest size and spent its
         # longest runs (3.4k and 6.7k at 1e12, 10-15k steps) far from any optimum; at 1e11 the
         # profile's minimum sat at the smallest buildable size (3.4k) for 3 of 4 seeds, so the
-        # lowest budget is 1.5e11. Tuning stays at 1e11 (cheaper; below every budget).
+        # lowest budget is 1.5e11. Tuning stays at 1e11 (cheaper; below every budget), over 5 LRs
+        # per size (a 16x range): with 3, 5 of the 6 optima sat at an edge and took a second
+        # round of single-run processes (tuning 173 s at ~13 GFLOP/s; with 5 points: 190 s,
+        # ~16 GFLOP/s, every optimum inside the first grid, the whole study 5 s shorter).
         small=dict(sizes=(3.4e3, 6.7e3, 12.5e3, 25e3, 50e3, 100e3), flops=(1.5e11, 4e11, 1e12),
-                   mix=0.3, seeds=(0, 1), window=(10.0, 800.0), tune_flops=1e11, lr_points=3,
+                   mix=0.3, seeds=(0, 1), window=(10.0, 800.0), tune_flops=1e11, lr_points=5,
                    lr_factor=2.0, max_extend=2),
         medium=dict(sizes=(0.25e6, 0.5e6, 1e6, 2e6), flops=(1e13, 3e13, 1e14), mix=0.2, window=(),
                     seeds=(0, 1), tune_flops=1e13, lr_points=5, lr_factor=2.0 ** 0.5, max_extend=2),
