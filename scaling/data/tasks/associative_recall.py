@@ -53,6 +53,9 @@ class AssociativeRecall(base.Task):
         while 26 ** width < self.num_keys:
             width += 1
         self._key_codes = [_key_code(i, width) for i in range(self.num_keys)]
+        # "key:value" of every pair, rendered once (texts() is on the training data's hot path)
+        self._pair_texts = [[f"{code}:{v}" for v in range(self.num_values)]
+                            for code in self._key_codes]
 
     @property
     def num_subtasks(self) -> int:
@@ -106,11 +109,11 @@ class AssociativeRecall(base.Task):
         return list(zip(prompt_nl, answer_n1))
 
     def texts(self, ex: base.Examples) -> list[tuple[str, str]]:
-        codes = self._key_codes
-        out = []  # .tolist(): Python ints format several times faster than numpy scalars
+        codes, pairs = self._key_codes, self._pair_texts
+        out = []  # .tolist(): Python ints index and format faster than numpy scalars
         for keys, values, qk, y in zip(ex["keys"].tolist(), ex["values"].tolist(),
                                        self.query_keys(ex).tolist(), self.answers(ex).tolist()):
-            ctx = " ".join(f"{codes[k]}:{v}" for k, v in zip(keys, values))
+            ctx = " ".join([pairs[k][v] for k, v in zip(keys, values)])
             out.append((f"{ctx} ?{codes[qk]}:", f"{y}\n"))
         return out
 
