@@ -74,7 +74,10 @@ def evaluator(params, step, run):
         os.kill(os.getpid(), signal.SIGKILL)
     return [{"step": step, "metric": "fake/param_norm", "value": float(optax.tree.norm(params))}]
 
-config = small_config(pathlib.Path(sys.argv[1]), **{"train.eval_at_checkpoints": True})
+# synchronous saves: checkpoint 8 is committed when its evaluation starts (an async commit may
+# land before or after the kill)
+config = small_config(pathlib.Path(sys.argv[1]), **{"train.eval_at_checkpoints": True,
+                                                    "checkpoint.async_save": False})
 loop.train(config, sys.argv[2], evaluator=evaluator)
 """
 
