@@ -43,7 +43,7 @@ EXPECTED_OUTCOME = (
     "parameter at their scale; at a few hundred thousand parameters and a byte vocabulary the "
     "optimum need not sit at 20. Recall exact match starts at 0 (before the answer format is "
     "learned), sits near chance (0.1) and rises with compute once in-context lookup is learned.")
-EXPECTED_RUNTIME = {"tiny": "~1 min", "small": "10.9 min on 2 CPU cores (30 tuning + 24 IsoFLOP runs)",
+EXPECTED_RUNTIME = {"tiny": "~1 min", "small": "11 min on 2 CPU cores (30 tuning + 24 IsoFLOP runs)",
                     "medium": "not yet measured on one GPU (20 tuning + 24 IsoFLOP runs)",
                     "large": "GPU/TPU cluster (hours)"}
 FIGURES = ("qs_lr_tuning", "qs_loss_vs_compute", "qs_isoflop", "qs_compute_optimal", "qs_emergence")
