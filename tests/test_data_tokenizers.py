@@ -56,7 +56,6 @@ def test_byte_encode_batch_equals_encoding_each_text():
     assert tok.encode_batch([]) == []
 
 
-
 @pytest.mark.parametrize("kind,vocab", [("bpe", 300), ("sentencepiece", 512)])
 def test_trained_tokenizer_is_saved_then_reloaded(data_dir, tmp_path, kind, vocab):
     c = make_config(data_dir, kind, vocab)

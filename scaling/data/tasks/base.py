@@ -33,8 +33,8 @@ _SPLITMIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9),
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
     """Returns the SplitMix64 finalizer of `x` (uint64 array, same shape)."""
-    with np.errstate(over="ignore"):
-        return _splitmix64_inplace(np.array(x, dtype=np.uint64, ndmin=1)).reshape(np.shape(x))
+    # computed on a (1-D at least) array copy: integer arrays wrap around without warnings
+    return _splitmix64_inplace(np.array(x, dtype=np.uint64, ndmin=1)).reshape(np.shape(x))
 
 
 def _splitmix64_inplace(z: np.ndarray) -> np.ndarray:
@@ -59,7 +59,7 @@ def hash_rows(values_nl: np.ndarray, salt: int) -> np.ndarray:
         values_nl = values_nl[:, None]
     columns_ln = values_nl.T.astype(np.uint64)  # each column contiguous
     h_n = np.full(values_nl.shape[0], _salt_hash(salt), dtype=np.uint64)
-    for column_n in columns_ln:  # (integer arrays wrap around silently: no errstate needed)
+    for column_n in columns_ln:
         h_n ^= column_n
         _splitmix64_inplace(h_n)
     return h_n
