@@ -16,6 +16,8 @@ d_model 16, 1 layer, 16 x 64 tokens per step, associative recall mixed into the 
 It prints the ratios with the targets: bare / logged median <= 1.15, and the scheduled run's
 wall <= 1.5 x (steps at the bare step's rate + its compile time). The bare step is measured right
 before each run (the machine may be shared), and each ratio uses the measurement next to it.
+`--save_rounds N` then runs the scheduled run N more times with asynchronous and N with
+synchronous checkpoint saves, interleaved, and prints both walls and their ratio.
 `--quickstart ROOT` also prints the realised model FLOP/s of a finished quickstart experiment:
 the runs' training FLOPs (C, from run.json) over the train phases' wall time (experiment.json).
 The last line is all figures as JSON.
@@ -111,6 +113,19 @@ def train_run(config: Any, root: pathlib.Path, name: str) -> dict[str, float]:
     return {"wall_s": wall, "logged_median_tokens_per_s": statistics.median(logged)}
 
 
+def compare_saves(config: Any, rounds: int) -> dict[str, list[float]]:
+    """Returns the scheduled run's wall seconds with async and with sync checkpoint saves,
+    `rounds` of each, interleaved."""
+    walls: dict[str, list[float]] = {"async": [], "sync": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for name in walls:
+                c = config.copy_and_resolve_references()
+                c.checkpoint.async_save = name == "async"
+                walls[name].append(train_run(c, pathlib.Path(tmp), f"{name}{r}")["wall_s"])
+    return walls
+
+
 def quickstart_flops_per_s(root: pathlib.Path) -> dict[str, float]:
     """Returns Σ training FLOPs of every run (tuning and IsoFLOP), the train phases' wall seconds
     and their ratio (FLOP/s), as the quickstart's report prints them."""
@@ -135,6 +150,8 @@ def main() -> int:
     parser.add_argument("--bare_steps", type=int, default=1000)
     parser.add_argument("--data_dir", default="", help="TFDS data dir of the stdlib corpus")
     parser.add_argument("--quickstart", default="", help="root of a finished quickstart")
+    parser.add_argument("--save_rounds", type=int, default=0,
+                        help="rounds of the scheduled run with async vs sync checkpoint saves")
     args = parser.parse_args()
     sys.path.append(str(REPO_ROOT))  # an installed or PYTHONPATH copy of the project wins
     import logging
@@ -174,6 +191,14 @@ def main() -> int:
     print(f"plain run wall / (bare steps + compile): {out['plain']['end_to_end_ratio']:.2f}x")
     print(f"scheduled run wall / (bare steps + compile): {e2e:.2f}x "
           f"(target <= {END_TO_END_TARGET}) {mark(e2e, END_TO_END_TARGET)}")
+    if args.save_rounds > 0:
+        out["save_walls_s"] = compare_saves(base, args.save_rounds)
+        walls = out["save_walls_s"]
+        ratio = statistics.median(walls["async"]) / statistics.median(walls["sync"])
+        print(f"scheduled run, {args.save_rounds} interleaved rounds: async saves "
+              f"{', '.join(f'{w:.1f}' for w in walls['async'])} s; sync saves "
+              f"{', '.join(f'{w:.1f}' for w in walls['sync'])} s; median async / sync "
+              f"{ratio:.3f}")
     if args.quickstart:
         q = quickstart_flops_per_s(pathlib.Path(args.quickstart))
         out["quickstart"] = q

@@ -236,8 +236,10 @@ def default_config() -> ml_collections.ConfigDict:
     k.every = 1000  # and every `every` steps (0: off)
     k.save_final = True
     k.max_to_keep = 0  # 0: keep all
-    # True: orbax copies the state to host memory and writes it while training goes on (the
-    # quickstart's smallest run, 22 checkpoints in 3,000 steps: ~1 s of 20 s less than False)
+    # True: orbax copies the state to host memory and writes it while training goes on. The
+    # loop blocks 0.45 s instead of 2.0 s for the 22 saves of the quickstart's smallest run; on
+    # 2 busy CPU cores the background write competes with training, so the run's wall is the
+    # same within noise (benchmarks/loop_overhead.py --save_rounds)
     k.async_save = True
 
     # ---------------------------------------------------------------- mesh
