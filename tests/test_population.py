@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import pathlib
 import re
+import types
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from scaling import config as config_lib
-from scaling.train import population_step
+from scaling.train import population_data, population_step
 from scaling.train.loop import train
 from scaling.train.population import train_population
 
-# Three members: different peak LR, seed (init + data order), weight decay and length.
+# Four members: different peak LR, seed (init + data order), weight decay and length; the last
+# differs from the first only in its LR, so the two read one data stream.
 MEMBERS = [dict(lr=1e-2, seed=0, wd=0.1, steps=12), dict(lr=3e-3, seed=1, wd=0.1, steps=12),
-           dict(lr=1e-2, seed=2, wd=0.0, steps=8)]
+           dict(lr=1e-2, seed=2, wd=0.0, steps=8), dict(lr=3e-3, seed=0, wd=0.1, steps=12)]
+K = len(MEMBERS)
 # vmapped matmuls may sum in another order than single ones: float32 round-off, grown over steps
 LOSS_ATOL, PARAM_ATOL = 1e-4, 1e-4
 
@@ -56,12 +61,33 @@ def _params(workdir: pathlib.Path, step: int) -> dict[str, np.ndarray]:
     return {"/".join(map(str, k)): np.asarray(v) for k, v in leaves.items()}
 
 
+@contextlib.contextmanager
+def _log_records(name: str):
+    """Yields the list of records logged to logger `name` (at INFO and above) inside the block."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 @pytest.fixture(scope="module")
 def population_and_singles(tmp_path_factory, stdlib_tiny_data_dir):
     root = tmp_path_factory.mktemp("population")
     configs = [_config(stdlib_tiny_data_dir, **m) for m in MEMBERS]
     pop_dirs = [root / f"pop{i}" for i in range(len(configs))]
-    summaries = train_population(configs, pop_dirs)
+    with _log_records("scaling.train.population") as records:
+        summaries = train_population(configs, pop_dirs)
+    # members 0 and 3 share one stream: 3 streams are read, not 4
+    assert any(f"population of {K} members from step 0 to 12 (3 data streams)" in r.getMessage()
+               for r in records), [r.getMessage() for r in records]
     single_dirs = [root / f"single{i}" for i in range(len(configs))]
     for c, d in zip(configs, single_dirs):
         train(c, d)
@@ -70,7 +96,7 @@ def population_and_singles(tmp_path_factory, stdlib_tiny_data_dir):
 
 def test_members_equal_their_single_runs(population_and_singles):
     _, pop_dirs, single_dirs, summaries = population_and_singles
-    assert [s["status"] for s in summaries] == ["completed"] * 3
+    assert [s["status"] for s in summaries] == ["completed"] * K
     for m, pop_dir, single_dir in zip(MEMBERS, pop_dirs, single_dirs):
         pop_rows, single_rows = _rows(pop_dir), _rows(single_dir)
         assert [r["step"] for r in pop_rows] == list(range(1, m["steps"] + 1))
@@ -92,17 +118,17 @@ def test_members_equal_their_single_runs(population_and_singles):
         assert run == {**json.loads((single_dir / "run.json").read_text()), "name": pop_dir.name}
     # the members really differ: another LR, seed or decay gives another curve
     losses = [_rows(d)[7]["loss"] for d in pop_dirs]
-    assert len({round(x, 4) for x in losses}) == 3
+    assert len({round(x, 4) for x in losses}) == K
 
 
 def test_killed_population_resumes_exactly(population_and_singles, tmp_path):
     configs, pop_dirs, _, _ = population_and_singles
     dirs = [tmp_path / f"m{i}" for i in range(len(configs))]
     first = train_population(configs, dirs, stop_after=6)  # latest checkpoint: step 4
-    assert [s["status"] for s in first] == ["interrupted"] * 3
-    assert [_rows(d)[-1]["step"] for d in dirs] == [6, 6, 6]
+    assert [s["status"] for s in first] == ["interrupted"] * K
+    assert [_rows(d)[-1]["step"] for d in dirs] == [6] * K
     summaries = train_population(configs, dirs)
-    assert [s["status"] for s in summaries] == ["completed"] * 3
+    assert [s["status"] for s in summaries] == ["completed"] * K
     for resumed, straight in zip(dirs, pop_dirs):
         a, b = _rows(resumed), _rows(straight)
         assert [r["step"] for r in a] == [r["step"] for r in b]  # steps 5, 6 re-logged once
@@ -118,20 +144,20 @@ def test_diverging_member_fails_alone(population_and_singles, tmp_path):
     configs, pop_dirs, _, _ = population_and_singles
     bad = configs[1].copy_and_resolve_references()
     bad.optim.lr = 1e30  # step 1 runs at LR 0 (warmup); step 2's update overflows the parameters
-    members = [configs[0], bad, configs[2]]
-    dirs = [tmp_path / f"m{i}" for i in range(3)]
+    members = [configs[0], bad, *configs[2:]]
+    dirs = [tmp_path / f"m{i}" for i in range(K)]
     summaries = train_population(members, dirs)
-    assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
+    assert [s["status"] for s in summaries] == ["completed", "failed"] + ["completed"] * (K - 2)
     status = _status(dirs[1])
     assert status["status"] == "failed" and status["step"] == 2
     assert "param_norm" in status["error"] and "not finite" in status["error"]
     # its checkpoints stop at the last finite state
     assert sorted(int(p.name) for p in (dirs[1] / "checkpoints").iterdir()) == [1]
-    for i in (0, 2):  # the others are untouched by their neighbour's divergence
+    for i in (0, *range(2, K)):  # the others are untouched by their neighbour's divergence
         assert [r["loss"] for r in _rows(dirs[i])] == [r["loss"] for r in _rows(pop_dirs[i])]
     # a later call leaves the finished members alone
     again = train_population(members, dirs)
-    assert [s["status"] for s in again] == ["completed", "failed", "completed"]
+    assert [s["status"] for s in again] == ["completed", "failed"] + ["completed"] * (K - 2)
 
 
 def test_members_of_different_shape_are_an_error_before_compiling(tmp_path,
@@ -158,14 +184,14 @@ def test_skip_policy_counts_skipped_steps_and_fails_a_member_past_the_limit(
     for c in members:
         c.train.on_nonfinite, c.train.max_skipped_steps = "skip", 3
     members[1].optim.lr = 1e30  # every update from step 2 on overflows: skipped, then failed
-    dirs = [tmp_path / f"m{i}" for i in range(3)]
+    dirs = [tmp_path / f"m{i}" for i in range(K)]
     summaries = train_population(members, dirs)
-    assert [s["status"] for s in summaries] == ["completed", "failed", "completed"]
+    assert [s["status"] for s in summaries] == ["completed", "failed"] + ["completed"] * (K - 2)
     status = _status(dirs[1])
     assert "more than 3 skipped steps" in status["error"]
     assert status["error"].startswith("FloatingPointError") and status["skipped_steps"] == 4
     assert status["step"] == 5  # steps 2, 3, 4 skipped; the 4th skip (step 5) stops it
-    for i in (0, 2):  # finite members are unaffected by the policy
+    for i in (0, *range(2, K)):  # finite members are unaffected by the policy
         assert [r["loss"] for r in _rows(dirs[i])] == [r["loss"] for r in _rows(pop_dirs[i])]
 
 
@@ -278,3 +304,44 @@ def test_runs_that_distill_train_alone(tmp_path, stdlib_tiny_data_dir, field, va
     sweep.base[section][key] = value
     queue = [(r, 1) for r in spec.expand(sweep)]
     assert [len(runner.take_population(queue, 2, tmp_path)) for _ in range(2)] == [1, 1]
+
+
+class _CountingIterator:
+    """Yields {'x': [n]} for n = 0, 1, ... and counts the batches read."""
+
+    def __init__(self) -> None:
+        self.read = 0
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        self.read += 1
+        return {"x": np.asarray([self.read - 1])}
+
+    def get_state(self) -> dict[str, int]:
+        return {"next_row": self.read}
+
+
+def test_streams_read_each_distinct_stream_once_per_step(stdlib_tiny_data_dir):
+    """Members with one data config and seed share a stream: it is read once per step while one
+    of them trains, the others' iterators are never read, and each checkpoints its stream's
+    position; another seed or data budget is another stream."""
+    base = dict(lr=1e-2, seed=0, wd=0.1, steps=12)
+    configs = [_config(stdlib_tiny_data_dir, **base),
+               _config(stdlib_tiny_data_dir, **dict(base, lr=3e-3, steps=3)),  # shares 0's
+               _config(stdlib_tiny_data_dir, **dict(base, seed=1)),
+               _config(stdlib_tiny_data_dir, **dict(base, lr=3e-3, wd=0.0))]  # shares 0's
+    configs[3].data.num_tokens = 4096  # ... but another budget: its own stream
+    assert population_data.stream_leaders(configs) == [0, 0, 2, 3]
+    members = [types.SimpleNamespace(config=c, data_iter=_CountingIterator(), done=False,
+                                     num_steps=n, workdir=pathlib.Path(f"m{i}"))
+               for i, (c, n) in enumerate(zip(configs, (2, 3, 2, 2)))]
+    streams = population_data.Streams(members)
+    seen = []
+    for step in range(4):
+        batch_K = streams.next_K(step)
+        seen.append(batch_K["x"][:, 0].tolist())
+        if step == 2:
+            members[0].done = members[2].done = members[3].done = True
+    # steps 1-3: stream 0 advances for member 1 (3 steps); streams 2 and 3 stop after 2 steps
+    assert seen == [[0, 0, 0, 0], [1, 1, 1, 1], [2, 2, 1, 1], [2, 2, 1, 1]]
+    assert [m.data_iter.read for m in members] == [3, 0, 2, 2]
+    assert [streams.state(i) for i in range(4)] == [{"next_row": 3}] * 2 + [{"next_row": 2}] * 2

@@ -2,12 +2,13 @@
 
 `train_population(configs, workdirs)` trains each member into its own run directory with the same
 files a single run writes (config.json, run.json, metrics.jsonl, eval.jsonl, status.json, tb/,
-checkpoints/), so `scaling evaluate` and `scaling analyze` read them unchanged. Each member has its
-own data iterator (its own seed and budget), its own checkpoints and its own status: a member that
-diverges is frozen on device and marked failed at that step while the others go on; a member whose
-budget is spent is marked completed and no longer updated. A killed population resumes every
-member from its own latest checkpoint (they must be at one step); members already completed or
-failed are left out. The compiled side is in `population_step.py`.
+checkpoints/), so `scaling evaluate` and `scaling analyze` read them unchanged. Each member reads
+its own data stream (its own seed and budget; members with one data config and seed, as in an LR
+sweep, share one read of it: `population_data.Streams`) and has its own checkpoints and status:
+a member that diverges is frozen on device and marked failed at that step while the others go
+on; a member whose budget is spent is marked completed and no longer updated. A killed
+population resumes every member from its own latest checkpoint (they must be at one step);
+members already completed or failed are left out. The compiled side is in `population_step.py`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import logging
 import pathlib
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import ml_collections
@@ -31,6 +32,7 @@ from scaling.models import lora as lora_lib
 from scaling.train import init_from as init_from_lib
 from scaling.train import loop
 from scaling.train import preemption as preemption_lib
+from scaling.train import population_data as pop_data
 from scaling.train import population_step as pop_lib
 from scaling.train import setup as setup_lib
 
@@ -62,8 +64,8 @@ class _Member:
         self.done = False
         self.status = "running"
         self.last_row: dict[str, float] = {}
-        self.window_start = time.perf_counter()
-        self.window_steps = 0
+        self.window_start = time.perf_counter()  # throughput window: since this time and step
+        self.window_step = 0
         self.checkpointer: ckpt_lib.Checkpointer | None = None
         self.data_iter: Any = None
         self.evaluator: Callable[..., list[dict]] | None = None
@@ -211,17 +213,6 @@ def _restore_or_init(pop: pop_lib.Population, live: list[_Member]) -> Any:
     return pop_lib.stack_states(pop, states)
 
 
-def _stack_batches(batches: list[dict[str, np.ndarray]], live: list[_Member]) -> dict:
-    """Returns the members' batches stacked along a new leading axis; clear error if they differ."""
-    shapes = [{k: (np.shape(v), np.asarray(v).dtype) for k, v in b.items()} for b in batches]
-    for m, s in zip(live[1:], shapes[1:]):
-        if s != shapes[0]:
-            raise pop_lib.PopulationError(
-                f"member {m.workdir.name}'s batch {s} differs from member "
-                f"{live[0].workdir.name}'s {shapes[0]}; members need batches of one shape")
-    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-
-
 def _log_row(m: _Member, metrics: dict[str, np.ndarray], i: int, step: int,
              peak_total: float) -> dict[str, Any]:
     """Returns member i's metrics.jsonl row at `step`, with the fields a single run writes."""
@@ -229,17 +220,22 @@ def _log_row(m: _Member, metrics: dict[str, np.ndarray], i: int, step: int,
     row = {k: float(v[i]) for k, v in metrics.items()}
     row.update(step=step, tokens=step * tokens_per_step,
                flops=step * m.run["flops_per_token"] * tokens_per_step, time=time.time())
-    if m.window_steps:
-        tokens_per_s = m.window_steps * tokens_per_step / max(
-            time.perf_counter() - m.window_start, 1e-9)
+    now = time.perf_counter()
+    if step > m.window_step:
+        tokens_per_s = (step - m.window_step) * tokens_per_step / max(now - m.window_start, 1e-9)
         row.update(tokens_per_s=tokens_per_s,
                    mfu=tokens_per_s * m.run["flops_per_token"] / peak_total)
-    m.window_start, m.window_steps = time.perf_counter(), 0
+    m.window_start, m.window_step = now, step
     return row
 
 
 def _train_active(live: list[_Member], evaluators: list, stop_after: int | None) -> int:
-    """Runs the population loop over the not-yet-finished members; returns the last step."""
+    """Runs the population loop over the not-yet-finished members; returns the last step.
+
+    As in the single run's loop, the next batch goes to the device while a step runs, and a
+    step that only logs is fetched after the next one is queued behind it, so the device does
+    not wait for the host's logging; a step that saves, evaluates or ends a member is handled
+    at once."""
     from scaling import evaluate as evaluate_lib
 
     pop = pop_lib.build([m.config for m in live])
@@ -267,32 +263,41 @@ def _train_active(live: list[_Member], evaluators: list, stop_after: int | None)
     if stop_after is not None:
         end_step = min(end_step, stop_after)
     log_every = live[0].config.train.log_every
-    batches: list[dict[str, np.ndarray] | None] = [None] * len(live)
+    streams = pop_data.Streams(live)
     jitted = None
     step = start_step
-    log.info("population of %d members from step %d to %d", len(live), start_step, end_step)
+    pending: tuple | None = None  # a step that only logs, fetched after the next is queued
+    log.info("population of %d members from step %d to %d (%d data streams)", len(live),
+             start_step, end_step, len(streams.groups))
+    batch_K = streams.next_K(step) if step < end_step else None
     with preemption_lib.Preemption(log_every) as preemption:
         while step < end_step and not all(m.done for m in live):
-            for i, m in enumerate(live):
-                if batches[i] is None or (not m.done and step < m.num_steps):
-                    batches[i] = next(m.data_iter)  # finished members repeat their last batch
-            batch_K = _stack_batches(batches, live)
             if jitted is None:
                 jitted = pop_lib.jit_population_step(pop, batch_K)
             state_K, metrics_K, control = jitted(state_K, batch_K, control)
             step += 1
-            for m in live:
-                m.window_steps += 1
             if step == start_step + 1:  # exclude compilation from the throughput windows
                 jax.block_until_ready(metrics_K)
                 for m in live:
-                    m.window_start, m.window_steps = time.perf_counter(), 0
+                    m.window_start, m.window_step = time.perf_counter(), step
             preempted = preemption.reached(step)  # the same answer on every process
-            _after_step(live, pop, state_K, metrics_K, control, step, end_step, log_every,
-                        peak_total, preempted)
+            due = _due(live, step, end_step, log_every, preempted)
+            positions = ([streams.state(i) for i in range(len(live))] if due.save_i else None)
+            if step < end_step and not preempted:  # the next batch is read while this step runs
+                batch_K = streams.next_K(step)
+            if pending is not None:
+                _after_step(live, *pending)
+                pending = None
+            if due.now:
+                _after_step(live, state_K, metrics_K, control, step, due, peak_total,
+                            positions)
+            elif due.log_i:
+                pending = (None, metrics_K, control, step, due, peak_total, None)
             if preempted:
                 log.warning("SIGTERM: saved checkpoints at step %d; exiting", step)
                 break
+    if pending is not None:
+        _after_step(live, *pending)
     for m in live:
         if m.checkpointer is not None:
             m.checkpointer.wait()
@@ -302,31 +307,50 @@ def _train_active(live: list[_Member], evaluators: list, stop_after: int | None)
     return step
 
 
-def _after_step(live: list[_Member], pop: pop_lib.Population, state_K: Any, metrics_K: dict,
-                control: dict, step: int, end_step: int, log_every: int, peak_total: float,
-                preempted: bool) -> None:
-    """Logs, checkpoints, evaluates and marks finished members after `step` (host side)."""
-    due = [i for i, m in enumerate(live) if not m.done and step <= m.num_steps]
-    log_i = [i for i in due if step % log_every == 0 or step in live[i].save_at
+class _Due(NamedTuple):
+    """Which members log, save and evaluate after a step; `now`: handle it before the next step."""
+
+    members: list[int]
+    log_i: list[int]
+    save_i: list[int]
+    eval_i: list[int]
+    now: bool
+
+
+def _due(live: list[_Member], step: int, end_step: int, log_every: int, preempted: bool) -> _Due:
+    """Returns what is due after `step` for the members still training."""
+    members = [i for i, m in enumerate(live) if not m.done and step <= m.num_steps]
+    log_i = [i for i in members if step % log_every == 0 or step in live[i].save_at
              or step == min(live[i].num_steps, end_step)]
-    save_i = [i for i in due if step in live[i].save_at or preempted]
-    eval_i = [i for i in due if live[i].evaluator is not None and live[i].should_eval(step)]
-    if not (log_i or save_i or eval_i):
+    save_i = [i for i in members if step in live[i].save_at or preempted]
+    eval_i = [i for i in members if live[i].evaluator is not None and live[i].should_eval(step)]
+    ending = step == end_step or any(step == live[i].num_steps for i in members)
+    return _Due(members, log_i, save_i, eval_i, bool(save_i or eval_i or ending or preempted))
+
+
+def _after_step(live: list[_Member], state_K: Any, metrics_K: dict,
+                control: dict, step: int, due: _Due, peak_total: float,
+                positions: list[dict[str, Any]] | None) -> None:
+    """Logs, checkpoints (`positions`: the members' data positions after `step`), evaluates
+    and marks finished members after `step` (host side); `state_K` is None for a step that only
+    logs."""
+    if not (due.log_i or due.save_i or due.eval_i or due.now):
         return
     metrics, ctl = jax.device_get((metrics_K, control))  # the one sync, only when output is due
-    for i in due:
+    for i in due.members:
         m = live[i]
-        if not ctl["alive_K"][i]:
-            at, why = int(ctl["failed_at_K"][i]), pop_lib.describe_failure(
-                int(ctl["failed_code_K"][i]), int(m.config.train.max_skipped_steps))
-            m.status, m.done = "failed", True
-            m.last_row = dict(m.last_row, step=at - 1)
-            loop.write_status(m.workdir, "failed", at, f"FloatingPointError: {why} at step {at};"
-                              f" the member was stopped (population training, "
-                              f"train.on_nonfinite={m.config.train.on_nonfinite!r})",
-                              skipped_steps=int(ctl["skipped_K"][i]))
-            log.warning("member %s diverged at step %d (%s)", m.workdir.name, at, why)
-    for i in log_i:
+        if m.done or ctl["alive_K"][i]:
+            continue
+        at, why = int(ctl["failed_at_K"][i]), pop_lib.describe_failure(
+            int(ctl["failed_code_K"][i]), int(m.config.train.max_skipped_steps))
+        m.status, m.done = "failed", True
+        m.last_row = dict(m.last_row, step=at - 1)
+        loop.write_status(m.workdir, "failed", at, f"FloatingPointError: {why} at step {at};"
+                          f" the member was stopped (population training, "
+                          f"train.on_nonfinite={m.config.train.on_nonfinite!r})",
+                          skipped_steps=int(ctl["skipped_K"][i]))
+        log.warning("member %s diverged at step %d (%s)", m.workdir.name, at, why)
+    for i in due.log_i:
         m = live[i]
         if m.done:
             continue
@@ -335,18 +359,17 @@ def _after_step(live: list[_Member], pop: pop_lib.Population, state_K: Any, metr
             m.metrics_file.write(row)
             m.tb.write_scalars(step, row)
         m.last_row = row
-    for i in save_i:
+    for i in due.save_i:
         m = live[i]
         if not m.done:
-            m.checkpointer.save(step, pop_lib.member_state(state_K, i), m.data_iter.get_state(),
-                                m.config)
-    for i in eval_i:
+            m.checkpointer.save(step, pop_lib.member_state(state_K, i), positions[i], m.config)
+    for i in due.eval_i:
         m = live[i]
         if not m.done:
-            rows = m.evaluator(pop_lib.member_state(state_K, i).params, step, m.run)
+            rows = m.evaluator(pop_lib.member_params(state_K, i), step, m.run)
             if m.eval_file is not None:
                 m.eval_file.write_many(rows)
-    for i in due:
+    for i in due.members:
         m = live[i]
         if not m.done and step == m.num_steps:
             m.checkpointer.wait()

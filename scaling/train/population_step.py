@@ -178,6 +178,11 @@ def member_state(state_K: Any, i: int) -> Any:
     return _index_jit(state_K, jnp.asarray(i, jnp.int32))
 
 
+def member_params(state_K: Any, i: int) -> Any:
+    """Returns member i's parameters from a stacked state (without slicing its optimizer state)."""
+    return _index_jit(state_K.params, jnp.asarray(i, jnp.int32))
+
+
 def initial_control(num_steps: Sequence[int], mesh: Mesh | None = None,
                     skipped: Sequence[int] | None = None) -> dict[str, jax.Array]:
     """Returns the on-device control arrays: last steps, alive flags, skip counts, failure record;
@@ -233,7 +238,12 @@ def make_population_step(model: Any, tx: Any, config: ml_collections.ConfigDict)
 
 
 def jit_population_step(pop: Population, example_batch_K: dict[str, np.ndarray]) -> Callable:
-    """Returns the jitted population step taking numpy batches [K, ...]; state and control donated."""
+    """Returns the jitted population step taking numpy batches [K, ...]; the state is donated.
+
+    Compiled ahead of time on the first call, inside the logical-axis context, as the single
+    run's step is; later calls go straight to the compiled program with one host-to-device
+    transfer for the whole batch. The control arrays are not donated (a few bytes): the loop
+    may still read one step's control after it has dispatched the next."""
     batch_shardings = {
         k: stacked_sharding(sharding_lib.batch_sharding(pop.mesh, pop.rules, np.ndim(v) - 1))
         for k, v in example_batch_K.items()}
@@ -241,17 +251,19 @@ def jit_population_step(pop: Population, example_batch_K: dict[str, np.ndarray])
     fn = make_population_step(pop.model, pop.txs[0], pop.configs[0])
     jitted = jax.jit(fn, in_shardings=(pop.stacked_shardings, batch_shardings, replicated),
                      out_shardings=(pop.stacked_shardings, replicated, replicated),
-                     donate_argnums=(0, 2))
+                     donate_argnums=(0,))
+    compiled: list[Any] = []
 
     def run(state_K: Any, batch_np_K: dict[str, np.ndarray], control: dict) -> tuple:
-        batch = {}
-        for key, value in batch_np_K.items():
-            if jax.process_count() == 1:
-                batch[key] = jax.device_put(value, batch_shardings[key])
-            else:
-                batch[key] = jax.make_array_from_process_local_data(batch_shardings[key], value)
-        with sharding_lib.logical_context(pop.mesh, pop.rules):
-            return jitted(state_K, batch, control)
+        if jax.process_count() == 1:
+            batch = jax.device_put(batch_np_K, batch_shardings)  # one call for all keys
+        else:
+            batch = {k: jax.make_array_from_process_local_data(batch_shardings[k], v)
+                     for k, v in batch_np_K.items()}
+        if not compiled:
+            with sharding_lib.logical_context(pop.mesh, pop.rules):
+                compiled.append(jitted.lower(state_K, batch, control).compile())
+        return compiled[0](state_K, batch, control)
 
     return run
 
