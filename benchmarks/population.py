@@ -1,7 +1,7 @@
 """Population training against separate runs: aggregate tokens/s for K = 1, 4, 16 members.
 
 Usage: python benchmarks/population.py [--steps 30] [--ks 1,4,16] [--sizes quickstart,1m]
-       [--data-dir DIR]
+       [--data-dir DIR] [--shared-stream]
 
 For each size, K runs that differ in peak LR and seed are trained twice through the real machinery
 on the offline `stdlib_corpus/tiny` corpus, in this same process: once as one population
@@ -11,6 +11,11 @@ on the offline `stdlib_corpus/tiny` corpus, in this same process: once as one po
 / wall-clock seconds of the whole call (setup, compilation, data, logging and checkpoints
 included: that is what a sweep pays), after an untimed warm-up of both paths. It ends with one line per size:
 `speedup K=<largest K> N=<non-embedding params>: <ratio>x`.
+
+`--shared-stream` also trains, for each K, the same population with every member on seed 0 (an LR
+sweep: one data config and seed, so the members share one read of their data stream,
+`scaling.train.population_data.Streams`) and prints its wall time against the K-stream
+population's, as `shared stream K=<K>: <ratio>x` (K-stream wall / shared-stream wall).
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ SIZES = {  # name: (n_layers, d_model, n_heads, seq_len, batch)
 }
 
 
-def make_config(size: str, data_dir: pathlib.Path, steps: int, member: int
-                ) -> config_lib.ml_collections.ConfigDict:
-    """Returns member `member`'s config at a benchmark size (its own seed and peak LR)."""
+def make_config(size: str, data_dir: pathlib.Path, steps: int, member: int,
+                seed: int | None = None) -> config_lib.ml_collections.ConfigDict:
+    """Returns member `member`'s config at a benchmark size (its own peak LR, and its own seed
+    unless `seed` is given)."""
     n_layers, d_model, n_heads, seq_len, batch = SIZES[size]
     c = config_lib.default_config()
     c.data.tfds_name = "stdlib_corpus/tiny"
@@ -49,7 +55,7 @@ def make_config(size: str, data_dir: pathlib.Path, steps: int, member: int
     c.checkpoint.every = 0
     c.optim.lr = 3e-3 * (1.25 ** (member % 5))
     c.optim.warmup_steps = max(1, steps // 10)
-    c.seed = member
+    c.seed = member if seed is None else seed
     return c
 
 
@@ -67,6 +73,8 @@ def main() -> None:
     parser.add_argument("--ks", default="1,4,16")
     parser.add_argument("--sizes", default="quickstart,1m")
     parser.add_argument("--data-dir", default="", help="TFDS data dir (default: a temporary one)")
+    parser.add_argument("--shared-stream", action="store_true",
+                        help="also time each population as an LR sweep on one seed (one stream)")
     args = parser.parse_args()
     logging.getLogger("absl").setLevel(logging.ERROR)
     ks = [int(k) for k in args.ks.split(",")]
@@ -93,6 +101,13 @@ def main() -> None:
                 print(f"{size} N={n} K={k}: population {tokens / t_pop:,.0f} tokens/s "
                       f"({t_pop:.1f} s), separate {tokens / t_sep:,.0f} tokens/s ({t_sep:.1f} s), "
                       f"ratio {ratio:.2f}x", flush=True)
+                if args.shared_stream:
+                    same = [make_config(size, data_dir, args.steps, i, seed=0) for i in range(k)]
+                    t_same = time_call(train_population, same,
+                                       [root / f"{size}-same{k}-{i}" for i in range(k)])
+                    print(f"{size} N={n} K={k}: population on one seed {tokens / t_same:,.0f} "
+                          f"tokens/s ({t_same:.1f} s); shared stream K={k}: "
+                          f"{t_pop / t_same:.2f}x", flush=True)
             final.append(f"speedup K={ks[-1]} N={n}: {ratio:.2f}x")
         print("\n".join(final))
 
