@@ -232,10 +232,9 @@ def _log_row(m: _Member, metrics: dict[str, np.ndarray], i: int, step: int,
 def _train_active(live: list[_Member], evaluators: list, stop_after: int | None) -> int:
     """Runs the population loop over the not-yet-finished members; returns the last step.
 
-    As in the single run's loop, the next batch goes to the device while a step runs, and a
-    step that only logs is fetched after the next one is queued behind it, so the device does
-    not wait for the host's logging; a step that saves, evaluates or ends a member is handled
-    at once."""
+    As in the single run's loop, the next batch is read while a step runs, and a step that
+    only logs is fetched after the next one is queued behind it, so the device does not wait
+    for the host's logging; a step that saves, evaluates or ends a member is handled at once."""
     from scaling import evaluate as evaluate_lib
 
     pop = pop_lib.build([m.config for m in live])
