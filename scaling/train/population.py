@@ -332,9 +332,7 @@ def _after_step(live: list[_Member], state_K: Any, metrics_K: dict,
                 positions: list[dict[str, Any]] | None) -> None:
     """Logs, checkpoints (`positions`: the members' data positions after `step`), evaluates
     and marks finished members after `step` (host side); `state_K` is None for a step that only
-    logs."""
-    if not (due.log_i or due.save_i or due.eval_i or due.now):
-        return
+    logs; called only when output is due."""
     metrics, ctl = jax.device_get((metrics_K, control))  # the one sync, only when output is due
     for i in due.members:
         m = live[i]

@@ -60,6 +60,7 @@ class Streams:
         for i, lead in enumerate(self.leaders):
             self.groups.setdefault(lead, []).append(i)
         self.current: dict[int, Batch] = {}
+        self.names = [m.workdir.name for m in members]  # for the shape error, named once
 
     def next_K(self, step: int) -> Batch:
         """Returns the stacked batches [K, ...] for the step after `step`. A stream advances
@@ -69,8 +70,7 @@ class Streams:
             if lead not in self.current or any(
                     not self.members[j].done and step < self.members[j].num_steps for j in group):
                 self.current[lead] = next(self.members[lead].data_iter)
-        return stack_batches([self.current[lead] for lead in self.leaders],
-                             [m.workdir.name for m in self.members])
+        return stack_batches([self.current[lead] for lead in self.leaders], self.names)
 
     def state(self, i: int) -> dict[str, Any]:
         """Returns member i's data position (its stream's), for its checkpoint."""
