@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling.train.step import cross_entropy_sums
+from scaling.train.step import argmax_hits, cross_entropy_sums
 from tests import helpers
 
 
@@ -23,6 +23,18 @@ def test_cross_entropy_matches_manual_computation():
     expected = (0.9 * nll + 0.1 * (-log_p.mean(-1)) + 1e-2 * log_z**2) * weights
     np.testing.assert_allclose(s["loss"], expected.sum(), rtol=1e-5)
     np.testing.assert_allclose(s["weight"], 4.0)
+
+
+@pytest.mark.parametrize("levels", [3, 1000])
+def test_argmax_hits_equals_argmax_with_ties_to_the_first_index(levels):
+    # 3 logit levels make ties the rule (the tie-break decides most rows); 1,000 make them rare
+    rng = np.random.default_rng(levels)
+    logits = rng.integers(0, levels, (4, 64, 7)).astype(np.float32)
+    targets = rng.integers(0, 7, (4, 64)).astype(np.int32)
+    expected = (np.argmax(logits, -1) == targets).astype(np.float32)
+    got = np.asarray(jax.jit(argmax_hits)(jnp.asarray(logits), jnp.asarray(targets)))
+    np.testing.assert_array_equal(got, expected)
+    assert 0 < expected.sum() < expected.size  # both outcomes occur
 
 
 BASE = {"optim.name": "sgd", "optim.lr": 0.5, "optim.b1": 0.0, "train.batch_size": 8}

@@ -47,6 +47,22 @@ def nonfinite_mask(values: dict[str, jax.Array]) -> jax.Array:
     return mask
 
 
+def argmax_hits(logits_BTV: jax.Array, targets_BT: jax.Array) -> jax.Array:
+    """Returns float32 [B, T]: 1 where `targets` is the argmax of `logits` over the last axis, else 0.
+
+    Equal to `jnp.argmax(logits, -1) == targets` for finite logits, ties going to the first index
+    as argmax's do: the target wins if no logit beats it and no equal logit comes before it.
+    Written out because argmax is a variadic (value, index) reduce that XLA:CPU runs as a scalar
+    loop: 0.68 ms of the 3.4 ms train step of the quickstart's smallest model (1,024 tokens x 320
+    logits), where these comparisons and one boolean reduce take ~0.1 ms.
+    """
+    v_BTV = jax.lax.broadcasted_iota(jnp.int32, logits_BTV.shape, logits_BTV.ndim - 1)
+    t_BT1 = targets_BT[..., None]
+    target_BT1 = jnp.take_along_axis(logits_BTV, t_BT1, axis=-1)
+    beaten_BTV = (logits_BTV > target_BT1) | ((logits_BTV == target_BT1) & (v_BTV < t_BT1))
+    return (~jnp.any(beaten_BTV, axis=-1)).astype(jnp.float32)
+
+
 def cross_entropy_sums(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT: jax.Array,
                        label_smoothing: float = 0.0, z_loss: float = 0.0) -> dict[str, jax.Array]:
     """Returns weighted sums: 'loss' (objective, nats), 'nll' (plain CE, nats), 'z', 'weight', 'correct'."""
@@ -61,7 +77,7 @@ def cross_entropy_sums(logits_BTV: jax.Array, targets_BT: jax.Array, weights_BT:
     z_BT = jnp.square(log_z_BT)
     if z_loss > 0:
         objective_BT = objective_BT + z_loss * z_BT
-    correct_BT = (jnp.argmax(logits_BTV, axis=-1) == targets_BT).astype(jnp.float32)
+    correct_BT = argmax_hits(logits_BTV, targets_BT)
     return {
         "loss": jnp.sum(objective_BT * weights_BT),
         "nll": jnp.sum(nll_BT * weights_BT),
@@ -189,7 +205,7 @@ def make_eval_step(model: nn.Module) -> Callable[[Any, Batch], dict[str, jax.Arr
         w = batch["weights"]
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         tok_lp = jnp.take_along_axis(log_probs, batch["targets"][..., None], axis=-1)[..., 0]
-        correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
+        correct = argmax_hits(logits, batch["targets"])
         reduce_axes = tuple(range(1, w.ndim))
         return {
             "nll_sum": -jnp.sum(tok_lp * w),
