@@ -271,7 +271,7 @@ def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                             tok_s=f"{row.get('tokens_per_s', 0.0):.3g}", refresh=False)
             return None
 
-        batch = trainer.put_batch(next(data_iter)) if step < end_step else None
+        batch = trainer.step_batch(next(data_iter)) if step < end_step else None
         with _progress(num_steps, start_step, config.train.progress) as bar:
             while step < end_step:
                 if step == start_step and preemption.stopped_before_start():
@@ -293,8 +293,8 @@ def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                 logged = (step % config.train.log_every == 0 or step in save_at
                           or step == end_step)
                 if step < end_step and not preempted:
-                    # the next batch goes to the device while this step runs
-                    batch = trainer.put_batch(next(data_iter))
+                    # the next batch is read while this step runs
+                    batch = trainer.step_batch(next(data_iter))
                 # The previous logged step is fetched now that this one is queued behind it, so
                 # the device never waits for the host's logging (nanodo's pattern).
                 event = log_row(*pending) if pending is not None else None
@@ -322,7 +322,7 @@ def _train_checked(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                     write_status(workdir, "running", step, **details)
                     bar.reset(total=num_steps)
                     bar.update(step)
-                    batch = trainer.put_batch(next(data_iter))
+                    batch = trainer.step_batch(next(data_iter))
                     window.update(start=time.perf_counter(), step=step)
                     continue
                 if saving:

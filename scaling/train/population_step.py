@@ -241,8 +241,8 @@ def jit_population_step(pop: Population, example_batch_K: dict[str, np.ndarray])
     """Returns the jitted population step taking numpy batches [K, ...]; the state is donated.
 
     Compiled ahead of time on the first call, inside the logical-axis context, as the single
-    run's step is; later calls go straight to the compiled program with one host-to-device
-    transfer for the whole batch. The control arrays are not donated (a few bytes): the loop
+    run's step is; later calls go straight to the compiled program, which places the numpy
+    batch itself (`sharding.step_batch`). The control arrays are not donated (a few bytes): the loop
     may still read one step's control after it has dispatched the next."""
     batch_shardings = {
         k: stacked_sharding(sharding_lib.batch_sharding(pop.mesh, pop.rules, np.ndim(v) - 1))
@@ -255,11 +255,7 @@ def jit_population_step(pop: Population, example_batch_K: dict[str, np.ndarray])
     compiled: list[Any] = []
 
     def run(state_K: Any, batch_np_K: dict[str, np.ndarray], control: dict) -> tuple:
-        if jax.process_count() == 1:
-            batch = jax.device_put(batch_np_K, batch_shardings)  # one call for all keys
-        else:
-            batch = {k: jax.make_array_from_process_local_data(batch_shardings[k], v)
-                     for k, v in batch_np_K.items()}
+        batch = sharding_lib.step_batch(batch_np_K, batch_shardings)
         if not compiled:
             with sharding_lib.logical_context(pop.mesh, pop.rules):
                 compiled.append(jitted.lower(state_K, batch, control).compile())

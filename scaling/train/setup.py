@@ -153,18 +153,13 @@ class Trainer:
         """Returns the NamedSharding of each array of a batch (leading axis over 'batch')."""
         return {k: _batch_sharding(self.mesh, self.rules, np.ndim(v)) for k, v in batch.items()}
 
-    def put_batch(self, batch_np: dict[str, Any]) -> dict[str, jax.Array]:
-        """Returns this process's numpy batch as global, batch-sharded device arrays (values
-        that already are jax Arrays are kept); the transfer is asynchronous."""
-        host = {k: v for k, v in batch_np.items() if not isinstance(v, jax.Array)}
-        if not host:
-            return dict(batch_np)
+    def step_batch(self, batch_np: dict[str, Any]) -> dict[str, Any]:
+        """Returns this process's numpy batch as the compiled step takes it: the arrays
+        themselves in one process (the step places them), global batch-sharded arrays across
+        processes (see `sharding.step_batch`)."""
         if jax.process_count() == 1:
-            placed = jax.device_put(host, self.batch_shardings(host))  # one call for all keys
-        else:
-            placed = {k: jax.make_array_from_process_local_data(s, np.asarray(host[k]))
-                      for k, s in self.batch_shardings(host).items()}
-        return {**batch_np, **placed}
+            return dict(batch_np)
+        return sharding_lib.step_batch(batch_np, self.batch_shardings(batch_np))
 
     def init_state_from(self, source: init_from_lib.Source) -> state_lib.TrainState:
         """Returns a fresh TrainState whose params the source checkpoint replaces (init_from)."""
@@ -175,7 +170,7 @@ class Trainer:
     def jit_train_step(self, example_batch: dict[str, np.ndarray]) -> Callable:
         """Returns the jitted train step with explicit in/out shardings; the state is donated.
 
-        The step takes numpy or device batches (see `put_batch`). It is compiled ahead of time
+        The step takes numpy or device batches (see `step_batch`). It is compiled ahead of time
         on the first call, inside the logical-axis context; later calls go straight to the
         compiled program, without re-entering the context or re-deriving shardings per step.
         With a teacher, a separately compiled teacher forward pass adds `teacher_logits`
@@ -195,7 +190,7 @@ class Trainer:
         compiled: list[Any] = []
 
         def run(state: state_lib.TrainState, batch: dict[str, Any]) -> tuple:
-            batch = self.put_batch(batch)
+            batch = self.step_batch(batch)
             if teacher_forward is not None:
                 batch = {**batch, "teacher_logits": teacher_forward(batch["inputs"])}
             if not compiled:
