@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.emergence import fit_emergence
-from analysis.fit import FitResult, fit_law, get_law
+from analysis.catalog import get_law
+from analysis.fit import FitResult, fit_law
 
 __all__ = ["fit_arms", "ablation_table"]
 

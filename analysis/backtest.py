@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.fit import FitResult, fit_law, get_law
+from analysis.catalog import get_law
+from analysis.fit import FitResult, fit_law
 from analysis.prediction import prediction_interval
 
 __all__ = ["BacktestResult", "backtest", "rollout"]

@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import InsufficientData
-from analysis.fit import FitResult, Law, fit_law, get_law
+from analysis.catalog import get_law
+from analysis.fit import FitResult, fit_law
+from analysis.law_spec import Law
 
 __all__ = ["fit_sparsity", "QUANT_DEGRADATION", "QuantDegradation", "fit_quant_degradation",
            "degradation_table", "compression_table", "paired_difference"]

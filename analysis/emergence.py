@@ -38,7 +38,8 @@ import pandas as pd
 from scipy import stats
 
 from analysis import laws
-from analysis.fit import FitResult, fit_law, get_law
+from analysis.catalog import get_law
+from analysis.fit import FitResult, fit_law
 
 __all__ = ["DIRECTIONS", "ModelComparison", "EmergenceResult", "compare_models", "detect_late_decline",
            "noise_sd", "fit_emergence", "DiscreteContinuousResult", "discrete_vs_continuous", "subtask_curves",

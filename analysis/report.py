@@ -18,7 +18,7 @@ import logging
 import os
 import pathlib
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -21,7 +21,8 @@ import time
 import numpy as np
 from scipy.optimize import minimize
 
-from analysis.fit import fit_chinchilla, hoffmann_grid
+from analysis.fit import fit_chinchilla
+from analysis.loss_laws import hoffmann_grid
 from analysis.resample import distinct_minima
 from analysis.synthetic import chinchilla_points
 

@@ -63,7 +63,7 @@ def analyze(df: pd.DataFrame, arms: Sequence[Arm], base: Any, out_dir: pathlib.P
     import matplotlib.pyplot as plt
 
     from analysis.ablation import ablation_table
-    from analysis.fit import get_law
+    from analysis.catalog import get_law
     from analysis.plots import plot_forest
 
     names = [a for a, _ in arms]

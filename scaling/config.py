@@ -9,7 +9,7 @@ raises `ConfigError` naming the offending field and value.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any
 
 import ml_collections
 

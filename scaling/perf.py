@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 
 # Published dense bf16 peaks (FLOP/s per chip) for accelerators; the CPU peak is always measured.
 KNOWN_PEAKS = {

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from analysis import laws
-from analysis.fit import Law, fit_law, fit_power_law, objective_value
+from analysis.fit import fit_law, fit_power_law, objective_value
+from analysis.law_spec import Law
 from analysis.resample import group_codes, resample_weights
 
 

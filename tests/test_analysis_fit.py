@@ -5,9 +5,10 @@ import pandas as pd
 import pytest
 
 from analysis import laws
+from analysis.catalog import get_law
 from analysis.fit import (chinchilla_params, compute_optimal_ci, fit_bnsl, fit_chinchilla, fit_flops_per_token,
-                          fit_kaplan, fit_law, fit_power_law, fit_sigmoid, get_law, hoffmann_grid,
-                          objective_value)
+                          fit_kaplan, fit_law, fit_power_law, fit_sigmoid, objective_value)
+from analysis.loss_laws import hoffmann_grid
 from analysis.synthetic import chinchilla_points
 
 CHIN = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)

@@ -128,7 +128,7 @@ MUENNIGHOFF_VALUES = (((6.34e9, 242e9, 25e9), 2.2256440889984477), ((8.67e9, 178
 
 
 def test_data_constrained_reproduces_published_values():
-    from analysis.fit import get_law
+    from analysis.catalog import get_law
 
     X = np.array([x for x, _ in MUENNIGHOFF_VALUES])
     expected = np.array([v for _, v in MUENNIGHOFF_VALUES])

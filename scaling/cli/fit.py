@@ -144,7 +144,7 @@ def _roles(law: str, cols: dict[str, str], columns: Sequence[str]) -> tuple[list
         return ["x", "y"], ["x"]
     if law == "transfer":
         return ["N", "D", "loss"], ["N", "D", "loss"]
-    from analysis.fit import get_law
+    from analysis.catalog import get_law
 
     lw = get_law(_law_name(law, cols, columns))
     y_role = _LAW_Y.get(law, "loss")
@@ -206,7 +206,8 @@ def numeric_column(s: pd.Series, name: str) -> np.ndarray:
 
 
 def _fit_one(df, law: str, cols: dict[str, str], args: argparse.Namespace) -> dict:
-    from analysis.fit import fit_law, get_law
+    from analysis.catalog import get_law
+    from analysis.fit import fit_law
     from analysis.isoflop import approach2
 
     def col(role: str):
