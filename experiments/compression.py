@@ -185,12 +185,12 @@ def post_train(root: pathlib.Path, scale: str, progress: bool = False) -> None:
     The workers see the family sweep's devices per process and its compilation cache, so the
     evaluation program compiled during training is reused for every compressed checkpoint.
     """
-    from scaling.sweeps import runner
+    from scaling.sweeps import launch
 
     sweep = sweeps(scale, tfds_name="stdlib_corpus", root=root)["family"]  # for its resources
     shards = common.default_workers(scale, "local")
     (root / COMPRESSED).mkdir(parents=True, exist_ok=True)
-    env = runner.worker_env(dict(os.environ),
+    env = launch.worker_env(dict(os.environ),
                             devices_per_process=int(sweep.resources.devices_per_process),
                             cache_dir=str(root / "family" / "compile_cache"))
     procs = []

@@ -20,7 +20,7 @@ import time
 import pytest
 
 from scaling.sweeps import manifest as manifest_lib
-from scaling.sweeps import runner, spec, testing
+from scaling.sweeps import launch, runner, spec, testing
 
 ray = pytest.importorskip("ray")
 
@@ -39,14 +39,14 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: pathlib.Path, timeout
 @pytest.fixture
 def ray_cluster(tmp_path):
     """Yields the address HOST:PORT of a 2-CPU Ray head node on 127.0.0.1; stops it after."""
-    port = runner.free_port()
+    port = launch.free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are long
     log = tmp_path / "ray_start.log"
     cmd = [str(pathlib.Path(sys.executable).with_name("ray")), "start", "--head",
            "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}",
-           f"--ray-client-server-port={runner.free_port()}",
-           f"--dashboard-agent-listen-port={runner.free_port()}", "--block"]
+           f"--ray-client-server-port={launch.free_port()}",
+           f"--dashboard-agent-listen-port={launch.free_port()}", "--block"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", RAY_USAGE_STATS_ENABLED="0")
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,

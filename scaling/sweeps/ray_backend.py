@@ -28,7 +28,7 @@ from typing import Any
 
 import ml_collections
 
-from scaling.sweeps import runner as runner_lib
+from scaling.sweeps import launch as launch_lib
 from scaling.sweeps import worker as worker_lib
 
 log = logging.getLogger(__name__)
@@ -44,16 +44,16 @@ def _run_process(run_dirs: list[str], name: str, attempt: int, process_id: int,
     import socket
     import subprocess
 
-    env = runner_lib.worker_env(dict(os.environ), devices_per_process=devices_per_process,
+    env = launch_lib.worker_env(dict(os.environ), devices_per_process=devices_per_process,
                                 cache_dir=cache_dir, coordinator=coordinator,
                                 num_processes=num_processes, process_id=process_id)
     env[worker_lib.PARENT_ENV] = str(os.getpid())
     path = pathlib.Path(run_dirs[0])
-    with open(path / runner_lib.log_name(process_id), "a", encoding="utf-8") as logf:
-        logf.write(runner_lib.attempt_header(name, attempt, process_id, num_processes)
+    with open(path / launch_lib.log_name(process_id), "a", encoding="utf-8") as logf:
+        logf.write(launch_lib.attempt_header(name, attempt, process_id, num_processes)
                    .replace("=====\n", f"on {socket.gethostname()} (ray) =====\n"))
         logf.flush()
-        proc = subprocess.Popen(runner_lib.worker_command(*run_dirs), stdout=logf,
+        proc = subprocess.Popen(launch_lib.worker_command(*run_dirs), stdout=logf,
                                 stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
         try:
@@ -74,7 +74,7 @@ def _probe_coordinator() -> tuple[str, int]:
     import ray
 
     ip = ray.util.get_node_ip_address()
-    return ip, runner_lib.free_port("0.0.0.0")
+    return ip, launch_lib.free_port("0.0.0.0")
 
 
 class RayBackend:
@@ -88,14 +88,14 @@ class RayBackend:
         self.workers = int(workers or 0)
         self.resources = resources
         self.cache_dir = cache_dir
-        package_dir = str(pathlib.Path(runner_lib.package_root()) / "scaling")
+        package_dir = str(pathlib.Path(launch_lib.package_root()) / "scaling")
         ray.init(address=address, runtime_env={"py_modules": [package_dir],
                                                "excludes": ["__pycache__", "*.pyc"]},
                  log_to_driver=False, logging_level=logging.WARNING, ignore_reinit_error=True)
         self._process = ray.remote(max_retries=0)(_run_process)
         self._probe = ray.remote(max_retries=0, num_cpus=0)(_probe_coordinator)
-        self._waiting: dict[Any, tuple[runner_lib.Job, str, int]] = {}
-        self._jobs: list[runner_lib.Job] = []
+        self._waiting: dict[Any, tuple[launch_lib.Job, str, int]] = {}
+        self._jobs: list[launch_lib.Job] = []
 
     def _options(self) -> dict[str, Any]:
         r = self.resources
@@ -112,7 +112,7 @@ class RayBackend:
         """Returns the number of runs in flight."""
         return len(self._jobs)
 
-    def _submit(self, job: runner_lib.Job, process_id: int, coordinator: str | None,
+    def _submit(self, job: launch_lib.Job, process_id: int, coordinator: str | None,
                 strategy: Any = None) -> None:
         opts = self._options()
         if strategy is not None:
@@ -125,13 +125,13 @@ class RayBackend:
         job.handle["refs"][process_id] = ref
         self._waiting[ref] = (job, "task", process_id)
 
-    def start(self, job: runner_lib.Job) -> None:
+    def start(self, job: launch_lib.Job) -> None:
         """Submits `job` (one task, or a placement group then a task per process); returns None."""
         job.handle = {"refs": {}, "codes": {}, "pg": None}
         self._jobs.append(job)
         num = int(self.resources.processes)
         if num == 1:
-            runner_lib.note_population_logs(job, 0)
+            launch_lib.note_population_logs(job, 0)
             self._submit(job, 0, None)
             return
         from ray.util.placement_group import placement_group
@@ -146,7 +146,7 @@ class RayBackend:
         job.handle["pg"] = pg
         self._waiting[pg.ready()] = (job, "pg", 0)
 
-    def _strategy(self, job: runner_lib.Job, index: int) -> Any:
+    def _strategy(self, job: launch_lib.Job, index: int) -> Any:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         return PlacementGroupSchedulingStrategy(placement_group=job.handle["pg"],
@@ -161,7 +161,7 @@ class RayBackend:
             log.warning("ray task failed: %s", err)
             return worker_lib.EXIT_FAILED
 
-    def _release(self, job: runner_lib.Job) -> None:
+    def _release(self, job: launch_lib.Job) -> None:
         if job.handle.get("pg") is not None:
             from ray.util.placement_group import remove_placement_group
 
@@ -170,7 +170,7 @@ class RayBackend:
         if job in self._jobs:
             self._jobs.remove(job)
 
-    def poll(self, timeout: float) -> list[tuple[runner_lib.Job, int]]:
+    def poll(self, timeout: float) -> list[tuple[launch_lib.Job, int]]:
         """Returns runs whose processes all ended within `timeout` s, with the worst exit code."""
         if not self._waiting:
             time.sleep(timeout)
@@ -201,7 +201,7 @@ class RayBackend:
                     done.append((job, bad[0] if bad else 0))
         return done
 
-    def interrupt_all(self) -> list[tuple[runner_lib.Job, int]]:
+    def interrupt_all(self) -> list[tuple[launch_lib.Job, int]]:
         """Cancels every task (each worker gets SIGTERM and checkpoints); returns the jobs."""
         for ref, (_, kind, _) in list(self._waiting.items()):
             if kind == "task":
