@@ -80,10 +80,10 @@ def test_attempt_numbers_agree_between_manifest_and_log(tmp_path, monkeypatch):
     import sys
 
     from scaling.sweeps import manifest as manifest_lib
-    from scaling.sweeps import runner, testing
+    from scaling.sweeps import launch, runner, testing
 
     # every attempt crashes at once (no training): two attempts per invocation (max_retries=1)
-    monkeypatch.setattr(runner, "worker_command",
+    monkeypatch.setattr(launch, "worker_command",
                         lambda run_dir: [sys.executable, "-c", "raise SystemExit(1)"])
     sweep = testing.tiny_sweep(sizes=(3.4e3,))
     root = tmp_path / "root"
